@@ -1,0 +1,149 @@
+//! INIT: what we negotiate with the kernel, and the one-time latch the
+//! transports and `start()` wait on.
+
+use crate::protocol::abi::*;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// What INIT settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub minor: u32,
+    pub flags: u64,
+    pub max_write: u32,
+    pub max_pages: u16,
+}
+
+impl Negotiated {
+    pub fn over_io_uring(&self) -> bool {
+        self.flags & init_flag::OVER_IO_URING != 0
+    }
+}
+
+const WANTED: u64 = init_flag::ASYNC_READ
+    | init_flag::ATOMIC_O_TRUNC
+    | init_flag::BIG_WRITES
+    | init_flag::ASYNC_DIO
+    | init_flag::MAX_PAGES
+    | init_flag::INIT_EXT
+    | init_flag::DIRECT_IO_ALLOW_MMAP;
+
+/// Parallel direct I/O from fio-like callers travels as background requests:
+/// a low limit would serialise them in the kernel.
+const MAX_BACKGROUND: u16 = 512;
+
+/// Builds the INIT reply. `ring_wanted`: ask for FUSE_OVER_IO_URING if offered.
+pub fn negotiate(arg: &InitIn, offered: u64, ring_wanted: bool) -> Result<(InitOut, Negotiated), i32> {
+    if arg.major != KERNEL_MAJOR {
+        return Err(libc::EPROTO);
+    }
+    let minor = arg.minor.min(KERNEL_MINOR);
+    let mut wanted = WANTED;
+    if ring_wanted {
+        wanted |= init_flag::OVER_IO_URING;
+    }
+    if minor < MINOR_WITH_INIT_EXT {
+        wanted &= u64::from(u32::MAX);
+    }
+    let flags = offered & wanted;
+    let out = InitOut {
+        major: KERNEL_MAJOR,
+        minor,
+        max_readahead: arg.max_readahead,
+        flags: flags as u32,
+        max_background: MAX_BACKGROUND,
+        congestion_threshold: MAX_BACKGROUND / 4 * 3,
+        max_write: MAX_WRITE,
+        time_gran: 1,
+        max_pages: MAX_PAGES,
+        map_alignment: 0,
+        flags2: (flags >> 32) as u32,
+        unused: [0; 7],
+    };
+    Ok((out, Negotiated { minor, flags, max_write: MAX_WRITE, max_pages: MAX_PAGES }))
+}
+
+/// Set once when INIT was answered; a second INIT is a protocol violation.
+#[derive(Default)]
+pub struct InitLatch {
+    state: Mutex<Option<Negotiated>>,
+    changed: Condvar,
+}
+
+impl InitLatch {
+    /// Records the negotiation; false if INIT had been answered before.
+    pub fn set(&self, negotiated: Negotiated) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if state.is_some() {
+            return false;
+        }
+        *state = Some(negotiated);
+        self.changed.notify_all();
+        true
+    }
+
+    pub fn get(&self) -> Option<Negotiated> {
+        *self.state.lock().unwrap()
+    }
+
+    pub fn wait(&self, timeout: Duration) -> Option<Negotiated> {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self.changed.wait_timeout_while(state, timeout, |s| s.is_none()).unwrap();
+        *state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::ByteValued;
+
+    fn init_in(minor: u32) -> InitIn {
+        InitIn { major: 7, minor, max_readahead: 128 << 10, flags: 0 }
+    }
+
+    #[test]
+    fn only_offered_flags_are_echoed_and_the_ring_only_when_wanted() {
+        let offered = u64::MAX;
+        let (out, negotiated) = negotiate(&init_in(45), offered, false).unwrap();
+        assert_eq!(negotiated.flags, WANTED);
+        assert_eq!(out.flags2 & (1 << 9), 0);
+        assert_eq!(out.flags2 & (1 << 4), 1 << 4, "DIRECT_IO_ALLOW_MMAP");
+        let (out, negotiated) = negotiate(&init_in(45), offered, true).unwrap();
+        assert!(negotiated.over_io_uring());
+        assert_eq!(out.flags2 & (1 << 9), 1 << 9);
+        let (_, negotiated) = negotiate(&init_in(45), WANTED, true).unwrap();
+        assert!(!negotiated.over_io_uring(), "not offered, not taken");
+    }
+
+    #[test]
+    fn the_reply_encodes_byte_for_byte() {
+        let offered = init_flag::ASYNC_READ | init_flag::MAX_PAGES | init_flag::INIT_EXT | init_flag::OVER_IO_URING;
+        let (out, _) = negotiate(&init_in(45), offered, true).unwrap();
+        let bytes = out.as_slice();
+        assert_eq!(&bytes[0..4], &7u32.to_ne_bytes());
+        assert_eq!(&bytes[4..8], &45u32.to_ne_bytes());
+        assert_eq!(&bytes[12..16], &((1u32 << 0) | (1 << 22) | (1 << 30)).to_ne_bytes());
+        assert_eq!(&bytes[20..24], &(1u32 << 20).to_ne_bytes(), "max_write 1 MiB");
+        assert_eq!(&bytes[28..30], &256u16.to_ne_bytes(), "max_pages");
+        assert_eq!(&bytes[32..36], &(1u32 << 9).to_ne_bytes(), "flags2");
+    }
+
+    #[test]
+    fn old_kernels_get_no_flags2_and_wrong_majors_eproto() {
+        let (out, _) = negotiate(&init_in(31), u64::MAX, true).unwrap();
+        assert_eq!(out.flags2, 0);
+        assert_eq!(out.minor, 31);
+        let wrong = InitIn { major: 8, ..init_in(45) };
+        assert_eq!(negotiate(&wrong, 0, false).unwrap_err(), libc::EPROTO);
+    }
+
+    #[test]
+    fn the_latch_takes_one_init_only() {
+        let latch = InitLatch::default();
+        let n = Negotiated { minor: 45, flags: 0, max_write: 1, max_pages: 1 };
+        assert!(latch.set(n));
+        assert!(!latch.set(n));
+        assert_eq!(latch.wait(Duration::from_millis(1)), Some(n));
+    }
+}

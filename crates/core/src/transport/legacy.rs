@@ -1,0 +1,197 @@
+//! The classic transport: requests read from a /dev/fuse descriptor (one
+//! cloned fd per I/O thread), replies written back to the same fd, both as
+//! SQEs on the thread's ring. One read is armed at a time; many requests can
+//! be in flight in the other slots while their image I/O runs.
+
+use crate::export::io::ImageIo;
+use crate::export::{Export, Step};
+use crate::protocol::abi::{MAX_WRITE, OUT_HEADER_SIZE, WRITE_HEADER_SIZE};
+use crate::protocol::{request, Reply};
+use crate::runtime::buffer::{AlignedBuffer, PAGE};
+use crate::runtime::queue::Queue;
+use crate::runtime::token::{encode, Tag};
+use io_uring::{opcode, types};
+use std::os::fd::{AsRawFd, OwnedFd};
+use vm_memory::ByteValued;
+
+/// A request is read so that WRITE data (after the 80-byte headers) starts
+/// exactly on a page: the image writes it with O_DIRECT where it landed.
+const READ_OFFSET: usize = PAGE - WRITE_HEADER_SIZE;
+/// The kernel wants room for the largest WRITE (headers + max_write).
+const READ_LEN: usize = WRITE_HEADER_SIZE + MAX_WRITE as usize;
+/// READ data goes to the same page-aligned spot.
+const PAYLOAD_OFFSET: usize = PAGE;
+/// Out-header plus the largest fixed reply argument.
+const REPLY_HEAD_LEN: usize = OUT_HEADER_SIZE + 104;
+
+/// Requests one thread keeps in flight on its descriptor.
+pub const SLOTS_PER_CHANNEL: usize = 32;
+
+struct Slot {
+    buffer: AlignedBuffer,
+    unique: u64,
+    io: Option<ImageIo>,
+    reply_head: [u8; REPLY_HEAD_LEN],
+    iov: [libc::iovec; 2],
+}
+
+// SAFETY: the iovecs point into the slot's own buffers.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    fn new() -> Self {
+        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        Self {
+            buffer: AlignedBuffer::new(PAYLOAD_OFFSET + MAX_WRITE as usize),
+            unique: 0,
+            io: None,
+            reply_head: [0; REPLY_HEAD_LEN],
+            iov: [empty; 2],
+        }
+    }
+
+    fn payload(&self) -> *mut u8 {
+        // SAFETY: PAYLOAD_OFFSET is inside the buffer.
+        unsafe { self.buffer.as_ptr().add(PAYLOAD_OFFSET) }
+    }
+}
+
+pub struct LegacyChannel {
+    index: u16,
+    fd: OwnedFd,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The slot whose read is outstanding.
+    armed: Option<u32>,
+    cancelling: bool,
+}
+
+impl LegacyChannel {
+    pub fn new(index: u16, fd: OwnedFd) -> Self {
+        let slots = (0..SLOTS_PER_CHANNEL).map(|_| Slot::new()).collect();
+        let free = (0..SLOTS_PER_CHANNEL as u32).rev().collect();
+        Self { index, fd, slots, free, armed: None, cancelling: false }
+    }
+
+    /// Keeps one read outstanding while requests are wanted, and cancels it
+    /// when they are not.
+    pub fn refresh(&mut self, queue: &mut Queue, accept: bool) {
+        match (accept, self.armed) {
+            (true, None) => {
+                let Some(slot) = self.free.pop() else { return };
+                let buffer = self.slots[slot as usize].buffer.as_ptr();
+                // SAFETY: READ_OFFSET + READ_LEN is the buffer's size.
+                let target = unsafe { buffer.add(READ_OFFSET) };
+                let read = opcode::Read::new(types::Fd(self.fd.as_raw_fd()), target, READ_LEN as u32)
+                    .build()
+                    .user_data(encode(Tag::FuseRead, self.index, slot));
+                queue.push(read);
+                self.armed = Some(slot);
+            }
+            (false, Some(slot)) if !self.cancelling => {
+                let cancel = opcode::AsyncCancel::new(encode(Tag::FuseRead, self.index, slot))
+                    .build()
+                    .user_data(encode(Tag::Cancel, self.index, slot));
+                queue.push(cancel);
+                self.cancelling = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// A read of /dev/fuse completed.
+    pub fn on_read(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32) {
+        self.armed = None;
+        self.cancelling = false;
+        if result < 0 {
+            self.free.push(slot);
+            match -result {
+                libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED => {}
+                libc::ENODEV => export.connection_lost(),
+                errno => export.halt(format!(
+                    "reading /dev/fuse failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                )),
+            }
+            return;
+        }
+        let message = self.slots[slot as usize].buffer.bytes(READ_OFFSET, result as usize);
+        let request = match request::decode_message(message) {
+            Ok(request) => request,
+            Err(malformed) => {
+                match export.malformed(malformed) {
+                    Some((unique, reply)) => {
+                        export.counters.request_started(false);
+                        self.slots[slot as usize].unique = unique;
+                        self.send_reply(queue, slot, reply);
+                    }
+                    None => self.free.push(slot),
+                }
+                return;
+            }
+        };
+        export.counters.request_started(false);
+        self.slots[slot as usize].unique = request.header.unique;
+        let step = if export.is_halted() { Step::Reply(Reply::error(libc::EIO)) } else { export.handle(&request) };
+        self.run(queue, export, slot, step);
+    }
+
+    /// The image I/O of a slot's request completed.
+    pub fn on_image_io(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32) {
+        let Some(mut io) = self.slots[slot as usize].io.take() else { return };
+        let step = export.complete(&mut io, result);
+        self.run(queue, export, slot, step);
+    }
+
+    /// A reply was written (or refused: ENOENT when the caller was interrupted).
+    pub fn on_reply(&mut self, export: &Export, slot: u32, result: i32) {
+        if result == -libc::ENODEV {
+            export.connection_lost();
+        }
+        export.counters.request_finished();
+        self.free.push(slot);
+    }
+
+    /// The unique of the request a slot carries (to spot INIT's reply).
+    pub fn unique(&self, slot: u32) -> u64 {
+        self.slots[slot as usize].unique
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    fn run(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, step: Step) {
+        let slot = &mut self.slots[slot_index as usize];
+        match step {
+            Step::Reply(reply) => self.send_reply(queue, slot_index, reply),
+            Step::Io(io) => {
+                let sqe = io.sqe(export.image(), slot.payload());
+                slot.io = Some(io);
+                queue.push(sqe.user_data(encode(Tag::ImageIo, self.index, slot_index)));
+            }
+            Step::NoReply => {
+                export.counters.request_finished();
+                self.free.push(slot_index);
+            }
+        }
+    }
+
+    fn send_reply(&mut self, queue: &mut Queue, slot_index: u32, reply: Reply) {
+        let slot = &mut self.slots[slot_index as usize];
+        let header = reply.out_header(slot.unique);
+        let args = reply.args();
+        slot.reply_head[..OUT_HEADER_SIZE].copy_from_slice(header.as_slice());
+        slot.reply_head[OUT_HEADER_SIZE..OUT_HEADER_SIZE + args.len()].copy_from_slice(args);
+        slot.iov[0] = libc::iovec {
+            iov_base: slot.reply_head.as_mut_ptr().cast(),
+            iov_len: OUT_HEADER_SIZE + args.len(),
+        };
+        slot.iov[1] = libc::iovec { iov_base: slot.payload().cast(), iov_len: reply.data_len() as usize };
+        let count = if reply.data_len() > 0 { 2 } else { 1 };
+        let write = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), slot.iov.as_ptr(), count)
+            .build()
+            .user_data(encode(Tag::Reply, self.index, slot_index));
+        queue.push(write);
+    }
+}

@@ -1,0 +1,228 @@
+//! The napi-rs binding: JavaScript starts, steers and stops an export and
+//! reads its counters; requests never cross this line.
+
+use fuse_export_core::export::Event;
+use fuse_export_core::image::{CacheMode, ImageOptions};
+use fuse_export_core::server::{Server, StartOptions, Switch};
+use fuse_export_core::transport::mount;
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use std::sync::{Arc, Mutex};
+
+#[napi(object)]
+pub struct NativeOptions {
+    pub image: String,
+    pub mountpoint: String,
+    pub writable: bool,
+    pub growable: bool,
+    /// "on" | "off" | "auto"
+    pub allow_other: String,
+    /// "on" | "off" | "auto"
+    pub io_uring: String,
+    pub threads: u32,
+    pub queue_depth: u32,
+    /// "direct" | "writeback"
+    pub cache: String,
+}
+
+#[napi(object)]
+pub struct NativeStartInfo {
+    pub size: f64,
+    pub transport: String,
+    pub threads: u32,
+    pub ring_queues: u32,
+    pub queue_depth: u32,
+    pub allow_other: bool,
+    pub direct_io: bool,
+    pub warnings: Vec<String>,
+}
+
+#[napi(object)]
+pub struct NativeStats {
+    pub legacy_requests: f64,
+    pub ring_requests: f64,
+    pub bytes_read: f64,
+    pub bytes_written: f64,
+    pub errors: f64,
+    pub in_flight: f64,
+}
+
+/// `kind` is "unmounted" or "halted" (with `reason`).
+#[napi(object)]
+pub struct NativeEvent {
+    pub kind: String,
+    pub reason: Option<String>,
+}
+
+type EventCallback = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
+
+fn switch(name: &str, value: &str) -> Result<Switch> {
+    match value {
+        "on" => Ok(Switch::On),
+        "off" => Ok(Switch::Off),
+        "auto" => Ok(Switch::Auto),
+        other => Err(Error::from_reason(format!("{name} must be on, off or auto, not {other:?}"))),
+    }
+}
+
+fn start_options(options: &NativeOptions) -> Result<StartOptions> {
+    let cache = match options.cache.as_str() {
+        "direct" => CacheMode::Direct,
+        "writeback" => CacheMode::Writeback,
+        other => return Err(Error::from_reason(format!("cache must be direct or writeback, not {other:?}"))),
+    };
+    Ok(StartOptions {
+        image: ImageOptions {
+            path: options.image.clone().into(),
+            writable: options.writable,
+            growable: options.growable,
+            cache,
+        },
+        mountpoint: options.mountpoint.clone().into(),
+        allow_other: switch("allowOther", &options.allow_other)?,
+        io_uring: switch("ioUring", &options.io_uring)?,
+        threads: options.threads as usize,
+        queue_depth: options.queue_depth,
+    })
+}
+
+pub struct StartTask {
+    options: Option<StartOptions>,
+    events: Option<Arc<EventCallback>>,
+}
+
+impl Task for StartTask {
+    type Output = Server;
+    type JsValue = NativeExport;
+
+    fn compute(&mut self) -> Result<Server> {
+        let options = self.options.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
+        let events = self.events.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
+        let sink = Box::new(move |event: Event| {
+            let event = match event {
+                Event::Unmounted => NativeEvent { kind: "unmounted".into(), reason: None },
+                Event::Halted(reason) => NativeEvent { kind: "halted".into(), reason: Some(reason) },
+            };
+            events.call(event, ThreadsafeFunctionCallMode::NonBlocking);
+        });
+        Server::start(options, sink).map_err(Error::from_reason)
+    }
+
+    fn resolve(&mut self, _env: Env, server: Server) -> Result<NativeExport> {
+        Ok(NativeExport { server: Arc::new(Mutex::new(Some(server))) })
+    }
+}
+
+/// Mounts `options.mountpoint` and serves it; resolves once the kernel's
+/// INIT was answered. `onEvent` hears "unmounted" and "halted".
+#[napi(ts_return_type = "Promise<NativeExport>")]
+pub fn start_export(
+    options: NativeOptions,
+    #[napi(ts_arg_type = "(event: NativeEvent) => void")] on_event: EventCallback,
+) -> Result<AsyncTask<StartTask>> {
+    let options = start_options(&options)?;
+    Ok(AsyncTask::new(StartTask { options: Some(options), events: Some(Arc::new(on_event)) }))
+}
+
+/// Lazily unmounts whatever is mounted on `path` (a dead export).
+#[napi]
+pub fn detach_mount(path: String) -> Result<()> {
+    mount::unmount(std::path::Path::new(&path), true).map_err(Error::from_reason)
+}
+
+#[napi]
+pub struct NativeExport {
+    server: Arc<Mutex<Option<Server>>>,
+}
+
+pub struct StopTask {
+    server: Arc<Mutex<Option<Server>>>,
+}
+
+impl Task for StopTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        let server = self.server.lock().unwrap().take();
+        if let Some(mut server) = server {
+            server.stop();
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl NativeExport {
+    fn with<T>(&self, f: impl FnOnce(&Server) -> T) -> Result<T> {
+        let guard = self.server.lock().unwrap();
+        let server = guard.as_ref().ok_or_else(|| Error::from_reason("the export was stopped"))?;
+        Ok(f(server))
+    }
+}
+
+#[napi]
+impl NativeExport {
+    #[napi]
+    pub fn info(&self) -> Result<NativeStartInfo> {
+        self.with(|server| {
+            let info = server.info();
+            NativeStartInfo {
+                size: info.size as f64,
+                transport: info.transport.to_string(),
+                threads: info.threads as u32,
+                ring_queues: info.ring_queues as u32,
+                queue_depth: info.queue_depth,
+                allow_other: info.allow_other,
+                direct_io: info.direct_io,
+                warnings: info.warnings.clone(),
+            }
+        })
+    }
+
+    #[napi]
+    pub fn stats(&self) -> Result<NativeStats> {
+        self.with(|server| {
+            let s = server.stats();
+            NativeStats {
+                legacy_requests: s.legacy_requests as f64,
+                ring_requests: s.ring_requests as f64,
+                bytes_read: s.bytes_read as f64,
+                bytes_written: s.bytes_written as f64,
+                errors: s.errors as f64,
+                in_flight: s.in_flight as f64,
+            }
+        })
+    }
+
+    /// Stop fetching new requests (drain); in-flight ones finish.
+    #[napi]
+    pub fn pause(&self) -> Result<()> {
+        self.with(Server::pause)
+    }
+
+    #[napi]
+    pub fn resume(&self) -> Result<()> {
+        self.with(Server::resume)
+    }
+
+    #[napi]
+    pub fn halt(&self, reason: String) -> Result<()> {
+        self.with(|server| server.halt(&reason))
+    }
+
+    #[napi]
+    pub fn unmount(&self) -> Result<()> {
+        self.with(Server::unmount)?.map_err(Error::from_reason)
+    }
+
+    /// Joins the I/O threads and releases everything; safe to call twice.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop(&self) -> AsyncTask<StopTask> {
+        AsyncTask::new(StopTask { server: self.server.clone() })
+    }
+}
