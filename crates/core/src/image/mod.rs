@@ -49,6 +49,16 @@ pub struct Image {
     growable: bool,
 }
 
+/// An OS error as people read it: "No such file or directory", without
+/// Rust's "(os error 2)" suffix.
+pub fn describe(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
 /// What went wrong while opening: the message names the path and the fix.
 #[derive(Debug)]
 pub struct ImageError(pub String);
@@ -93,9 +103,9 @@ impl Image {
                 (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
                 _ => "",
             };
-            ImageError(format!("Failed to open image {shown}: {e}{hint}"))
+            ImageError(format!("Failed to open image {shown}: {}{hint}", describe(&e)))
         })?;
-        let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {e}")))?;
+        let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
         let kind = if meta.file_type().is_block_device() {
             ImageKind::BlockDevice
         } else if meta.is_file() {
@@ -106,7 +116,7 @@ impl Image {
         let size = match kind {
             ImageKind::File => meta.len(),
             ImageKind::BlockDevice => block_device_size(&file)
-                .map_err(|e| ImageError(format!("Failed to read the size of block device {shown}: {e}")))?,
+                .map_err(|e| ImageError(format!("Failed to read the size of block device {shown}: {}", describe(&e))))?,
         };
         if options.growable && kind == ImageKind::BlockDevice {
             return Err(ImageError(format!("Block device {shown} cannot grow: export it without --growable")));
@@ -121,7 +131,8 @@ impl Image {
                 Ok(direct) => Some(direct),
                 Err(e) => {
                     warnings.push(format!(
-                        "The filesystem of {shown} refuses O_DIRECT ({e}); using the page cache instead"
+                        "The filesystem of {shown} refuses O_DIRECT ({}); using the page cache instead",
+                        describe(&e)
                     ));
                     None
                 }

@@ -1,6 +1,7 @@
 //! Mounting a FUSE connection on a regular file: mount(2) as root, the
 //! setuid `fusermount3` helper (as libfuse does) for everyone else.
 
+use crate::image::describe;
 use crate::protocol::abi::MAX_WRITE;
 use std::ffi::CString;
 use std::io;
@@ -68,7 +69,7 @@ fn open_dev_fuse() -> io::Result<OwnedFd> {
 
 fn mount_directly(request: &MountRequest) -> Result<OwnedFd, MountError> {
     let fuse = open_dev_fuse().map_err(|e| {
-        MountError::Failed(format!("Failed to open /dev/fuse: {e} (is the fuse module loaded? try: modprobe fuse)"))
+        MountError::Failed(format!("Failed to open /dev/fuse: {} (is the fuse module loaded? try: modprobe fuse)", describe(&e)))
     })?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -91,7 +92,7 @@ fn mount_directly(request: &MountRequest) -> Result<OwnedFd, MountError> {
     let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return Err(MountError::Failed(format!("Failed to mount on {}: {e}", request.mountpoint.display())));
+        return Err(MountError::Failed(format!("Failed to mount on {}: {}", request.mountpoint.display(), describe(&e))));
     }
     Ok(fuse)
 }
@@ -190,7 +191,7 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), String> {
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::umount2(target.as_ptr(), flags) } < 0 {
             let e = io::Error::last_os_error();
-            return Err(format!("Failed to unmount {}: {e}", mountpoint.display()));
+            return Err(format!("Failed to unmount {}: {}", mountpoint.display(), describe(&e)));
         }
         return Ok(());
     }

@@ -1,0 +1,50 @@
+# Shared set-up for the run and test scripts: what a fresh machine lacks,
+# installed by name; the build redone only when a source is newer.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_debian_packages PACKAGE:COMMAND ... installs a package when its command is missing.
+ensure_debian_packages() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "Installing Debian packages: ${missing[*]}" >&2
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return 0
+  echo "cargo is missing: install Rust (rustup) to build the native core" >&2
+  exit 1
+}
+
+ensure_node_modules() {
+  if [ ! -d node_modules ] || [ package.json -nt node_modules ] || { [ -f package-lock.json ] && [ package-lock.json -nt node_modules ]; }; then
+    if [ -f package-lock.json ]; then npm ci --no-audit --no-fund >&2; else npm install --no-audit --no-fund >&2; fi
+    touch node_modules
+  fi
+}
+
+# Rebuilds the native addon and the TypeScript when any of their sources changed.
+ensure_build() {
+  ensure_node_modules
+  local addon
+  addon=$(ls native/*.node 2>/dev/null | head -n1 || true)
+  if [ -z "$addon" ] || [ -n "$(find crates Cargo.toml -newer "$addon" -type f -print -quit)" ]; then
+    ensure_rust
+    npm run --silent build:native >&2
+  fi
+  if [ ! -f dist/cli/main.js ] || [ -n "$(find ts tsconfig.json package.json -newer dist/cli/main.js -type f -print -quit)" ]; then
+    npm run --silent build:ts >&2
+    chmod +x dist/cli/main.js
+  fi
+}

@@ -1,0 +1,84 @@
+// The command line: `fuse-export [options] <image> <mountpoint>`.
+import { createRequire } from 'node:module';
+import yargs from 'yargs';
+import { CACHE_MODES, DEFAULTS, SWITCHES, type CacheMode, type ExportOptions, type Switch } from '../options.js';
+import { LOG_LEVELS, type LogFormat, type LogLevel } from './logger.js';
+
+export interface CliArgs {
+  export: ExportOptions;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+  pidfile?: string;
+}
+
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
+/** Parses argv; bad usage goes to `fail` with the message to print. */
+export function parseArgs(argv: string[], fail: (message: string) => never): CliArgs {
+  const parsed = yargs(argv)
+    .scriptName('fuse-export')
+    .usage('$0 [options] <image> <mountpoint>\n\nPresent a disk image or block device as one regular file through FUSE.')
+    .command('$0 <image> <mountpoint>', false)
+    .positional('image', { type: 'string', describe: 'disk image file or block device to export' })
+    .positional('mountpoint', { type: 'string', describe: 'existing regular file that becomes the image' })
+    .options({
+      writable: { type: 'boolean', default: DEFAULTS.writable, describe: 'allow writes' },
+      growable: { type: 'boolean', default: DEFAULTS.growable, describe: 'writes past the end grow the image' },
+      'allow-other': {
+        choices: SWITCHES,
+        default: DEFAULTS.allowOther,
+        describe: 'let other users in (auto: when permitted)',
+      },
+      'io-uring': {
+        choices: SWITCHES,
+        default: DEFAULTS.ioUring,
+        describe: 'serve over FUSE-over-io_uring (auto: when the kernel offers it)',
+      },
+      threads: { type: 'number', default: DEFAULTS.threads, describe: 'I/O threads' },
+      'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
+      cache: {
+        choices: CACHE_MODES,
+        default: DEFAULTS.cache,
+        describe: 'direct: O_DIRECT on the image; writeback: through the page cache',
+      },
+      'shutdown-timeout': {
+        type: 'number',
+        default: DEFAULTS.shutdownTimeout / 1000,
+        describe: 'seconds a stop waits for in-flight requests',
+      },
+      'log-format': {
+        choices: ['json', 'pretty'] as const,
+        default: process.stderr.isTTY ? 'pretty' : 'json',
+        describe: 'log lines on stderr',
+      },
+      'log-level': { choices: LOG_LEVELS, default: 'info' as LogLevel },
+      pidfile: { type: 'string', describe: 'write the process id here once ready' },
+    })
+    .strict()
+    .version(version)
+    .help()
+    .alias('h', 'help')
+    .wrap(Math.min(100, process.stdout.columns ?? 100))
+    .fail((message, error) => fail(message ?? error?.message ?? 'invalid command line'))
+    .parseSync();
+
+  const number = (name: string, value: number) =>
+    Number.isNaN(value) ? fail(`--${name} takes a number`) : value;
+  return {
+    export: {
+      image: String(parsed.image),
+      mountpoint: String(parsed.mountpoint),
+      writable: parsed.writable,
+      growable: parsed.growable,
+      allowOther: parsed['allow-other'] as Switch,
+      ioUring: parsed['io-uring'] as Switch,
+      threads: number('threads', parsed.threads),
+      queueDepth: number('queue-depth', parsed['queue-depth']),
+      cache: parsed.cache as CacheMode,
+      shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
+    },
+    logFormat: parsed['log-format'] as LogFormat,
+    logLevel: parsed['log-level'],
+    pidfile: parsed.pidfile,
+  };
+}

@@ -1,0 +1,14 @@
+// The Node API: `import { FuseExport } from 'fuse-export'`.
+export { FuseExport } from './lifecycle/export.js';
+export type {
+  ExportInfo,
+  ExportState,
+  ExportStats,
+  FuseExportEvents,
+  StoppedEvent,
+  StopReason,
+  Transport,
+} from './lifecycle/export.js';
+export { SetupError } from './lifecycle/mountpoint.js';
+export { OptionError, DEFAULTS } from './options.js';
+export type { CacheMode, ExportOptions, Switch } from './options.js';

@@ -1,0 +1,76 @@
+// Checking a mountpoint before we mount on it: our own exports, dead FUSE
+// mounts left by a killed exporter, and the regular-file requirement.
+import { stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { isFuse, mountOn, OUR_FS_TYPE } from './mountinfo.js';
+
+export class SetupError extends Error {
+  override name = 'SetupError';
+}
+
+/** Mountpoints this process exports right now. */
+const active = new Set<string>();
+
+export function claimMountpoint(path: string): void {
+  active.add(path);
+}
+
+export function releaseMountpoint(path: string): void {
+  active.delete(path);
+}
+
+export interface MountpointHooks {
+  /** Lazily unmounts a dead mount. */
+  detach(path: string): void;
+  warn(message: string, fields: Record<string, unknown>): void;
+}
+
+function errnoOf(error: unknown): string | undefined {
+  return (error as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/**
+ * Returns the absolute mountpoint once it is fit to mount on. Looks the
+ * path up in the mount table *before* touching it: a stat of our own mount
+ * from the thread that serves it would deadlock.
+ */
+export async function prepareMountpoint(path: string, hooks: MountpointHooks): Promise<string> {
+  const mountpoint = resolve(path);
+  if (active.has(mountpoint)) {
+    throw new SetupError(`There already is a FUSE export on ${mountpoint}`);
+  }
+  const mounted = mountOn(mountpoint);
+  if (mounted && isFuse(mounted)) {
+    const dead = await stat(mountpoint).then(
+      () => false,
+      (error: unknown) => errnoOf(error) === 'ENOTCONN',
+    );
+    if (dead) {
+      hooks.warn(`Found a dead FUSE mount on ${mountpoint} (its server is gone); unmounting it lazily`, {
+        event: 'dead-mount',
+        mountpoint,
+        fsType: mounted.fsType,
+      });
+      try {
+        hooks.detach(mountpoint);
+      } catch (error) {
+        throw new SetupError(
+          `${mountpoint} carries a dead FUSE mount that could not be unmounted: ${(error as Error).message} ` +
+            `(unmount it with: fusermount3 -u -z ${mountpoint})`,
+        );
+      }
+    } else if (mounted.fsType === OUR_FS_TYPE) {
+      throw new SetupError(`There already is a FUSE export on ${mountpoint}`);
+    }
+  }
+  let info;
+  try {
+    info = await stat(mountpoint);
+  } catch (error) {
+    throw new SetupError(`Failed to stat ${mountpoint}: ${(error as Error).message}`);
+  }
+  if (!info.isFile()) {
+    throw new SetupError(`${mountpoint} is not a regular file (the mountpoint must be an existing regular file)`);
+  }
+  return mountpoint;
+}

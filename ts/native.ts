@@ -1,0 +1,26 @@
+// The napi-rs binding. Its generated loader is CommonJS; it picks the
+// binary for this platform (a local build, or the per-platform package).
+import { createRequire } from 'node:module';
+import type * as Native from '../native/index.cjs';
+
+const require = createRequire(import.meta.url);
+
+export type NativeExport = Native.NativeExport;
+export type NativeEvent = Native.NativeEvent;
+export type NativeOptions = Native.NativeOptions;
+export type NativeStats = Native.NativeStats;
+
+let binding: typeof Native | undefined;
+
+/** Loads the binding on first use, so that `--help` works without it. */
+export function native(): typeof Native {
+  if (binding === undefined) {
+    if (process.platform !== 'linux') {
+      throw new Error(
+        `fuse-export runs on Linux only (it needs the kernel's FUSE); this is ${process.platform}-${process.arch}`,
+      );
+    }
+    binding = require('../native/index.cjs') as typeof Native;
+  }
+  return binding;
+}

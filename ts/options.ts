@@ -1,0 +1,82 @@
+// The options of an export, shared by the CLI and the Node API: defaults,
+// and validation with messages that name the option and the fix.
+import { availableParallelism } from 'node:os';
+
+export type Switch = 'on' | 'off' | 'auto';
+export type CacheMode = 'direct' | 'writeback';
+
+export interface ExportOptions {
+  /** Disk image file or block device to export. */
+  image: string;
+  /** Existing regular file that becomes the image. */
+  mountpoint: string;
+  writable?: boolean;
+  growable?: boolean;
+  allowOther?: Switch;
+  ioUring?: Switch;
+  threads?: number;
+  queueDepth?: number;
+  cache?: CacheMode;
+  /** Milliseconds a stop waits for in-flight requests before it aborts. */
+  shutdownTimeout?: number;
+}
+
+export type ResolvedOptions = Required<ExportOptions>;
+
+export const SWITCHES: readonly Switch[] = ['on', 'off', 'auto'];
+export const CACHE_MODES: readonly CacheMode[] = ['direct', 'writeback'];
+export const MAX_THREADS = 1024;
+export const MAX_QUEUE_DEPTH = 4096;
+
+export const DEFAULTS = {
+  writable: false,
+  growable: false,
+  allowOther: 'auto' as Switch,
+  ioUring: 'auto' as Switch,
+  threads: availableParallelism(),
+  queueDepth: 64,
+  cache: 'direct' as CacheMode,
+  shutdownTimeout: 10_000,
+};
+
+export class OptionError extends Error {
+  override name = 'OptionError';
+}
+
+function integerIn(name: string, value: number, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new OptionError(`${name} must be a whole number from ${min} to ${max}, not ${value}`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(name: string, value: T, allowed: readonly T[]): T {
+  if (!allowed.includes(value)) {
+    throw new OptionError(`${name} must be one of ${allowed.join(', ')}, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+export function resolveOptions(options: ExportOptions): ResolvedOptions {
+  if (typeof options.image !== 'string' || options.image === '') {
+    throw new OptionError('an image path is required');
+  }
+  if (typeof options.mountpoint !== 'string' || options.mountpoint === '') {
+    throw new OptionError('a mountpoint path is required');
+  }
+  const merged = { ...DEFAULTS, ...stripUndefined(options) } as ResolvedOptions;
+  if (merged.growable && !merged.writable) {
+    throw new OptionError('--growable needs --writable');
+  }
+  oneOf('allow-other', merged.allowOther, SWITCHES);
+  oneOf('io-uring', merged.ioUring, SWITCHES);
+  oneOf('cache', merged.cache, CACHE_MODES);
+  integerIn('threads', merged.threads, 1, MAX_THREADS);
+  integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);
+  integerIn('shutdown-timeout', merged.shutdownTimeout, 0, 24 * 3600 * 1000);
+  return merged;
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
