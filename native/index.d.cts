@@ -24,7 +24,7 @@ export declare class NativeExport {
 /** Lazily unmounts whatever is mounted on `path` (a dead export). */
 export declare function detachMount(path: string): void
 
-/** `kind` is "unmounted" or "halted" (with `reason`). */
+/** `kind` is "unmounted", "halted" (with `reason`) or "warning" (with `reason`). */
 export interface NativeEvent {
   kind: string
   reason?: string
@@ -48,6 +48,7 @@ export interface NativeOptions {
 export interface NativeStartInfo {
   size: number
   transport: string
+  transportReason: string
   threads: number
   ringQueues: number
   queueDepth: number

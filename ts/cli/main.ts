@@ -46,6 +46,11 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const { info } = exp;
+  log.info(`Transport: ${info.transport} (${info.transportReason})`, {
+    event: 'transport',
+    transport: info.transport,
+    reason: info.transportReason,
+  });
   log.info(`Exporting ${info.image} on ${info.mountpoint} (${info.transport})`, {
     event: 'ready',
     mountpoint: info.mountpoint,

@@ -27,6 +27,8 @@ export interface ExportInfo {
   writable: boolean;
   growable: boolean;
   transport: Transport;
+  /** Why this transport: the kernel's offer, the switch, a fallback. */
+  transportReason: string;
   threads: number;
   ringQueues: number;
   queueDepth: number;
@@ -108,6 +110,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
         writable: resolved.writable,
         growable: resolved.growable,
         transport: info.transport as Transport,
+        transportReason: info.transportReason,
         threads: info.threads,
         ringQueues: info.ringQueues,
         queueDepth: info.queueDepth,
@@ -165,6 +168,8 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       void this.stop('halted');
     } else if (event.kind === 'unmounted') {
       void this.stop('unmounted');
+    } else if (event.kind === 'warning') {
+      this.emit('warning', event.reason ?? '');
     }
   }
 

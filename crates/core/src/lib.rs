@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod image;
+pub mod latch;
 pub mod protocol;
 pub mod runtime;
 pub mod server;

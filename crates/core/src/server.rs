@@ -4,12 +4,15 @@
 use crate::export::counters::Snapshot;
 use crate::export::{EventSink, Export, ExportSettings};
 use crate::image::{Image, ImageOptions};
+use crate::protocol::abi::{MAX_PAGES, MAX_WRITE};
 use crate::runtime::control::Control;
 use crate::runtime::queue::Queue;
-use crate::runtime::worker::Worker;
+use crate::runtime::worker::{ring_channel, Worker};
 use crate::transport::legacy::{LegacyChannel, SLOTS_PER_CHANNEL};
 use crate::transport::mount::{self, MountError, MountRequest};
-use std::os::fd::OwnedFd;
+use crate::transport::uring::{self, RingQueue, RingSetup};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct StartOptions {
 pub struct StartInfo {
     pub size: u64,
     pub transport: &'static str,
+    /// Why that transport: the kernel's offer, the switch, a fallback.
+    pub transport_reason: String,
     pub threads: usize,
     pub ring_queues: usize,
     pub queue_depth: u32,
@@ -50,9 +55,40 @@ pub struct StartInfo {
 pub struct Server {
     export: Arc<Export>,
     control: Arc<Control>,
+    ring_setup: Option<Arc<RingSetup>>,
+    ring_required: bool,
     threads: Vec<JoinHandle<()>>,
     mountpoint: PathBuf,
+    /// The connection's number under /sys/fs/fuse/connections.
+    connection: Option<u32>,
     info: StartInfo,
+}
+
+/// How long a stop waits for parked ring entries to come back after the
+/// unmount before it aborts the connection (someone still holds the file).
+const PARKED_GRACE: Duration = Duration::from_secs(2);
+/// How long `start()` waits for the ring queues to register.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether to ask for FUSE-over-io_uring, and why.
+fn ring_decision(switch: Switch) -> Result<(bool, String), String> {
+    let kernel = uring::kernel_switch();
+    match (switch, kernel) {
+        (Switch::Off, _) => Ok((false, "--io-uring off".into())),
+        (_, Some(true)) => Ok((true, "the kernel offers FUSE-over-io_uring".into())),
+        (Switch::On, Some(false)) => Err(format!(
+            "--io-uring on, but FUSE-over-io_uring is switched off in this kernel: {}",
+            uring::HOW_TO_ENABLE
+        )),
+        (Switch::On, None) => Err(format!(
+            "--io-uring on, but this kernel has no FUSE-over-io_uring: {}",
+            uring::HOW_TO_ENABLE
+        )),
+        (Switch::Auto, Some(false)) => {
+            Ok((false, format!("FUSE-over-io_uring is switched off; {}", uring::HOW_TO_ENABLE)))
+        }
+        (Switch::Auto, None) => Ok((false, "this kernel has no FUSE-over-io_uring (Linux >= 6.14 needed)".into())),
+    }
 }
 
 /// How long the kernel may take to send INIT after mount(2).
@@ -63,9 +99,7 @@ impl Server {
         if options.threads == 0 {
             return Err("--threads must be at least 1".into());
         }
-        if options.io_uring == Switch::On {
-            return Err("--io-uring on: this build serves FUSE over /dev/fuse only; use --io-uring auto or off".into());
-        }
+        let (ring_wanted, transport_reason) = ring_decision(options.io_uring)?;
         let (image, mut warnings) = Image::open(&options.image).map_err(|e| e.0)?;
         let fsname = options.image.path.to_string_lossy().into_owned();
         let (session, allow_other) = mount_with_policy(&options, &fsname, image.writable(), &mut warnings)?;
@@ -73,11 +107,12 @@ impl Server {
         let direct_io = image.uses_direct_io();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let settings = ExportSettings { allow_other, ring_wanted: false, uid, gid };
+        let settings = ExportSettings { allow_other, ring_wanted, uid, gid };
         let export = Arc::new(Export::new(image, settings, events));
         let info = StartInfo {
             size,
             transport: "legacy",
+            transport_reason,
             threads: options.threads,
             ring_queues: 0,
             queue_depth: options.queue_depth,
@@ -85,14 +120,25 @@ impl Server {
             direct_io,
             warnings,
         };
+        let ring_setup = ring_wanted.then(|| {
+            let queues = uring::possible_cpus();
+            Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.min(queues)))
+        });
         let mut server = Server {
             export,
             control: Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?),
+            ring_setup,
+            ring_required: options.io_uring == Switch::On,
             threads: Vec::new(),
             mountpoint: options.mountpoint.clone(),
+            connection: None,
             info,
         };
-        if let Err(e) = server.spawn_threads(session).and_then(|_| server.await_init()) {
+        let started = server
+            .spawn_threads(session)
+            .and_then(|_| server.await_init())
+            .and_then(|_| server.settle_transport());
+        if let Err(e) = started {
             server.abandon();
             return Err(e);
         }
@@ -100,20 +146,31 @@ impl Server {
     }
 
     fn spawn_threads(&mut self, session: OwnedFd) -> Result<(), String> {
-        mount::set_nonblocking(&session).map_err(|e| format!("Failed to configure /dev/fuse: {e}"))?;
-        let mut fds = Vec::with_capacity(self.info.threads);
-        for _ in 1..self.info.threads {
-            fds.push(mount::clone_session(&session).map_err(|e| format!("Failed to clone /dev/fuse: {e}"))?);
+        let threads = self.info.threads;
+        let mut fds = vec![session];
+        for _ in 1..threads {
+            fds.push(mount::clone_session(&fds[0]).map_err(|e| format!("Failed to clone /dev/fuse: {e}"))?);
         }
-        fds.insert(0, session);
-        for fd in &fds[1..] {
+        for fd in &fds {
             mount::set_nonblocking(fd).map_err(|e| format!("Failed to configure /dev/fuse: {e}"))?;
         }
+        // Ring queues (one per possible CPU) are dealt round-robin.
+        let queues = if self.ring_setup.is_some() { uring::possible_cpus() } else { 0 };
+        let depth = self.info.queue_depth as usize;
+        let payload = uring::payload_size(MAX_WRITE, MAX_PAGES);
         for (thread, fd) in fds.into_iter().enumerate() {
-            let queue = Queue::new((SLOTS_PER_CHANNEL * 2 + 8) as u32)
+            let rings: Vec<RingQueue> = (thread..queues)
+                .step_by(threads)
+                .enumerate()
+                .map(|(n, qid)| RingQueue::new(qid as u16, ring_channel(n), fd.as_raw_fd(), depth, payload))
+                .collect();
+            let entries = SLOTS_PER_CHANNEL * 2 + rings.len() * depth * 2 + 8;
+            let queue = Queue::new(entries.next_power_of_two() as u32)
                 .map_err(|e| format!("Failed to create an io_uring: {e}"))?;
-            let channel = LegacyChannel::new(0, fd);
-            let worker = Worker::new(thread, queue, self.export.clone(), self.control.clone(), vec![channel]);
+            let legacy = LegacyChannel::new(0, fd);
+            let ring_setup = if rings.is_empty() { None } else { self.ring_setup.clone() };
+            let worker =
+                Worker::new(thread, queue, self.export.clone(), self.control.clone(), legacy, rings, ring_setup);
             let export = self.export.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("fuse-export-io{thread}"))
@@ -140,6 +197,34 @@ impl Server {
                 .export
                 .halt_reason()
                 .unwrap_or_else(|| "the kernel did not send INIT after mounting".to_string())),
+        }
+    }
+
+    /// Decides which transport serves, once INIT and REGISTER are through.
+    fn settle_transport(&mut self) -> Result<(), String> {
+        self.connection = std::fs::metadata(&self.mountpoint).ok().map(|m| libc::minor(m.dev()));
+        let Some(setup) = &self.ring_setup else { return Ok(()) };
+        let negotiated = self.export.negotiated().is_some_and(|n| n.over_io_uring());
+        if !negotiated {
+            if self.ring_required {
+                return Err(format!("--io-uring on, but the kernel did not offer FUSE-over-io_uring: {}", uring::HOW_TO_ENABLE));
+            }
+            self.info.transport_reason = "the kernel did not offer FUSE-over-io_uring in INIT".into();
+            return Ok(());
+        }
+        match setup.outcome.wait(REGISTER_TIMEOUT) {
+            Some(Ok(())) => {
+                self.info.transport = "io_uring";
+                self.info.ring_queues = uring::possible_cpus();
+                Ok(())
+            }
+            Some(Err(reason)) if !self.ring_required => {
+                self.info.transport_reason = format!("FUSE-over-io_uring failed ({reason}); serving over /dev/fuse");
+                self.info.warnings.push(self.info.transport_reason.clone());
+                Ok(())
+            }
+            Some(Err(reason)) => Err(format!("FUSE-over-io_uring failed: {reason}")),
+            None => Err("the ring queues did not register in time".into()),
         }
     }
 
@@ -185,7 +270,22 @@ impl Server {
     /// with them, which ends the connection for anyone still holding it.
     pub fn stop(&mut self) {
         self.control.stop();
+        let deadline = std::time::Instant::now() + PARKED_GRACE;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.threads.iter().any(|t| !t.is_finished()) {
+            self.abort_connection();
+        }
         self.join();
+    }
+
+    /// Ends the connection from the kernel's side: parked ring entries and
+    /// waiting callers get ENOTCONN.
+    pub fn abort_connection(&self) {
+        if let Some(connection) = self.connection {
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{connection}/abort"), "1");
+        }
     }
 
     fn join(&mut self) {

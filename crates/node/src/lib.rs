@@ -30,6 +30,7 @@ pub struct NativeOptions {
 pub struct NativeStartInfo {
     pub size: f64,
     pub transport: String,
+    pub transport_reason: String,
     pub threads: u32,
     pub ring_queues: u32,
     pub queue_depth: u32,
@@ -48,7 +49,7 @@ pub struct NativeStats {
     pub in_flight: f64,
 }
 
-/// `kind` is "unmounted" or "halted" (with `reason`).
+/// `kind` is "unmounted", "halted" (with `reason`) or "warning" (with `reason`).
 #[napi(object)]
 pub struct NativeEvent {
     pub kind: String,
@@ -103,6 +104,7 @@ impl Task for StartTask {
             let event = match event {
                 Event::Unmounted => NativeEvent { kind: "unmounted".into(), reason: None },
                 Event::Halted(reason) => NativeEvent { kind: "halted".into(), reason: Some(reason) },
+                Event::Warning(reason) => NativeEvent { kind: "warning".into(), reason: Some(reason) },
             };
             events.call(event, ThreadsafeFunctionCallMode::NonBlocking);
         });
@@ -174,6 +176,7 @@ impl NativeExport {
             NativeStartInfo {
                 size: info.size as f64,
                 transport: info.transport.to_string(),
+                transport_reason: info.transport_reason.clone(),
                 threads: info.threads as u32,
                 ring_queues: info.ring_queues as u32,
                 queue_depth: info.queue_depth,

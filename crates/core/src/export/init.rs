@@ -2,8 +2,6 @@
 //! transports and `start()` wait on.
 
 use crate::protocol::abi::*;
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 /// What INIT settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,36 +61,6 @@ pub fn negotiate(arg: &InitIn, offered: u64, ring_wanted: bool) -> Result<(InitO
     Ok((out, Negotiated { minor, flags, max_write: MAX_WRITE, max_pages: MAX_PAGES }))
 }
 
-/// Set once when INIT was answered; a second INIT is a protocol violation.
-#[derive(Default)]
-pub struct InitLatch {
-    state: Mutex<Option<Negotiated>>,
-    changed: Condvar,
-}
-
-impl InitLatch {
-    /// Records the negotiation; false if INIT had been answered before.
-    pub fn set(&self, negotiated: Negotiated) -> bool {
-        let mut state = self.state.lock().unwrap();
-        if state.is_some() {
-            return false;
-        }
-        *state = Some(negotiated);
-        self.changed.notify_all();
-        true
-    }
-
-    pub fn get(&self) -> Option<Negotiated> {
-        *self.state.lock().unwrap()
-    }
-
-    pub fn wait(&self, timeout: Duration) -> Option<Negotiated> {
-        let state = self.state.lock().unwrap();
-        let (state, _) = self.changed.wait_timeout_while(state, timeout, |s| s.is_none()).unwrap();
-        *state
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,14 +104,5 @@ mod tests {
         assert_eq!(out.minor, 31);
         let wrong = InitIn { major: 8, ..init_in(45) };
         assert_eq!(negotiate(&wrong, 0, false).unwrap_err(), libc::EPROTO);
-    }
-
-    #[test]
-    fn the_latch_takes_one_init_only() {
-        let latch = InitLatch::default();
-        let n = Negotiated { minor: 45, flags: 0, max_write: 1, max_pages: 1 };
-        assert!(latch.set(n));
-        assert!(!latch.set(n));
-        assert_eq!(latch.wait(Duration::from_millis(1)), Some(n));
     }
 }

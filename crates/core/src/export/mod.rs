@@ -12,7 +12,8 @@ use crate::protocol::abi::*;
 use crate::protocol::{Malformed, Operation, Reply, Request};
 use attributes::Attributes;
 use counters::Counters;
-use init::{InitLatch, Negotiated};
+use crate::latch::Latch;
+use init::Negotiated;
 use io::{ImageIo, IoKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -24,6 +25,8 @@ pub enum Event {
     Unmounted,
     /// A fatal error: no more requests are taken.
     Halted(String),
+    /// Something the user should know that does not stop the export.
+    Warning(String),
 }
 
 pub type EventSink = Box<dyn Fn(Event) + Send + Sync>;
@@ -49,7 +52,8 @@ pub struct Export {
     attributes: Attributes,
     ring_wanted: bool,
     pub counters: Counters,
-    pub init: InitLatch,
+    /// Set when INIT was answered; a second INIT is a protocol violation.
+    pub init: Latch<Negotiated>,
     halted: AtomicBool,
     unmounted: AtomicBool,
     halt_reason: Mutex<Option<String>>,
@@ -68,7 +72,7 @@ impl Export {
             attributes,
             ring_wanted: settings.ring_wanted,
             counters: Counters::default(),
-            init: InitLatch::default(),
+            init: Latch::default(),
             halted: AtomicBool::new(false),
             unmounted: AtomicBool::new(false),
             halt_reason: Mutex::new(None),
@@ -97,6 +101,10 @@ impl Export {
         let reason = reason.into();
         *self.halt_reason.lock().unwrap() = Some(reason.clone());
         (self.events)(Event::Halted(reason));
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        (self.events)(Event::Warning(message.into()));
     }
 
     /// The connection is gone; reported once however many threads see it.

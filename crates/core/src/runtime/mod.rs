@@ -4,5 +4,6 @@
 pub mod buffer;
 pub mod control;
 pub mod queue;
+pub mod request;
 pub mod token;
 pub mod worker;

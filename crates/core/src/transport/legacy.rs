@@ -5,12 +5,16 @@
 
 use crate::export::io::ImageIo;
 use crate::export::{Export, Step};
+use crate::image::describe;
 use crate::protocol::abi::{MAX_WRITE, OUT_HEADER_SIZE, WRITE_HEADER_SIZE};
-use crate::protocol::{request, Reply};
+use crate::protocol::request::decode_message;
+use crate::protocol::{Operation, Reply, Request};
+use crate::runtime::request::{self, Outcome};
 use crate::runtime::buffer::{AlignedBuffer, PAGE};
 use crate::runtime::queue::Queue;
 use crate::runtime::token::{encode, Tag};
 use io_uring::{opcode, types};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use vm_memory::ByteValued;
 
@@ -30,6 +34,8 @@ pub const SLOTS_PER_CHANNEL: usize = 32;
 struct Slot {
     buffer: AlignedBuffer,
     unique: u64,
+    /// INIT's reply must be written before ring queues may register.
+    is_init: bool,
     io: Option<ImageIo>,
     reply_head: [u8; REPLY_HEAD_LEN],
     iov: [libc::iovec; 2],
@@ -44,6 +50,7 @@ impl Slot {
         Self {
             buffer: AlignedBuffer::new(PAYLOAD_OFFSET + MAX_WRITE as usize),
             unique: 0,
+            is_init: false,
             io: None,
             reply_head: [0; REPLY_HEAD_LEN],
             iov: [empty; 2],
@@ -108,53 +115,40 @@ impl LegacyChannel {
             match -result {
                 libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED => {}
                 libc::ENODEV => export.connection_lost(),
-                errno => export.halt(format!(
-                    "reading /dev/fuse failed: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                )),
+                errno => export.halt(format!("reading /dev/fuse failed: {}", describe(&io::Error::from_raw_os_error(errno)))),
             }
             return;
         }
         let message = self.slots[slot as usize].buffer.bytes(READ_OFFSET, result as usize);
-        let request = match request::decode_message(message) {
-            Ok(request) => request,
-            Err(malformed) => {
-                match export.malformed(malformed) {
-                    Some((unique, reply)) => {
-                        export.counters.request_started(false);
-                        self.slots[slot as usize].unique = unique;
-                        self.send_reply(queue, slot, reply);
-                    }
-                    None => self.free.push(slot),
-                }
-                return;
-            }
+        let decoded = decode_message(message);
+        let Some((unique, step)) = request::begin(export, decoded, false) else {
+            self.free.push(slot);
+            return;
         };
-        export.counters.request_started(false);
-        self.slots[slot as usize].unique = request.header.unique;
-        let step = if export.is_halted() { Step::Reply(Reply::error(libc::EIO)) } else { export.handle(&request) };
+        let entry = &mut self.slots[slot as usize];
+        entry.unique = unique;
+        entry.is_init = matches!(decoded, Ok(Request { operation: Operation::Init { .. }, .. }));
         self.run(queue, export, slot, step);
     }
 
     /// The image I/O of a slot's request completed.
-    pub fn on_image_io(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32) {
-        let Some(mut io) = self.slots[slot as usize].io.take() else { return };
-        let step = export.complete(&mut io, result);
-        self.run(queue, export, slot, step);
+    pub fn on_image_io(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, result: i32) {
+        let slot = &mut self.slots[slot_index as usize];
+        let token = encode(Tag::ImageIo, self.index, slot_index);
+        let payload = slot.payload();
+        let outcome = request::resume(queue, export, &mut slot.io, result, payload, token);
+        self.follow(queue, export, slot_index, outcome);
     }
 
-    /// A reply was written (or refused: ENOENT when the caller was interrupted).
-    pub fn on_reply(&mut self, export: &Export, slot: u32, result: i32) {
+    /// A reply was written (or refused: ENOENT when the caller was
+    /// interrupted). Returns true when it was INIT's reply.
+    pub fn on_reply(&mut self, export: &Export, slot: u32, result: i32) -> bool {
         if result == -libc::ENODEV {
             export.connection_lost();
         }
         export.counters.request_finished();
         self.free.push(slot);
-    }
-
-    /// The unique of the request a slot carries (to spot INIT's reply).
-    pub fn unique(&self, slot: u32) -> u64 {
-        self.slots[slot as usize].unique
+        std::mem::take(&mut self.slots[slot as usize].is_init)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -163,17 +157,20 @@ impl LegacyChannel {
 
     fn run(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, step: Step) {
         let slot = &mut self.slots[slot_index as usize];
-        match step {
-            Step::Reply(reply) => self.send_reply(queue, slot_index, reply),
-            Step::Io(io) => {
-                let sqe = io.sqe(export.image(), slot.payload());
-                slot.io = Some(io);
-                queue.push(sqe.user_data(encode(Tag::ImageIo, self.index, slot_index)));
-            }
-            Step::NoReply => {
+        let token = encode(Tag::ImageIo, self.index, slot_index);
+        let payload = slot.payload();
+        let outcome = request::drive(queue, export, step, &mut slot.io, payload, token);
+        self.follow(queue, export, slot_index, outcome);
+    }
+
+    fn follow(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, outcome: Outcome) {
+        match outcome {
+            Outcome::Reply(reply) => self.send_reply(queue, slot_index, reply),
+            Outcome::NoReply => {
                 export.counters.request_finished();
                 self.free.push(slot_index);
             }
+            Outcome::InProgress => {}
         }
     }
 

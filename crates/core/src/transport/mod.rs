@@ -3,3 +3,4 @@
 
 pub mod legacy;
 pub mod mount;
+pub mod uring;
