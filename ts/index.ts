@@ -4,6 +4,7 @@ export type {
   ExportInfo,
   ExportState,
   ExportStats,
+  ExportWarning,
   FuseExportEvents,
   StoppedEvent,
   StopReason,

@@ -27,7 +27,7 @@ async function main(): Promise<number> {
     await flush(log);
     return EXIT_SETUP;
   }
-  exp.on('warning', (message) => log.warn(message));
+  exp.on('warning', ({ message, ...fields }) => log.warn(message, fields));
   exp.on('state', ({ from, to }) => log.debug(`State ${from} -> ${to}`, { event: 'state', from, to }));
   exp.on('halted', ({ reason }) => log.error(`Export halted: ${reason}`, { event: 'halted', reason }));
 

@@ -42,9 +42,16 @@ export interface StoppedEvent extends ExportStats {
   abandoned: number;
 }
 
+/** Something worth a warning line; `event` names it for scripts. */
+export interface ExportWarning {
+  message: string;
+  event?: string;
+  [field: string]: unknown;
+}
+
 export interface FuseExportEvents {
   state: [{ from: ExportState; to: ExportState }];
-  warning: [string];
+  warning: [ExportWarning];
   halted: [{ reason: string }];
   stopped: [StoppedEvent];
 }
@@ -71,10 +78,10 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     const resolved = resolveOptions(options);
     resolved.image = resolve(resolved.image);
     const binding = native();
-    const warnings: string[] = [];
+    const warnings: ExportWarning[] = [];
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
       detach: (path) => binding.detachMount(path),
-      warn: (message) => warnings.push(message),
+      warn: (message, fields) => warnings.push({ message, ...fields }),
     });
     claimMountpoint(mountpoint);
     let exp: FuseExport | undefined;
@@ -121,8 +128,9 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     exp.#native = handle;
     exp.#setState('serving');
     // Warnings are emitted once the caller could subscribe.
-    queueMicrotask(() => {
-      for (const warning of [...warnings, ...info.warnings]) exp.emit('warning', warning);
+    setImmediate(() => {
+      for (const warning of warnings) exp.emit('warning', warning);
+      for (const message of info.warnings) exp.emit('warning', { message });
       for (const event of early) exp.#onNativeEvent(event);
     });
     return exp;
@@ -169,7 +177,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     } else if (event.kind === 'unmounted') {
       void this.stop('unmounted');
     } else if (event.kind === 'warning') {
-      this.emit('warning', event.reason ?? '');
+      this.emit('warning', { message: event.reason ?? '' });
     }
   }
 
@@ -181,7 +189,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     try {
       handle.unmount();
     } catch (error) {
-      this.emit('warning', (error as Error).message);
+      this.emit('warning', { message: (error as Error).message, event: 'unmount-failed' });
     }
     this.stats();
     await handle.stop();

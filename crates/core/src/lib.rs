@@ -3,6 +3,7 @@
 //! and its events.
 
 pub mod export;
+pub mod faults;
 pub mod image;
 pub mod latch;
 pub mod protocol;

@@ -3,6 +3,7 @@
 
 use crate::export::counters::Snapshot;
 use crate::export::{EventSink, Export, ExportSettings};
+use crate::faults::Faults;
 use crate::image::{Image, ImageOptions};
 use crate::protocol::abi::{MAX_PAGES, MAX_WRITE};
 use crate::runtime::control::Control;
@@ -61,6 +62,7 @@ pub struct Server {
     mountpoint: PathBuf,
     /// The connection's number under /sys/fs/fuse/connections.
     connection: Option<u32>,
+    faults: Faults,
     info: StartInfo,
 }
 
@@ -107,7 +109,8 @@ impl Server {
         let direct_io = image.uses_direct_io();
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let settings = ExportSettings { allow_other, ring_wanted, uid, gid };
+        let faults = Faults::from_env();
+        let settings = ExportSettings { allow_other, ring_wanted, uid, gid, halt_after_requests: faults.halt_after_requests };
         let export = Arc::new(Export::new(image, settings, events));
         let info = StartInfo {
             size,
@@ -132,6 +135,7 @@ impl Server {
             threads: Vec::new(),
             mountpoint: options.mountpoint.clone(),
             connection: None,
+            faults,
             info,
         };
         let started = server
@@ -157,7 +161,7 @@ impl Server {
         // Ring queues (one per possible CPU) are dealt round-robin.
         let queues = if self.ring_setup.is_some() { uring::possible_cpus() } else { 0 };
         let depth = self.info.queue_depth as usize;
-        let payload = uring::payload_size(MAX_WRITE, MAX_PAGES);
+        let payload = self.faults.ring_payload_bytes.unwrap_or_else(|| uring::payload_size(MAX_WRITE, MAX_PAGES));
         for (thread, fd) in fds.into_iter().enumerate() {
             let rings: Vec<RingQueue> = (thread..queues)
                 .step_by(threads)

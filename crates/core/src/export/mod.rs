@@ -45,12 +45,15 @@ pub struct ExportSettings {
     pub ring_wanted: bool,
     pub uid: u32,
     pub gid: u32,
+    /// Test-only: the transport "breaks" after this many requests.
+    pub halt_after_requests: Option<u64>,
 }
 
 pub struct Export {
     image: Image,
     attributes: Attributes,
     ring_wanted: bool,
+    halt_after_requests: Option<u64>,
     pub counters: Counters,
     /// Set when INIT was answered; a second INIT is a protocol violation.
     pub init: Latch<Negotiated>,
@@ -71,6 +74,7 @@ impl Export {
             image,
             attributes,
             ring_wanted: settings.ring_wanted,
+            halt_after_requests: settings.halt_after_requests,
             counters: Counters::default(),
             init: Latch::default(),
             halted: AtomicBool::new(false),
@@ -131,9 +135,15 @@ impl Export {
         }
     }
 
-    /// The first step of a request. `payload_capacity` is the size of the
-    /// buffer the transport will hand to the image I/O.
+    /// The first step of a request.
     pub fn handle(&self, request: &Request) -> Step {
+        if let Some(limit) = self.halt_after_requests {
+            let seen = self.counters.snapshot();
+            if seen.legacy_requests + seen.ring_requests > limit {
+                self.halt(format!("injected transport fault after {limit} requests"));
+                return Step::Reply(Reply::error(libc::EIO));
+            }
+        }
         let reply = match request.operation {
             Operation::Init { arg, flags } => self.init(&arg, flags),
             Operation::Lookup => Reply::error(libc::ENOENT),
