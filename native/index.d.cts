@@ -16,6 +16,11 @@ export declare class NativeExport {
   pause(): void
   resume(): void
   halt(reason: string): void
+  /**
+   * Ends the connection from the kernel's side (waiting callers get
+   * ENOTCONN).
+   */
+  abort(): void
   unmount(): void
   /** Joins the I/O threads and releases everything; safe to call twice. */
   stop(): Promise<void>

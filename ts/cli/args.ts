@@ -9,6 +9,9 @@ export interface CliArgs {
   logFormat: LogFormat;
   logLevel: LogLevel;
   pidfile?: string;
+  /** Seconds between `stats` events; 0 for none. */
+  statsInterval: number;
+  quiet: boolean;
 }
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
@@ -53,6 +56,12 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       },
       'log-level': { choices: LOG_LEVELS, default: 'info' as LogLevel },
       pidfile: { type: 'string', describe: 'write the process id here once ready' },
+      'stats-interval': {
+        type: 'number',
+        default: 0,
+        describe: 'log counters (IOPS, bytes, in flight) every S seconds; on a terminal, a live status line',
+      },
+      quiet: { type: 'boolean', default: false, alias: 'q', describe: 'log only warnings and errors' },
     })
     .strict()
     .version(version)
@@ -78,7 +87,9 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
     },
     logFormat: parsed['log-format'] as LogFormat,
-    logLevel: parsed['log-level'],
+    logLevel: parsed.quiet ? 'warn' : parsed['log-level'],
     pidfile: parsed.pidfile,
+    statsInterval: number('stats-interval', parsed['stats-interval']),
+    quiet: parsed.quiet,
   };
 }

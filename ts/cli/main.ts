@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // The `fuse-export` command: parse, start, log the life of the export,
-// stop on signals, exit 0 (clean stop), 1 (bad usage or set-up), 2 (halted).
+// stop on signals; exit 0 (clean stop), 1 (bad usage or set-up), 2 (halted).
 import { hideBin } from 'yargs/helpers';
+import type winston from 'winston';
 import { FuseExport, type StoppedEvent } from '../lifecycle/export.js';
-import { parseArgs } from './args.js';
+import { parseArgs, type CliArgs } from './args.js';
 import { createLogger, flush } from './logger.js';
 import { removePidfile, writePidfile } from './pidfile.js';
+import { statusLine, watchStats } from './status.js';
 
 const EXIT_OK = 0;
 const EXIT_SETUP = 1;
@@ -16,35 +18,26 @@ function usageError(message: string): never {
   process.exit(EXIT_SETUP);
 }
 
-async function main(): Promise<number> {
-  const args = parseArgs(hideBin(process.argv), usageError);
-  const log = createLogger(args.logFormat, args.logLevel);
-  let exp: FuseExport;
-  try {
-    exp = await FuseExport.start(args.export);
-  } catch (error) {
-    log.error((error as Error).message, { event: 'failed' });
-    await flush(log);
-    return EXIT_SETUP;
-  }
-  exp.on('warning', ({ message, ...fields }) => log.warn(message, fields));
-  exp.on('state', ({ from, to }) => log.debug(`State ${from} -> ${to}`, { event: 'state', from, to }));
-  exp.on('halted', ({ reason }) => log.error(`Export halted: ${reason}`, { event: 'halted', reason }));
-
-  const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
-  let signals = 0;
+/** SIGINT / SIGTERM: the first drains and stops, the second aborts. */
+function handleSignals(log: winston.Logger, target: () => FuseExport | undefined): { received: () => boolean } {
+  let count = 0;
   const onSignal = (signal: NodeJS.Signals) => {
-    signals += 1;
-    if (signals > 1) {
-      log.warn(`Second ${signal}: exiting without waiting for the drain`, { event: 'forced' });
-      process.exit(EXIT_SETUP);
+    count += 1;
+    const exp = target();
+    if (count === 1) {
+      log.info(`Received ${signal}: draining and unmounting`, { event: 'signal', signal });
+      void exp?.stop('signal');
+    } else {
+      log.warn(`Received ${signal} again: aborting the connection`, { event: 'abort', signal });
+      exp?.abort();
     }
-    log.info(`Received ${signal}: draining and unmounting`, { event: 'signal', signal });
-    void exp.stop('signal');
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  return { received: () => count > 0 };
+}
 
+function logReady(log: winston.Logger, exp: FuseExport): void {
   const { info } = exp;
   log.info(`Transport: ${info.transport} (${info.transportReason})`, {
     event: 'transport',
@@ -65,6 +58,39 @@ async function main(): Promise<number> {
     allowOther: info.allowOther,
     directIo: info.directIo,
   });
+}
+
+function showStats(args: CliArgs, log: winston.Logger, exp: FuseExport): () => void {
+  if (args.statsInterval <= 0) return () => {};
+  const live = process.stderr.isTTY && args.logFormat === 'pretty' && !args.quiet;
+  const stop = watchStats(() => exp.stats(), args.statsInterval, (r) => {
+    if (live) process.stderr.write(`\r\x1b[K${statusLine(r)}`);
+    else log.info(statusLine(r), { event: 'stats', ...r });
+  });
+  return () => {
+    stop();
+    if (live) process.stderr.write('\r\x1b[K');
+  };
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(hideBin(process.argv), usageError);
+  const log = createLogger(args.logFormat, args.logLevel);
+  let exp: FuseExport | undefined;
+  const signals = handleSignals(log, () => exp);
+  try {
+    exp = await FuseExport.start(args.export);
+  } catch (error) {
+    log.error((error as Error).message, { event: 'failed' });
+    await flush(log);
+    return EXIT_SETUP;
+  }
+  exp.on('warning', ({ message, ...fields }) => log.warn(message, fields));
+  exp.on('state', ({ from, to }) => log.info(`State ${from} -> ${to}`, { event: 'state', from, to }));
+  exp.on('halted', ({ reason }) => log.error(`Export halted: ${reason}`, { event: 'halted', reason }));
+  const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
+
+  logReady(log, exp);
   if (args.pidfile) {
     try {
       writePidfile(args.pidfile);
@@ -75,8 +101,12 @@ async function main(): Promise<number> {
       return EXIT_SETUP;
     }
   }
+  // A signal that came while we were starting stops us now.
+  if (signals.received()) void exp.stop('signal');
+  const stopStats = showStats(args, log, exp);
 
   const result = await stopped;
+  stopStats();
   if (args.pidfile) removePidfile(args.pidfile);
   const { reason, ...counters } = result;
   log.info(`Export stopped (${reason})`, { event: 'stopped', reason, ...counters });

@@ -1,13 +1,15 @@
 // One export's life in JavaScript: starting → serving → draining → stopped,
-// or → halted. The Rust core serves every request; this class decides when
-// to drain, halt and let go.
+// or → halted → stopped. The Rust core serves every request; this class
+// decides when to drain, halt and let go, and holds the references.
 import { EventEmitter } from 'node:events';
-import { native, type NativeEvent, type NativeExport } from '../native.js';
 import { resolve } from 'node:path';
+import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
 import { resolveOptions, type ExportOptions, type ResolvedOptions } from '../options.js';
 import { claimMountpoint, prepareMountpoint, releaseMountpoint, SetupError } from './mountpoint.js';
+import { References } from './references.js';
+import { StateMachine, type ExportState } from './state.js';
 
-export type ExportState = 'starting' | 'serving' | 'draining' | 'stopped' | 'halted';
+export type { ExportState } from './state.js';
 export type Transport = 'io_uring' | 'legacy';
 export type StopReason = 'api' | 'signal' | 'unmounted' | 'halted' | (string & {});
 
@@ -56,40 +58,60 @@ export interface FuseExportEvents {
   stopped: [StoppedEvent];
 }
 
+/** What the life cycle needs from the Rust core (a fake one in unit tests). */
+export interface Core {
+  startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<CoreExport>;
+  detachMount(path: string): void;
+}
+export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'resume' | 'halt' | 'unmount' | 'abort' | 'stop'>;
+
 const DRAIN_POLL_MS = 2;
+const OWNER = 'owner';
+const CONNECTION = 'connection';
 
 /** A running export. Create it with `FuseExport.start()`. */
 export class FuseExport extends EventEmitter<FuseExportEvents> {
-  #state: ExportState = 'starting';
-  #native: NativeExport | undefined;
-  #stopping: Promise<StoppedEvent> | undefined;
-  #haltReason: string | undefined;
   readonly options: ResolvedOptions;
   readonly info: ExportInfo;
+  readonly #core: CoreExport;
+  readonly #machine = new StateMachine((from, to) => this.emit('state', { from, to }));
+  readonly #references: References;
+  readonly #dropOwner: () => void;
+  readonly #dropConnection: () => void;
+  readonly #released: Promise<void>;
+  #stopping: Promise<StoppedEvent> | undefined;
+  #haltReason: string | undefined;
+  #aborted = false;
+  #lastStats: ExportStats = { legacyRequests: 0, ringRequests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, inFlight: 0 };
 
-  private constructor(options: ResolvedOptions, info: ExportInfo) {
+  private constructor(options: ResolvedOptions, info: ExportInfo, core: CoreExport) {
     super();
     this.options = options;
     this.info = info;
+    this.#core = core;
+    let release!: () => void;
+    this.#released = new Promise((r) => (release = r));
+    this.#references = new References(release);
+    this.#dropOwner = this.#references.take(OWNER);
+    this.#dropConnection = this.#references.take(CONNECTION);
   }
 
   /** Mounts and serves; resolves when the kernel talks to the export. */
-  static async start(options: ExportOptions): Promise<FuseExport> {
+  static async start(options: ExportOptions, core: Core = native()): Promise<FuseExport> {
     const resolved = resolveOptions(options);
     resolved.image = resolve(resolved.image);
-    const binding = native();
     const warnings: ExportWarning[] = [];
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
-      detach: (path) => binding.detachMount(path),
+      detach: (path) => core.detachMount(path),
       warn: (message, fields) => warnings.push({ message, ...fields }),
     });
     claimMountpoint(mountpoint);
     let exp: FuseExport | undefined;
     const early: NativeEvent[] = [];
-    const onEvent = (event: NativeEvent) => (exp ? exp.#onNativeEvent(event) : early.push(event));
-    let handle: NativeExport;
+    const onEvent = (event: NativeEvent) => (exp ? exp.#onCoreEvent(event) : early.push(event));
+    let handle: CoreExport;
     try {
-      handle = await binding.startExport(
+      handle = await core.startExport(
         {
           image: resolved.image,
           mountpoint,
@@ -124,20 +146,21 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
         allowOther: info.allowOther,
         directIo: info.directIo,
       },
+      handle,
     );
-    exp.#native = handle;
-    exp.#setState('serving');
-    // Warnings are emitted once the caller could subscribe.
+    exp.#machine.move('serving');
+    // Emitted once the caller could subscribe.
+    const started = exp;
     setImmediate(() => {
-      for (const warning of warnings) exp.emit('warning', warning);
-      for (const message of info.warnings) exp.emit('warning', { message });
-      for (const event of early) exp.#onNativeEvent(event);
+      for (const warning of warnings) started.emit('warning', warning);
+      for (const message of info.warnings) started.emit('warning', { message });
+      for (const event of early) started.#onCoreEvent(event);
     });
     return exp;
   }
 
   get state(): ExportState {
-    return this.#state;
+    return this.#machine.state;
   }
 
   get transport(): Transport {
@@ -146,35 +169,57 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
 
   /** Counters of the Rust core; the last values once stopped. */
   stats(): ExportStats {
-    return this.#lastStats = this.#native ? this.#native.stats() : this.#lastStats;
+    if (!this.#machine.is('stopped')) this.#lastStats = this.#core.stats();
+    return { ...this.#lastStats };
   }
 
-  #lastStats: ExportStats = { legacyRequests: 0, ringRequests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, inFlight: 0 };
+  /**
+   * Takes a reference: the export's memory is released only when every
+   * holder let go. Returns the function that drops it.
+   */
+  ref(holder: string): () => void {
+    return this.#references.take(holder);
+  }
+
+  /** Who holds the export right now. */
+  holders(): string[] {
+    return this.#references.holders();
+  }
 
   /**
-   * Drains (no new requests; in-flight ones finish), unmounts and releases
-   * the export. Safe to call more than once: every call gets the same result.
+   * Drains (no new requests; in-flight ones finish within the shutdown
+   * timeout), unmounts, and releases the export once no reference is left.
+   * Safe to call more than once: every call gets the same result.
    */
   stop(reason: StopReason = 'api'): Promise<StoppedEvent> {
     this.#stopping ??= this.#shutdown(reason);
     return this.#stopping;
   }
 
-  #setState(to: ExportState): void {
-    const from = this.#state;
-    if (from === to) return;
-    this.#state = to;
-    this.emit('state', { from, to });
+  /**
+   * Ends the connection from the kernel's side at once: callers waiting on
+   * the file get ENOTCONN. For a second signal, or a drain that never ends.
+   */
+  abort(): void {
+    this.#aborted = true;
+    if (!this.#machine.is('stopped')) this.#core.abort();
   }
 
-  #onNativeEvent(event: NativeEvent): void {
+  /** Stops taking requests for good (the reason is reported), then stops. */
+  halt(reason: string): Promise<StoppedEvent> {
+    this.#core.halt(reason);
+    return this.stop('halted');
+  }
+
+  #onCoreEvent(event: NativeEvent): void {
     if (event.kind === 'halted') {
       const reason = event.reason ?? 'unknown';
       this.#haltReason = reason;
-      this.#setState('halted');
+      this.#machine.move('halted');
       this.emit('halted', { reason });
       void this.stop('halted');
     } else if (event.kind === 'unmounted') {
+      this.#dropConnection();
       void this.stop('unmounted');
     } else if (event.kind === 'warning') {
       this.emit('warning', { message: event.reason ?? '' });
@@ -182,32 +227,40 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   }
 
   async #shutdown(reason: StopReason): Promise<StoppedEvent> {
-    const handle = this.#native!;
-    if (this.#state === 'serving') this.#setState('draining');
-    handle.pause();
-    const abandoned = await this.#drain(handle);
+    this.#machine.move('draining');
+    this.#core.pause();
+    const abandoned = await this.#drain();
+    if (abandoned > 0 && !this.#aborted) {
+      this.emit('warning', {
+        message: `${abandoned} request(s) still in flight after ${this.options.shutdownTimeout} ms; aborting the connection`,
+        event: 'drain-timeout',
+        abandoned,
+      });
+      this.abort();
+    }
     try {
-      handle.unmount();
+      this.#core.unmount();
     } catch (error) {
       this.emit('warning', { message: (error as Error).message, event: 'unmount-failed' });
     }
+    this.#dropConnection();
+    this.#dropOwner();
+    await this.#released;
     this.stats();
-    await handle.stop();
-    this.#native = undefined;
+    await this.#core.stop();
     releaseMountpoint(this.info.mountpoint);
-    if (this.#state !== 'halted') this.#setState('stopped');
-    const stopped: StoppedEvent = { reason: this.#haltReason ? 'halted' : reason, ...this.#lastStats, abandoned };
+    this.#machine.move('stopped');
+    const stopped: StoppedEvent = { ...this.#lastStats, reason: this.#haltReason ? 'halted' : reason, abandoned };
     this.emit('stopped', stopped);
     return stopped;
   }
 
-  /** Waits until no request is in flight, or the shutdown timeout passes. */
-  async #drain(handle: NativeExport): Promise<number> {
+  /** Waits until no request is in flight, the timeout passes, or an abort. */
+  async #drain(): Promise<number> {
     const deadline = Date.now() + this.options.shutdownTimeout;
     for (;;) {
-      const inFlight = handle.stats().inFlight;
-      if (inFlight === 0) return 0;
-      if (Date.now() >= deadline) return inFlight;
+      const { inFlight } = this.#core.stats();
+      if (inFlight === 0 || this.#aborted || Date.now() >= deadline) return inFlight;
       await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
     }
   }

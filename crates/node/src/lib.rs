@@ -218,6 +218,13 @@ impl NativeExport {
         self.with(|server| server.halt(&reason))
     }
 
+    /// Ends the connection from the kernel's side (waiting callers get
+    /// ENOTCONN).
+    #[napi]
+    pub fn abort(&self) -> Result<()> {
+        self.with(Server::abort_connection)
+    }
+
     #[napi]
     pub fn unmount(&self) -> Result<()> {
         self.with(Server::unmount)?.map_err(Error::from_reason)
