@@ -1,0 +1,172 @@
+// The life cycle against a fake core: states, references, drain, halt,
+// double stop, start failures. No kernel involved.
+import test from 'ava';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FuseExport, SetupError } from '../../dist/index.js';
+
+function fakeCore({ failStart } = {}) {
+  const calls = [];
+  const core = {
+    calls,
+    inFlight: 0,
+    emit: undefined,
+    async startExport(options, onEvent) {
+      calls.push('start');
+      if (failStart) throw new Error(failStart);
+      core.emit = onEvent;
+      return {
+        info: () => ({ size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, warnings: [] }),
+        stats: () => ({ legacyRequests: 7, ringRequests: 0, bytesRead: 1, bytesWritten: 2, errors: 0, inFlight: core.inFlight }),
+        pause: () => calls.push('pause'),
+        resume: () => calls.push('resume'),
+        halt: (reason) => {
+          calls.push(`halt:${reason}`);
+          core.emit({ kind: 'halted', reason });
+        },
+        unmount: () => calls.push('unmount'),
+        abort: () => calls.push('abort'),
+        stop: async () => calls.push('stop'),
+      };
+    },
+    detachMount: (path) => calls.push(`detach:${path}`),
+  };
+  return core;
+}
+
+function scratch(t) {
+  const dir = mkdtempSync(join(tmpdir(), 'fuse-export-unit-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const mountpoint = join(dir, 'mnt');
+  writeFileSync(mountpoint, '');
+  return { image: join(dir, 'img'), mountpoint, shutdownTimeout: 200 };
+}
+
+const tick = (ms = 10) => new Promise((r) => setTimeout(r, ms));
+
+test('a stop drains, unmounts and releases, in that order', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const states = [];
+  exp.on('state', ({ to }) => states.push(to));
+  t.is(exp.state, 'serving');
+  const stopped = await exp.stop();
+  t.deepEqual(core.calls, ['start', 'pause', 'unmount', 'stop']);
+  t.deepEqual(states, ['draining', 'stopped']);
+  t.is(stopped.reason, 'api');
+  t.is(stopped.legacyRequests, 7);
+  t.is(stopped.abandoned, 0);
+});
+
+test('stop twice is safe and tears down once', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const [a, b] = await Promise.all([exp.stop(), exp.stop('signal')]);
+  t.is(a, b);
+  t.is(core.calls.filter((c) => c === 'stop').length, 1);
+  t.deepEqual(await exp.stop(), a);
+});
+
+test('the drain waits for in-flight requests before unmounting', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, core);
+  core.inFlight = 3;
+  const stopping = exp.stop();
+  await tick(50);
+  t.false(core.calls.includes('unmount'));
+  t.is(exp.state, 'draining');
+  core.inFlight = 0;
+  const stopped = await stopping;
+  t.is(stopped.abandoned, 0);
+  t.false(core.calls.includes('abort'));
+});
+
+test('a drain past the shutdown timeout aborts the connection and says so', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const warnings = [];
+  exp.on('warning', (w) => warnings.push(w));
+  core.inFlight = 2;
+  const stopped = await exp.stop();
+  t.is(stopped.abandoned, 2);
+  t.true(core.calls.indexOf('abort') < core.calls.indexOf('unmount'));
+  t.is(warnings[0].event, 'drain-timeout');
+});
+
+test('the export is released only when the last reference is dropped', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const release = exp.ref('backup');
+  t.deepEqual(exp.holders().sort(), ['backup', 'connection', 'owner']);
+  const stopping = exp.stop();
+  await tick(30);
+  t.true(core.calls.includes('unmount'));
+  t.false(core.calls.includes('stop'), 'memory stays while a holder remains');
+  release();
+  release();
+  await stopping;
+  t.true(core.calls.includes('stop'));
+  t.throws(() => exp.ref('late'));
+});
+
+test('a halt from the core reports its reason, unmounts and stops', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const halted = new Promise((r) => exp.once('halted', r));
+  const stopped = new Promise((r) => exp.once('stopped', r));
+  core.emit({ kind: 'halted', reason: 'COMMIT_AND_FETCH failed: EIO' });
+  t.deepEqual(await halted, { reason: 'COMMIT_AND_FETCH failed: EIO' });
+  t.is(exp.state, 'halted');
+  const event = await stopped;
+  t.is(event.reason, 'halted');
+  t.true(core.calls.includes('unmount'));
+  t.is(exp.state, 'stopped');
+});
+
+test('halt() from the API goes through the core and stops', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const event = await exp.halt('operator said so');
+  t.is(event.reason, 'halted');
+  t.true(core.calls.includes('halt:operator said so'));
+});
+
+test('an unmount from outside is a clean stop', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), core);
+  const stopped = new Promise((r) => exp.once('stopped', r));
+  core.emit({ kind: 'unmounted' });
+  t.is((await stopped).reason, 'unmounted');
+  t.is(exp.state, 'stopped');
+});
+
+test('a mountpoint already exported by this process is refused', async (t) => {
+  const core = fakeCore();
+  const options = scratch(t);
+  const exp = await FuseExport.start(options, core);
+  const error = await t.throwsAsync(FuseExport.start(options, fakeCore()), { instanceOf: SetupError });
+  t.regex(error.message, /There already is a FUSE export on /);
+  await exp.stop();
+  const again = await FuseExport.start(options, fakeCore());
+  await again.stop();
+});
+
+test('a failed start leaves the mountpoint free', async (t) => {
+  const options = scratch(t);
+  await t.throwsAsync(FuseExport.start(options, fakeCore({ failStart: 'Failed to mount: EPERM' })), {
+    instanceOf: SetupError,
+    message: 'Failed to mount: EPERM',
+  });
+  const exp = await FuseExport.start(options, fakeCore());
+  await exp.stop();
+});
+
+test('bad options are refused before anything is touched', async (t) => {
+  const core = fakeCore();
+  const options = scratch(t);
+  await t.throwsAsync(FuseExport.start({ ...options, threads: 0 }, core), { message: /threads must be a whole number/ });
+  await t.throwsAsync(FuseExport.start({ ...options, growable: true }, core), { message: /--growable needs --writable/ });
+  await t.throwsAsync(FuseExport.start({ ...options, ioUring: 'maybe' }, core), { message: /io-uring must be one of/ });
+  t.deepEqual(core.calls, []);
+});
