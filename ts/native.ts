@@ -12,6 +12,8 @@ export type NativeStats = Native.NativeStats;
 
 let binding: typeof Native | undefined;
 
+const SUPPORTED = ['linux-x64-gnu', 'linux-arm64-gnu', 'linux-x64-musl', 'linux-arm64-musl'];
+
 /** Loads the binding on first use, so that `--help` works without it. */
 export function native(): typeof Native {
   if (binding === undefined) {
@@ -20,7 +22,15 @@ export function native(): typeof Native {
         `fuse-export runs on Linux only (it needs the kernel's FUSE); this is ${process.platform}-${process.arch}`,
       );
     }
-    binding = require('../native/index.cjs') as typeof Native;
+    try {
+      binding = require('../native/index.cjs') as typeof Native;
+    } catch (error) {
+      throw new Error(
+        `fuse-export has no native binary for linux-${process.arch} here. Prebuilt binaries exist for ` +
+          `${SUPPORTED.join(', ')}: reinstall without --omit=optional, or build from source with Rust ` +
+          `(npm run build:native). Cause: ${(error as Error).message.split('\n')[0]}`,
+      );
+    }
   }
   return binding;
 }
