@@ -29,10 +29,14 @@ export declare class NativeExport {
 /** Lazily unmounts whatever is mounted on `path` (a dead export). */
 export declare function detachMount(path: string): void
 
-/** `kind` is "unmounted", "halted" (with `reason`) or "warning" (with `reason`). */
+/**
+ * `kind` is "unmounted", "halted" (with `reason`) or "warning" (with
+ * `reason` and `name`, which names the warning for scripts).
+ */
 export interface NativeEvent {
   kind: string
   reason?: string
+  name?: string
 }
 
 export interface NativeOptions {

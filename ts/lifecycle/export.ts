@@ -222,7 +222,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       this.#dropConnection();
       void this.stop('unmounted');
     } else if (event.kind === 'warning') {
-      this.emit('warning', { message: event.reason ?? '' });
+      this.emit('warning', { message: event.reason ?? '', event: event.name ?? undefined });
     }
   }
 

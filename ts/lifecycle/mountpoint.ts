@@ -1,6 +1,6 @@
 // Checking a mountpoint before we mount on it: our own exports, dead FUSE
 // mounts left by a killed exporter, and the regular-file requirement.
-import { stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { isFuse, mountOn, OUR_FS_TYPE } from './mountinfo.js';
 
@@ -25,6 +25,19 @@ export interface MountpointHooks {
   warn(message: string, fields: Record<string, unknown>): void;
 }
 
+/**
+ * The path the kernel will mount on: mount(2) follows a symlink, so a
+ * symlinked mountpoint is resolved to the file it names. A dead mount at the
+ * path cannot be resolved (ENOTCONN); its path is taken as it is.
+ */
+async function canonical(path: string): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch {
+    return path;
+  }
+}
+
 function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -35,7 +48,7 @@ function errnoOf(error: unknown): string | undefined {
  * from the thread that serves it would deadlock.
  */
 export async function prepareMountpoint(path: string, hooks: MountpointHooks): Promise<string> {
-  const mountpoint = resolve(path);
+  const mountpoint = await canonical(resolve(path));
   if (active.has(mountpoint)) {
     throw new SetupError(`There already is a FUSE export on ${mountpoint}`);
   }

@@ -49,11 +49,13 @@ pub struct NativeStats {
     pub in_flight: f64,
 }
 
-/// `kind` is "unmounted", "halted" (with `reason`) or "warning" (with `reason`).
+/// `kind` is "unmounted", "halted" (with `reason`) or "warning" (with
+/// `reason` and `name`, which names the warning for scripts).
 #[napi(object)]
 pub struct NativeEvent {
     pub kind: String,
     pub reason: Option<String>,
+    pub name: Option<String>,
 }
 
 type EventCallback = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
@@ -102,9 +104,11 @@ impl Task for StartTask {
         let events = self.events.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
         let sink = Box::new(move |event: Event| {
             let event = match event {
-                Event::Unmounted => NativeEvent { kind: "unmounted".into(), reason: None },
-                Event::Halted(reason) => NativeEvent { kind: "halted".into(), reason: Some(reason) },
-                Event::Warning(reason) => NativeEvent { kind: "warning".into(), reason: Some(reason) },
+                Event::Unmounted => NativeEvent { kind: "unmounted".into(), reason: None, name: None },
+                Event::Halted(reason) => NativeEvent { kind: "halted".into(), reason: Some(reason), name: None },
+                Event::Warning { kind, message } => {
+                    NativeEvent { kind: "warning".into(), reason: Some(message), name: Some(kind.into()) }
+                }
             };
             events.call(event, ThreadsafeFunctionCallMode::NonBlocking);
         });

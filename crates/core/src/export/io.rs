@@ -14,6 +14,17 @@ pub enum IoKind {
     Fallocate { mode: i32 },
 }
 
+impl IoKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IoKind::Read => "read",
+            IoKind::Write => "write",
+            IoKind::Sync => "sync",
+            IoKind::Fallocate { .. } => "fallocate",
+        }
+    }
+}
+
 /// An image operation in progress. Transfers may complete in pieces; `done`
 /// counts what is already transferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

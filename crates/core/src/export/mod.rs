@@ -25,8 +25,9 @@ pub enum Event {
     Unmounted,
     /// A fatal error: no more requests are taken.
     Halted(String),
-    /// Something the user should know that does not stop the export.
-    Warning(String),
+    /// Something the user should know that does not stop the export;
+    /// `kind` names it for scripts.
+    Warning { kind: &'static str, message: String },
 }
 
 pub type EventSink = Box<dyn Fn(Event) + Send + Sync>;
@@ -60,6 +61,7 @@ pub struct Export {
     halted: AtomicBool,
     unmounted: AtomicBool,
     halt_reason: Mutex<Option<String>>,
+    reported_errnos: Mutex<Vec<i32>>,
     events: EventSink,
 }
 
@@ -80,6 +82,7 @@ impl Export {
             halted: AtomicBool::new(false),
             unmounted: AtomicBool::new(false),
             halt_reason: Mutex::new(None),
+            reported_errnos: Mutex::new(Vec::new()),
             events,
         }
     }
@@ -107,8 +110,31 @@ impl Export {
         (self.events)(Event::Halted(reason));
     }
 
-    pub fn warn(&self, message: impl Into<String>) {
-        (self.events)(Event::Warning(message.into()));
+    pub fn warn(&self, kind: &'static str, message: impl Into<String>) {
+        (self.events)(Event::Warning { kind, message: message.into() });
+    }
+
+    /// Counts a failed image operation; the first failure of each errno is
+    /// also reported (a dying disk must not flood the log).
+    fn image_error(&self, io: &ImageIo, errno: i32) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.reported_errnos.lock().unwrap();
+        if seen.contains(&errno) {
+            return;
+        }
+        seen.push(errno);
+        drop(seen);
+        let what = crate::image::describe(&std::io::Error::from_raw_os_error(errno));
+        self.warn(
+            "image-error",
+            format!(
+                "Image {} failed at offset {} (length {}): {what}; the request gets that error, \
+                 and further errno {errno} failures are counted, not logged",
+                io.kind.name(),
+                io.offset,
+                io.len
+            ),
+        );
     }
 
     /// The connection is gone; reported once however many threads see it.
@@ -170,7 +196,7 @@ impl Export {
             return Step::Io(*io);
         }
         if result < 0 && io.done == 0 {
-            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            self.image_error(io, -result);
             return Step::Reply(Reply::error(-result));
         }
         let reply = match io.kind {
@@ -186,7 +212,7 @@ impl Export {
             IoKind::Sync => Reply::ok(),
             IoKind::Fallocate { mode } => {
                 if mode & FALLOC_FL_KEEP_SIZE == 0 {
-                    self.image.grew_to(io.offset + io.len);
+                    self.image.grew_to(io.offset.saturating_add(io.len));
                 }
                 Reply::ok()
             }

@@ -81,7 +81,7 @@ impl RingSetup {
         if self.required {
             export.halt(format!("FUSE-over-io_uring failed: {reason}"));
         } else if started {
-            export.warn(format!("FUSE-over-io_uring failed: {reason}; the kernel now serves over /dev/fuse"));
+            export.warn("ring-fallback", format!("FUSE-over-io_uring failed: {reason}; the kernel now serves over /dev/fuse"));
         }
     }
 }
