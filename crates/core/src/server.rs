@@ -110,7 +110,7 @@ impl Server {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let faults = Faults::from_env();
-        let settings = ExportSettings { allow_other, ring_wanted, uid, gid, halt_after_requests: faults.halt_after_requests };
+        let settings = ExportSettings { allow_other, ring_wanted, uid, gid, faults };
         let export = Arc::new(Export::new(image, settings, events));
         let info = StartInfo {
             size,

@@ -7,6 +7,7 @@ pub mod counters;
 pub mod init;
 pub mod io;
 
+use crate::faults::Faults;
 use crate::image::Image;
 use crate::protocol::abi::*;
 use crate::protocol::{Malformed, Operation, Reply, Request};
@@ -46,15 +47,15 @@ pub struct ExportSettings {
     pub ring_wanted: bool,
     pub uid: u32,
     pub gid: u32,
-    /// Test-only: the transport "breaks" after this many requests.
-    pub halt_after_requests: Option<u64>,
+    /// Test-only fault injection.
+    pub faults: Faults,
 }
 
 pub struct Export {
     image: Image,
     attributes: Attributes,
     ring_wanted: bool,
-    halt_after_requests: Option<u64>,
+    faults: Faults,
     pub counters: Counters,
     /// Set when INIT was answered; a second INIT is a protocol violation.
     pub init: Latch<Negotiated>,
@@ -76,7 +77,7 @@ impl Export {
             image,
             attributes,
             ring_wanted: settings.ring_wanted,
-            halt_after_requests: settings.halt_after_requests,
+            faults: settings.faults,
             counters: Counters::default(),
             init: Latch::default(),
             halted: AtomicBool::new(false),
@@ -163,7 +164,7 @@ impl Export {
 
     /// The first step of a request.
     pub fn handle(&self, request: &Request) -> Step {
-        if let Some(limit) = self.halt_after_requests {
+        if let Some(limit) = self.faults.halt_after_requests {
             let seen = self.counters.snapshot();
             if seen.legacy_requests + seen.ring_requests > limit {
                 self.halt(format!("injected transport fault after {limit} requests"));
@@ -192,6 +193,7 @@ impl Export {
     /// A completion of a request's image I/O: the reply, or the rest of a
     /// short transfer.
     pub fn complete(&self, io: &mut ImageIo, result: i32) -> Step {
+        let result = if self.faults.fails(io.offset, io.len) { -libc::EIO } else { result };
         if !io.advance(result) {
             return Step::Io(*io);
         }
