@@ -2,6 +2,7 @@
 //! threads, wait for INIT; later pause, unmount and join.
 
 use crate::export::counters::Snapshot;
+use crate::export::counters::Counters;
 use crate::export::{EventSink, Export, ExportSettings};
 use crate::faults::Faults;
 use crate::image::{Image, ImageOptions};
@@ -110,7 +111,7 @@ impl Server {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let faults = Faults::from_env();
-        let settings = ExportSettings { allow_other, ring_wanted, uid, gid, faults };
+        let settings = ExportSettings { allow_other, ring_wanted, uid, gid, faults, threads: options.threads };
         let export = Arc::new(Export::new(image, settings, events));
         let info = StartInfo {
             size,
@@ -179,6 +180,7 @@ impl Server {
             let handle = std::thread::Builder::new()
                 .name(format!("fuse-export-io{thread}"))
                 .spawn(move || {
+                    Counters::bind_current_thread(thread);
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| worker.run())) {
                         let what = panic
                             .downcast_ref::<String>()

@@ -18,7 +18,7 @@ fn export_on_scratch_image() -> (Export, Arc<Mutex<Vec<Event>>>, std::path::Path
     let (image, _) = Image::open(&options).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    let settings = ExportSettings { allow_other: false, ring_wanted: false, uid: 0, gid: 0, faults: Default::default() };
+    let settings = ExportSettings { allow_other: false, ring_wanted: false, uid: 0, gid: 0, faults: Default::default(), threads: 1 };
     let export = Export::new(image, settings, Box::new(move |e| sink.lock().unwrap().push(e)));
     (export, events, path)
 }

@@ -49,6 +49,8 @@ pub struct ExportSettings {
     pub gid: u32,
     /// Test-only fault injection.
     pub faults: Faults,
+    /// I/O threads: each counts in a shard of its own.
+    pub threads: usize,
 }
 
 pub struct Export {
@@ -78,7 +80,7 @@ impl Export {
             attributes,
             ring_wanted: settings.ring_wanted,
             faults: settings.faults,
-            counters: Counters::default(),
+            counters: Counters::new(settings.threads),
             init: Latch::default(),
             halted: AtomicBool::new(false),
             unmounted: AtomicBool::new(false),
@@ -118,7 +120,7 @@ impl Export {
     /// Counts a failed image operation; the first failure of each errno is
     /// also reported (a dying disk must not flood the log).
     fn image_error(&self, io: &ImageIo, errno: i32) {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.local().errors.fetch_add(1, Ordering::Relaxed);
         let mut seen = self.reported_errnos.lock().unwrap();
         if seen.contains(&errno) {
             return;
@@ -152,7 +154,7 @@ impl Export {
     /// A request that could not be decoded. `Some(reply)` when it can still
     /// be answered, `None` when the stream cannot be trusted (halted).
     pub fn malformed(&self, malformed: Malformed) -> Option<(u64, Reply)> {
-        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.local().errors.fetch_add(1, Ordering::Relaxed);
         match malformed {
             Malformed::Arguments { unique } => Some((unique, Reply::error(libc::EINVAL))),
             Malformed::Header => {
@@ -203,11 +205,11 @@ impl Export {
         }
         let reply = match io.kind {
             IoKind::Read => {
-                self.counters.bytes_read.fetch_add(io.done, Ordering::Relaxed);
+                self.counters.local().bytes_read.fetch_add(io.done, Ordering::Relaxed);
                 Reply::with_data(io.done as u32)
             }
             IoKind::Write => {
-                self.counters.bytes_written.fetch_add(io.done, Ordering::Relaxed);
+                self.counters.local().bytes_written.fetch_add(io.done, Ordering::Relaxed);
                 self.image.grew_to(io.offset + io.done);
                 Reply::with_args(&WriteOut { size: io.done as u32, padding: 0 })
             }

@@ -22,11 +22,11 @@ pub fn begin(export: &Export, decoded: Result<Request, Malformed>, via_ring: boo
         Ok(request) => request,
         Err(malformed) => {
             let (unique, reply) = export.malformed(malformed)?;
-            export.counters.request_started(via_ring);
+            export.counters.local().request_started(via_ring);
             return Some((unique, Step::Reply(reply)));
         }
     };
-    export.counters.request_started(via_ring);
+    export.counters.local().request_started(via_ring);
     let step = if export.is_halted() { Step::Reply(Reply::error(libc::EIO)) } else { export.handle(&request) };
     Some((request.header.unique, step))
 }

@@ -146,7 +146,7 @@ impl LegacyChannel {
         if result == -libc::ENODEV {
             export.connection_lost();
         }
-        export.counters.request_finished();
+        export.counters.local().request_finished();
         self.free.push(slot);
         std::mem::take(&mut self.slots[slot as usize].is_init)
     }
@@ -167,7 +167,7 @@ impl LegacyChannel {
         match outcome {
             Outcome::Reply(reply) => self.send_reply(queue, slot_index, reply),
             Outcome::NoReply => {
-                export.counters.request_finished();
+                export.counters.local().request_finished();
                 self.free.push(slot_index);
             }
             Outcome::InProgress => {}

@@ -272,7 +272,7 @@ impl RingQueue {
             Admission::Defer => return self.deferred.push(index),
             Admission::Serve => request::begin(export, decoded, true),
             Admission::Refuse => decoded.ok().map(|r| {
-                export.counters.request_started(true);
+                export.counters.local().request_started(true);
                 (r.header.unique, Step::Reply(Reply::error(libc::EIO)))
             }),
         };
@@ -306,7 +306,7 @@ impl RingQueue {
             Outcome::NoReply => Reply::error(libc::ENOSYS),
         };
         self.commit(index, reply);
-        export.counters.request_finished();
+        export.counters.local().request_finished();
         self.submit(queue, index, Command::CommitAndFetch);
     }
 
