@@ -1,0 +1,14 @@
+// The kernel's FUSE-over-io_uring switch, set for a test and put back after.
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+
+export const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
+
+/** Whether this kernel has FUSE-over-io_uring at all. */
+export const kernelHasUring = existsSync(ENABLE_URING);
+
+/** Sets enable_uring to 'Y' or 'N' until the test ends. */
+export function setUring(t, value) {
+  const previous = readFileSync(ENABLE_URING, 'utf8').trim();
+  writeFileSync(ENABLE_URING, value);
+  t.teardown(() => writeFileSync(ENABLE_URING, previous));
+}
