@@ -23,6 +23,16 @@ export interface ExportOptions {
 
 export type ResolvedOptions = Required<ExportOptions>;
 
+/** How `start()` reports what happens before it resolves. */
+export interface StartHooks {
+  /**
+   * Warnings raised while starting (a dead mount cleared, a fallback taken),
+   * as they happen. Without it they are emitted as 'warning' events right
+   * after `start()` resolves.
+   */
+  onWarning?: (warning: { message: string; event?: string; [field: string]: unknown }) => void;
+}
+
 export const SWITCHES: readonly Switch[] = ['on', 'off', 'auto'];
 export const CACHE_MODES: readonly CacheMode[] = ['direct', 'writeback'];
 export const MAX_THREADS = 1024;

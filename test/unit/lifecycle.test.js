@@ -47,7 +47,7 @@ const tick = (ms = 10) => new Promise((r) => setTimeout(r, ms));
 
 test('a stop drains, unmounts and releases, in that order', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const states = [];
   exp.on('state', ({ to }) => states.push(to));
   t.is(exp.state, 'serving');
@@ -61,7 +61,7 @@ test('a stop drains, unmounts and releases, in that order', async (t) => {
 
 test('stop twice is safe and tears down once', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const [a, b] = await Promise.all([exp.stop(), exp.stop('signal')]);
   t.is(a, b);
   t.is(core.calls.filter((c) => c === 'stop').length, 1);
@@ -70,7 +70,7 @@ test('stop twice is safe and tears down once', async (t) => {
 
 test('the drain waits for in-flight requests before unmounting', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, core);
+  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, {}, core);
   core.inFlight = 3;
   const stopping = exp.stop();
   await tick(50);
@@ -84,7 +84,7 @@ test('the drain waits for in-flight requests before unmounting', async (t) => {
 
 test('a drain past the shutdown timeout aborts the connection and says so', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const warnings = [];
   exp.on('warning', (w) => warnings.push(w));
   core.inFlight = 2;
@@ -96,7 +96,7 @@ test('a drain past the shutdown timeout aborts the connection and says so', asyn
 
 test('the export is released only when the last reference is dropped', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const release = exp.ref('backup');
   t.deepEqual(exp.holders().sort(), ['backup', 'connection', 'owner']);
   const stopping = exp.stop();
@@ -112,7 +112,7 @@ test('the export is released only when the last reference is dropped', async (t)
 
 test('a halt from the core reports its reason, unmounts and stops', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const halted = new Promise((r) => exp.once('halted', r));
   const stopped = new Promise((r) => exp.once('stopped', r));
   core.emit({ kind: 'halted', reason: 'COMMIT_AND_FETCH failed: EIO' });
@@ -126,7 +126,7 @@ test('a halt from the core reports its reason, unmounts and stops', async (t) =>
 
 test('halt() from the API goes through the core and stops', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const event = await exp.halt('operator said so');
   t.is(event.reason, 'halted');
   t.true(core.calls.includes('halt:operator said so'));
@@ -134,7 +134,7 @@ test('halt() from the API goes through the core and stops', async (t) => {
 
 test('an unmount from outside is a clean stop', async (t) => {
   const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), core);
+  const exp = await FuseExport.start(scratch(t), {}, core);
   const stopped = new Promise((r) => exp.once('stopped', r));
   core.emit({ kind: 'unmounted' });
   t.is((await stopped).reason, 'unmounted');
@@ -144,29 +144,47 @@ test('an unmount from outside is a clean stop', async (t) => {
 test('a mountpoint already exported by this process is refused', async (t) => {
   const core = fakeCore();
   const options = scratch(t);
-  const exp = await FuseExport.start(options, core);
-  const error = await t.throwsAsync(FuseExport.start(options, fakeCore()), { instanceOf: SetupError });
+  const exp = await FuseExport.start(options, {}, core);
+  const error = await t.throwsAsync(FuseExport.start(options, {}, fakeCore()), { instanceOf: SetupError });
   t.regex(error.message, /There already is a FUSE export on /);
   await exp.stop();
-  const again = await FuseExport.start(options, fakeCore());
+  const again = await FuseExport.start(options, {}, fakeCore());
   await again.stop();
 });
 
 test('a failed start leaves the mountpoint free', async (t) => {
   const options = scratch(t);
-  await t.throwsAsync(FuseExport.start(options, fakeCore({ failStart: 'Failed to mount: EPERM' })), {
+  await t.throwsAsync(FuseExport.start(options, {}, fakeCore({ failStart: 'Failed to mount: EPERM' })), {
     instanceOf: SetupError,
     message: 'Failed to mount: EPERM',
   });
-  const exp = await FuseExport.start(options, fakeCore());
+  const exp = await FuseExport.start(options, {}, fakeCore());
   await exp.stop();
 });
 
 test('bad options are refused before anything is touched', async (t) => {
   const core = fakeCore();
   const options = scratch(t);
-  await t.throwsAsync(FuseExport.start({ ...options, threads: 0 }, core), { message: /threads must be a whole number/ });
-  await t.throwsAsync(FuseExport.start({ ...options, growable: true }, core), { message: /--growable needs --writable/ });
-  await t.throwsAsync(FuseExport.start({ ...options, ioUring: 'maybe' }, core), { message: /io-uring must be one of/ });
+  await t.throwsAsync(FuseExport.start({ ...options, threads: 0 }, {}, core), { message: /threads must be a whole number/ });
+  await t.throwsAsync(FuseExport.start({ ...options, growable: true }, {}, core), { message: /--growable needs --writable/ });
+  await t.throwsAsync(FuseExport.start({ ...options, ioUring: 'maybe' }, {}, core), { message: /io-uring must be one of/ });
   t.deepEqual(core.calls, []);
+});
+
+test('set-up warnings reach onWarning before start() resolves, or come as events right after', async (t) => {
+  const core = fakeCore();
+  const original = core.startExport;
+  core.startExport = async (...args) => {
+    const handle = await original(...args);
+    return { ...handle, info: () => ({ ...handle.info(), warnings: ['allow_other is not permitted'] }) };
+  };
+  const seen = [];
+  const exp = await FuseExport.start(scratch(t), { onWarning: (w) => seen.push(w.message) }, core);
+  t.deepEqual(seen, ['allow_other is not permitted']);
+  await exp.stop();
+
+  const later = await FuseExport.start(scratch(t), {}, core);
+  const warning = await new Promise((r) => later.once('warning', r));
+  t.is(warning.message, 'allow_other is not permitted');
+  await later.stop();
 });

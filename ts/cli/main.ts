@@ -79,7 +79,7 @@ async function main(): Promise<number> {
   let exp: FuseExport | undefined;
   const signals = handleSignals(log, () => exp);
   try {
-    exp = await FuseExport.start(args.export);
+    exp = await FuseExport.start(args.export, { onWarning: ({ message, ...fields }) => log.warn(message, fields) });
   } catch (error) {
     log.error((error as Error).message, { event: 'failed' });
     await flush(log);

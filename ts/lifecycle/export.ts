@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { resolve } from 'node:path';
 import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
-import { resolveOptions, type ExportOptions, type ResolvedOptions } from '../options.js';
+import { resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
 import { claimMountpoint, prepareMountpoint, releaseMountpoint, SetupError } from './mountpoint.js';
 import { References } from './references.js';
 import { StateMachine, type ExportState } from './state.js';
@@ -97,13 +97,14 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   }
 
   /** Mounts and serves; resolves when the kernel talks to the export. */
-  static async start(options: ExportOptions, core: Core = native()): Promise<FuseExport> {
+  static async start(options: ExportOptions, hooks: StartHooks = {}, core: Core = native()): Promise<FuseExport> {
     const resolved = resolveOptions(options);
     resolved.image = resolve(resolved.image);
     const warnings: ExportWarning[] = [];
+    const warn = (warning: ExportWarning) => (hooks.onWarning ? hooks.onWarning(warning) : warnings.push(warning));
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
       detach: (path) => core.detachMount(path),
-      warn: (message, fields) => warnings.push({ message, ...fields }),
+      warn: (message, fields) => warn({ message, ...fields }),
     });
     claimMountpoint(mountpoint);
     let exp: FuseExport | undefined;
@@ -130,6 +131,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       throw new SetupError((error as Error).message);
     }
     const info = handle.info();
+    for (const message of info.warnings) warn({ message });
     exp = new FuseExport(
       { ...resolved, mountpoint },
       {
@@ -153,7 +155,6 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     const started = exp;
     setImmediate(() => {
       for (const warning of warnings) started.emit('warning', warning);
-      for (const message of info.warnings) started.emit('warning', { message });
       for (const event of early) started.#onCoreEvent(event);
     });
     return exp;

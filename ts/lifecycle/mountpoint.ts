@@ -38,6 +38,9 @@ async function canonical(path: string): Promise<string> {
   }
 }
 
+/** What a FUSE mount whose server is gone answers (ECONNABORTED once aborted). */
+const DEAD_CONNECTION = new Set(['ENOTCONN', 'ECONNABORTED']);
+
 function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -56,7 +59,7 @@ export async function prepareMountpoint(path: string, hooks: MountpointHooks): P
   if (mounted && isFuse(mounted)) {
     const dead = await stat(mountpoint).then(
       () => false,
-      (error: unknown) => errnoOf(error) === 'ENOTCONN',
+      (error: unknown) => DEAD_CONNECTION.has(errnoOf(error) ?? ''),
     );
     if (dead) {
       hooks.warn(`Found a dead FUSE mount on ${mountpoint} (its server is gone); unmounting it lazily`, {
