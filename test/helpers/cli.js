@@ -1,0 +1,187 @@
+// The `fuse-export` command as a child process: start it, wait for its JSON
+// log events, signal it, and make sure it is gone after the test.
+import { spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { asUser, killGroup, run } from './proc.js';
+import { assertUnmounted } from './mounts.js';
+import { register } from './registry.js';
+
+export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const READY_TIMEOUT = 20_000;
+const EXIT_TIMEOUT = 20_000;
+
+/** Parses the CLI's stderr: JSON objects, and { raw } for anything else. */
+export function parseLines(text) {
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => {
+      try {
+        return JSON.parse(line);
+      } catch {
+        return { raw: line };
+      }
+    });
+}
+
+/** Builds the option list from camelCase options, as the Node API takes them. */
+export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, pidfile } = {}) {
+  const args = [];
+  if (writable) args.push('--writable');
+  if (growable) args.push('--growable');
+  if (allowOther !== undefined) args.push('--allow-other', allowOther);
+  if (ioUring !== undefined) args.push('--io-uring', ioUring);
+  if (threads !== undefined) args.push('--threads', String(threads));
+  if (queueDepth !== undefined) args.push('--queue-depth', String(queueDepth));
+  if (cache !== undefined) args.push('--cache', cache);
+  if (pidfile !== undefined) args.push('--pidfile', pidfile);
+  return args;
+}
+
+/**
+ * Starts `fuse-export --log-format json ...args` and returns a handle:
+ * { child, pid, lines, stderr(), event(name, timeout), exited, signal(sig) }.
+ * `onLine(line)` runs synchronously as each line arrives. The teardown
+ * stops it (SIGTERM, then SIGKILL) if the test did not.
+ */
+export function startCli(t, args, { user, env, onLine, cwd } = {}) {
+  const [cmd, ...rest] = asUser(user, [process.execPath, CLI, '--log-format', 'json', ...args]);
+  const child = spawn(cmd, rest, { cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  let stderr = '';
+  let stdout = '';
+  const lines = [];
+  const waiters = [];
+  let done = false;
+  const exited = new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      done = true;
+      for (const w of waiters.splice(0)) w.fail();
+      resolve({ code, signal });
+    });
+  });
+  let partial = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d) => {
+    stderr += d;
+    partial += d;
+    const complete = partial.split('\n');
+    partial = complete.pop();
+    for (const line of parseLines(complete.join('\n'))) {
+      lines.push(line);
+      // Synchronously, as the line arrives: what a script sees at that instant.
+      onLine?.(line);
+      for (const w of [...waiters]) w.check(line);
+    }
+  });
+
+  const handle = {
+    child,
+    pid: child.pid,
+    /** By convention the last argument. */
+    mountpoint: resolve(cwd ?? process.cwd(), String(args.at(-1))),
+    lines,
+    exited,
+    stderr: () => stderr,
+    stdout: () => stdout,
+    get done() {
+      return done;
+    },
+    /** Resolves with the first line whose event is `name`; rejects on exit or timeout. */
+    event(name, timeout = READY_TIMEOUT) {
+      const seen = lines.find((l) => l.event === name);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const waiter = {
+          check: (line) => {
+            if (line.event !== name) return;
+            clearTimeout(timer);
+            waiters.splice(waiters.indexOf(waiter), 1);
+            resolve(line);
+          },
+          fail: () => {
+            clearTimeout(timer);
+            const late = lines.find((l) => l.event === name);
+            if (late) resolve(late);
+            else reject(new Error(`fuse-export exited before "${name}":\n${stderr}`));
+          },
+        };
+        const timer = setTimeout(() => {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          reject(new Error(`No "${name}" event within ${timeout} ms:\n${stderr}`));
+        }, timeout);
+        waiters.push(waiter);
+        if (done) waiter.fail();
+      });
+    },
+    /** Sends a signal to the exporter itself (not to its group). */
+    signal(sig = 'SIGTERM') {
+      if (!done) process.kill(child.pid, sig);
+    },
+    /** Waits for the exit; kills the group when it takes longer than `timeout`. */
+    async wait(timeout = EXIT_TIMEOUT) {
+      let timer;
+      const timedOut = new Promise((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), timeout);
+      });
+      const result = await Promise.race([exited, timedOut]);
+      clearTimeout(timer);
+      if (result === 'timeout') {
+        killGroup(child);
+        await exited;
+        throw new Error(`fuse-export did not exit within ${timeout} ms:\n${stderr}`);
+      }
+      return result;
+    },
+  };
+  register(t, async (tt) => {
+    if (!done) await stopExport(tt, handle);
+  });
+  t.teardown(async () => {
+    if (done) return;
+    killGroup(child, 'SIGTERM');
+    const timer = setTimeout(() => killGroup(child, 'SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  });
+  return handle;
+}
+
+/**
+ * Exports an image through the CLI and waits until it is serving.
+ * Options as in the Node API (ioUring defaults to 'off'), plus `args` (extra
+ * CLI arguments), `user`, `env` and `onLine`. Resolves to the handle with `.ready` (the ready line).
+ */
+export async function exportImage(t, { image, mountpoint, ioUring = 'off', args = [], user, onLine, env, ...options }) {
+  const exp = startCli(t, [...cliOptions({ ioUring, ...options }), ...args, image, mountpoint], { user, onLine, env });
+  exp.ready = await exp.event('ready');
+  return exp;
+}
+
+/**
+ * Stops an export with a signal and checks the clean end: exit 0, a
+ * "stopped" line, nothing mounted. Returns the stopped line.
+ */
+export async function stopExport(t, exp, signal = 'SIGTERM') {
+  if (!exp.mountpoint) throw new Error('stopExport: the handle has no mountpoint');
+  exp.signal(signal);
+  const { code } = await exp.wait();
+  t.is(code, 0, `exit status after ${signal}:\n${exp.stderr()}`);
+  const stopped = exp.lines.find((l) => l.event === 'stopped');
+  t.truthy(stopped, 'a "stopped" line is logged');
+  assertUnmounted(t, exp.mountpoint);
+  return stopped;
+}
+
+/** Runs the CLI to completion (set-up failures, --help): { code, lines, stderr, stdout }. */
+export async function runCli(args, { user, timeout = 20_000, json = true } = {}) {
+  const argv = [process.execPath, CLI, ...(json ? ['--log-format', 'json'] : []), ...args];
+  const result = await run(argv, { user, timeout });
+  return { ...result, lines: parseLines(result.stderr) };
+}
+
+/** The message of the first error-level line (or the raw stderr). */
+export function errorText(result) {
+  const error = result.lines.find((l) => l.level === 'error');
+  return error ? error.message : result.stderr;
+}

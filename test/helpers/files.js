@@ -1,0 +1,102 @@
+// Temporary directories and images. These touch only backing files, never
+// a mounted path, so plain fs calls are safe here.
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, chmodSync, chownSync } from 'node:fs';
+import { writeSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { forceUnmountUnder } from './mounts.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+
+/**
+ * A fresh directory under os.tmpdir(), removed in teardown (after anything
+ * still mounted inside it was detached). `owner` chowns it (for tests that
+ * run the exporter as another user); it is always world-traversable.
+ */
+export function tmpDir(t, { owner } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'fuse-export-test-'));
+  chmodSync(dir, 0o755);
+  if (owner) chownSync(dir, owner.uid, owner.gid);
+  t.teardown(() => {
+    forceUnmountUnder(dir);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/** Deterministic, position-dependent bytes: pattern(n, seed) never repeats a 4 KiB block. */
+export function pattern(length, seed = 1) {
+  const buf = Buffer.alloc(length);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < length; i++) {
+    // xorshift32
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    buf[i] = x & 0xff;
+  }
+  return buf;
+}
+
+/**
+ * Creates a sparse image of `size` bytes with `extents`: [[offset, Buffer], ...]
+ * written at their offsets (everything else a hole). Returns its path.
+ */
+export function makeImage(dir, name, size, extents = [], { mode } = {}) {
+  const path = join(dir, name);
+  const fd = openSync(path, 'w', mode ?? 0o644);
+  try {
+    ftruncateSync(fd, size);
+    for (const [offset, data] of extents) writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+  if (mode !== undefined) chmodSync(path, mode);
+  return path;
+}
+
+/** An empty regular file to mount on. */
+export function makeMountpoint(dir, name = 'mnt') {
+  const path = join(dir, name);
+  writeFileSync(path, '');
+  return path;
+}
+
+/** Bytes of a backing file (not a mount!). */
+export function readFile(path, offset, length) {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    const n = readSync(fd, buf, 0, length, offset);
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** size and 512-byte blocks of a backing file. */
+export function fileStat(path) {
+  const st = statSync(path);
+  return { size: st.size, blocks: st.blocks, mode: st.mode };
+}
+
+/**
+ * Asserts two byte buffers are equal (fast for megabytes, unlike deepEqual);
+ * on a difference says where the first one is.
+ */
+export function assertBytes(t, actual, expected, message = 'bytes match') {
+  if (Buffer.compare(actual, expected) === 0) {
+    t.pass(message);
+    return;
+  }
+  let at = 0;
+  while (at < actual.length && at < expected.length && actual[at] === expected[at]) at++;
+  const show = (b) => b.subarray(at, at + 16).toString('hex');
+  t.fail(
+    `${message}: lengths ${actual.length} / ${expected.length}, first difference at offset ${at}: ` +
+      `actual ${show(actual)} expected ${show(expected)}`,
+  );
+}

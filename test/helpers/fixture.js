@@ -1,0 +1,16 @@
+// The usual test set-up in one call: a temporary directory, an image, an
+// empty mountpoint file, and the export serving it through the CLI.
+import { exportImage } from './cli.js';
+import { makeImage, makeMountpoint, MiB, tmpDir } from './files.js';
+
+/**
+ * { dir, image, mnt, exp }: `size` and `extents` shape the image (sparse
+ * elsewhere); every other option goes to exportImage (ioUring 'off' unless given).
+ */
+export async function exported(t, { size = 4 * MiB, extents = [], ...options } = {}) {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', size, extents);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ...options });
+  return { dir, image, mnt, exp };
+}

@@ -1,0 +1,9 @@
+// Everything the end-to-end tests share.
+export * from './proc.js';
+export * from './files.js';
+export * from './mounts.js';
+export * from './cli.js';
+export * from './api.js';
+export * from './transports.js';
+export * from './fixture.js';
+export { register, stopLeftovers } from './registry.js';

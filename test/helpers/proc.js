@@ -1,0 +1,164 @@
+// Child processes with timeouts: every touch of a FUSE mount goes through
+// one of these, so a hung request fails a test instead of freezing ava.
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const PYTHON = '/usr/bin/python3';
+export const FSOP = fileURLToPath(new URL('./fsop.py', import.meta.url));
+
+/** Unprivileged identity for tests that need a normal user. */
+export const NOBODY = { name: 'nobody', group: 'nogroup', uid: 65534, gid: 65534 };
+
+/** The command line that runs `argv` as `user` (undefined: as ourselves). */
+export function asUser(user, argv) {
+  if (!user) return argv;
+  return ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', ...argv];
+}
+
+/** Kills a process group we started (detached children lead their own group). */
+export function killGroup(child, signal = 'SIGKILL') {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+/**
+ * Runs a command to completion. Never rejects on a non-zero exit: returns
+ * { code, signal, stdout, stderr, timedOut }. A timeout kills the whole group.
+ */
+export function run(argv, { timeout = 30_000, user, input, env, cwd } = {}) {
+  const [cmd, ...args] = asUser(user, argv);
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd,
+      env: { ...process.env, ...env },
+      detached: true,
+      stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
+    if (input !== undefined) child.stdin.end(input);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup(child);
+    }, timeout);
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, timedOut });
+    });
+  });
+}
+
+/** Like run(), but throws with the output when the command fails. */
+export async function check(argv, options) {
+  const result = await run(argv, options);
+  if (result.code !== 0) {
+    throw new Error(
+      `${argv.join(' ')} exited ${result.timedOut ? 'by timeout' : result.code ?? result.signal}:\n${result.stdout}${result.stderr}`,
+    );
+  }
+  return result;
+}
+
+/**
+ * One file operation through fsop.py in a child process:
+ * resolves to { ok: result } or { errno: 'ENAME', message }.
+ */
+export async function fsop(op, args, { user, timeout = 20_000, input } = {}) {
+  const result = await run([PYTHON, FSOP, op, ...args.map(String)], { user, timeout, input });
+  const last = result.stdout.trim().split('\n').at(-1);
+  if (result.timedOut) throw new Error(`fsop ${op} ${args.join(' ')} timed out (a hung FUSE request?)`);
+  try {
+    return JSON.parse(last);
+  } catch {
+    throw new Error(`fsop ${op} ${args.join(' ')} failed (${result.code}): ${result.stdout}${result.stderr}`);
+  }
+}
+
+/** fsop() that must succeed; returns the result. */
+export async function fsopOk(op, args, options) {
+  const answer = await fsop(op, args, options);
+  if (!('ok' in answer)) throw new Error(`fsop ${op} ${args.join(' ')} failed: ${answer.errno} ${answer.message}`);
+  return answer.ok;
+}
+
+/** Reads bytes through fsop (from a mount, so in a child). */
+export async function readVia(path, offset, length, options) {
+  return Buffer.from(await fsopOk('read', [path, offset, length], options), 'hex');
+}
+
+/** Writes bytes through fsop (fed on stdin); resolves to { ok: bytesWritten } or { errno }. */
+export function writeVia(path, offset, data, options = {}) {
+  const how = options.how ?? 'rw';
+  return fsop('write', [path, offset, '-', how], { ...options, input: Buffer.from(data) });
+}
+
+/** Waits up to `ms` for `predicate()` to be true, polling. */
+export async function waitUntil(predicate, { timeout = 10_000, interval = 50, what = 'a condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (await predicate()) return;
+    if (Date.now() > deadline) throw new Error(`Timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Starts a long-running child (killed in teardown): { child, output(),
+ * waitFor(regex, timeout), exited }. Its stdout and stderr are collected together.
+ */
+export function startChild(t, argv, { user } = {}) {
+  const [cmd, ...args] = asUser(user, argv);
+  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  let done = false;
+  const exited = new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      done = true;
+      resolve({ code, signal });
+    });
+  });
+  child.stdout.setEncoding('utf8').on('data', (d) => (output += d));
+  child.stderr.setEncoding('utf8').on('data', (d) => (output += d));
+  t.teardown(async () => {
+    if (done) return;
+    killGroup(child);
+    await exited;
+  });
+  return {
+    child,
+    exited,
+    output: () => output,
+    waitFor: (regex, timeout = 10_000) =>
+      waitUntil(() => regex.test(output) || done, { timeout, what: `${regex} from ${argv.join(' ')}` }).then(() => {
+        if (!regex.test(output)) throw new Error(`${argv.join(' ')} ended without ${regex}:\n${output}`);
+      }),
+    /** Waits for the exit; kills it after `timeout`. */
+    async wait(timeout = 20_000) {
+      const timer = setTimeout(() => killGroup(child), timeout);
+      const result = await exited;
+      clearTimeout(timer);
+      return result;
+    },
+  };
+}
+
+/** qemu-io -f raw with `commands` on `path`; `ok` when it exited 0 and reported no failure. */
+export async function qemuIo(path, commands, { cache, user, timeout = 60_000 } = {}) {
+  const argv = ['qemu-io', '-f', 'raw', ...(cache ? ['-t', cache] : [])];
+  for (const command of commands) argv.push('-c', command);
+  const result = await run([...argv, path], { timeout, user });
+  const out = result.stdout + result.stderr;
+  return { ...result, out, ok: result.code === 0 && !/fail|error/i.test(out) };
+}
