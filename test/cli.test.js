@@ -1,11 +1,12 @@
 // The command-line interface scripts rely on: usage, JSON log events,
 // --pidfile, signals, unmounting from outside, exit statuses.
 import test from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
   assertBytes,
+  CLI,
   assertUnmounted,
   check,
   eachTransport,
@@ -19,6 +20,7 @@ import {
   MiB,
   pattern,
   PYTHON,
+  qemuIo,
   readFile,
   readVia,
   requestCounter,
@@ -144,16 +146,33 @@ test.serial('--threads defaults to the number of CPUs; relative paths are report
   await stopExport(t, exp);
 });
 
+test.serial('--threads N on the legacy transport: one /dev/fuse descriptor per I/O thread, and it serves', async (t) => {
+  for (const threads of [1, 3]) {
+    const data = pattern(MiB, 41 + threads);
+    const { mnt, exp } = await exported(t, { ioUring: 'off', threads, size: MiB, writable: true, extents: [[0, data]] });
+    t.is(exp.ready.threads, threads);
+    const fuseFds = readdirSync(`/proc/${exp.pid}/fd`).filter((fd) => {
+      try {
+        return readlinkSync(`/proc/${exp.pid}/fd/${fd}`) === '/dev/fuse';
+      } catch {
+        return false;
+      }
+    });
+    t.is(fuseFds.length, threads, `${threads} thread(s): ${fuseFds.length} /dev/fuse descriptors`);
+    const q = await qemuIo(mnt, ['write -P 0x2f 0 256k', 'read -P 0x2f 0 256k'], { cache: 'none' });
+    t.true(q.ok, q.out);
+    assertBytes(t, await readVia(mnt, 256 * KiB, 4096), data.subarray(256 * KiB, 256 * KiB + 4096));
+    await stopExport(t, exp);
+  }
+});
+
 eachTransport(test, '--pidfile is written at ready and removed at exit; SIGTERM stops with reason signal and counters', async (t, ioUring) => {
   const data = pattern(MiB, 40);
   const dir = tmpDir(t);
   const pidfile = join(dir, 'export.pid');
-  let pidfileAtReady;
-  const onLine = (line) => {
-    if (line.event === 'ready') pidfileAtReady = existsSync(pidfile);
-  };
-  const { mnt, exp } = await exported(t, { ioUring, size: MiB, writable: true, pidfile, onLine, extents: [[0, data]] });
-  t.true(pidfileAtReady, 'the pidfile exists when a script reads the ready line');
+  const { mnt, exp } = await exported(t, { ioUring, size: MiB, writable: true, pidfile, extents: [[0, data]] });
+  // (That it exists before the ready line is written is the next test's business.)
+  await waitUntil(() => existsSync(pidfile), { timeout: 2000, what: 'the pidfile' });
   t.is(readFileSync(pidfile, 'utf8').trim(), String(exp.pid));
   assertBytes(t, await readVia(mnt, 0, 64 * KiB), data.subarray(0, 64 * KiB));
   t.deepEqual(await writeVia(mnt, 0, Buffer.alloc(4096, 1)), { ok: 4096 });
@@ -169,6 +188,29 @@ eachTransport(test, '--pidfile is written at ready and removed at exit; SIGTERM 
   t.true(stopped.bytesWritten >= 4096, `bytesWritten ${stopped.bytesWritten}`);
   t.is(stopped.errors, 0);
   t.false(existsSync(pidfile), 'the pidfile is removed at exit');
+});
+
+test.serial('--pidfile is in place before the ready line is written (a script reading "ready" finds it)', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', MiB);
+  const mnt = makeMountpoint(dir);
+  const pidfile = join(dir, 'export.pid');
+  const trace = join(dir, 'syscalls');
+  // The exporter's own syscalls, in the order its main thread made them.
+  const traced = startChild(t, [
+    'strace', '-f', '-qq', '-e', 'trace=rename,renameat,renameat2,write', '-e', 'signal=none', '-s', '200', '-o', trace,
+    process.execPath, CLI, '--log-format', 'json', '--io-uring', 'off', '--pidfile', pidfile, image, mnt,
+  ]);
+  await waitUntil(() => existsSync(pidfile), { timeout: 20_000, what: 'the pidfile' });
+  process.kill(Number(readFileSync(pidfile, 'utf8')), 'SIGTERM');
+  await traced.wait();
+  assertUnmounted(t, mnt);
+  const calls = readFileSync(trace, 'utf8').split('\n');
+  const renamed = calls.findIndex((l) => /rename/.test(l) && l.includes(`"${pidfile}"`) && / = 0$/.test(l));
+  const ready = calls.findIndex((l) => /write\(2, /.test(l) && l.includes('\\"event\\":\\"ready\\"'));
+  t.true(renamed >= 0, 'the pidfile is put in place');
+  t.true(ready >= 0, 'the ready line is written');
+  t.true(renamed < ready, `pidfile at syscall ${renamed}, ready line at syscall ${ready}: the pidfile must come first`);
 });
 
 eachTransport(test, 'SIGINT stops cleanly: exit 0, reason signal, nothing mounted', async (t, ioUring) => {
