@@ -47,8 +47,8 @@ impl ImageIo {
         let remaining = self.len - self.done;
         match self.kind {
             IoKind::Read | IoKind::Write => {
-                // SAFETY: `done < len <= payload size`, checked where the I/O was built.
-                let buffer = unsafe { payload.add(self.done as usize) };
+                // `done < len <= payload size`, checked where the I/O was built.
+                let buffer = payload.wrapping_add(self.done as usize);
                 let fd = types::Fd(image.fd_for_transfer(offset, remaining, buffer));
                 if self.kind == IoKind::Read {
                     opcode::Read::new(fd, buffer, remaining as u32).offset(offset).build()

@@ -69,7 +69,8 @@ impl std::fmt::Display for ImageError {
     }
 }
 
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// The ioctl request type is c_ulong on glibc and c_int on musl.
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272_u32 as libc::Ioctl;
 
 fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
     OpenOptions::new()
@@ -186,7 +187,7 @@ impl Image {
 
     /// The descriptor for one transfer: O_DIRECT when everything is aligned.
     pub fn fd_for_transfer(&self, offset: u64, len: u64, buffer: *const u8) -> RawFd {
-        let aligned = |v: u64| v % DIRECT_ALIGNMENT == 0;
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
         match &self.direct {
             Some(direct) if aligned(offset) && aligned(len) && aligned(buffer as u64) => direct.as_raw_fd(),
             _ => self.file.as_raw_fd(),

@@ -166,7 +166,8 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
     message.msg_iov = &mut iov;
     message.msg_iovlen = 1;
     message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = std::mem::size_of_val(&control);
+    // usize on glibc, u32 on musl.
+    message.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: see above.
     let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC) };
     if n <= 0 {
@@ -216,7 +217,7 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), String> {
     Ok(())
 }
 
-const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+const FUSE_DEV_IOC_CLONE: libc::Ioctl = 0x8004_e500_u32 as libc::Ioctl;
 
 /// A second descriptor on the same connection, so that each I/O thread reads
 /// its own queue of requests and replies where they came from.
