@@ -23,9 +23,9 @@ import {
   tmpDir,
   waitUntil,
   writeVia,
+  eachTransport,
 } from './helpers/index.js';
 import { ackedBlocks, lostBlocks } from './helpers/durability.js';
-import { onEachTransport } from './helpers/uring.js';
 
 /** A directory on a tmpfs of `size`, unmounted in teardown. */
 async function smallFilesystem(t, size) {
@@ -37,7 +37,7 @@ async function smallFilesystem(t, size) {
   return { dir, fs };
 }
 
-onEachTransport(test, 'a full filesystem: writes get ENOSPC, the export serves on, earlier data intact', async (t, ioUring) => {
+eachTransport(test, 'a full filesystem: writes get ENOSPC, the export serves on, earlier data intact', async (t, ioUring) => {
   const { dir, fs } = await smallFilesystem(t, '2M');
   const image = makeImage(fs, 'disk.img', 64 * MiB);
   const mnt = makeMountpoint(dir);
@@ -54,7 +54,7 @@ onEachTransport(test, 'a full filesystem: writes get ENOSPC, the export serves o
   t.true(exp.lines.find((l) => l.event === 'stopped').errors >= 1);
 });
 
-onEachTransport(test, 'failing storage: EIO for the request, the export lives, logged once and counted', async (t, ioUring) => {
+eachTransport(test, 'failing storage: EIO for the request, the export lives, logged once and counted', async (t, ioUring) => {
   const env = { FUSE_EXPORT_TEST_EIO_RANGE: `${MiB}:${2 * MiB}` };
   const { exp, mnt } = await exported(t, { ioUring, writable: true, size: 4 * MiB, env });
   for (let i = 0; i < 5; i++) {
@@ -71,7 +71,7 @@ onEachTransport(test, 'failing storage: EIO for the request, the export lives, l
 });
 
 for (const cache of ['direct', 'writeback']) {
-  onEachTransport(test, `kill -9 right after acknowledged fsyncs (cache ${cache}): every acked block is in the image`, async (t, ioUring) => {
+  eachTransport(test, `kill -9 right after acknowledged fsyncs (cache ${cache}): every acked block is in the image`, async (t, ioUring) => {
     const block = 4096;
     const count = 2048;
     const { mnt, image, exp } = await exported(t, { ioUring, cache, size: block * count, writable: true });
@@ -88,7 +88,7 @@ for (const cache of ['direct', 'writeback']) {
   });
 }
 
-onEachTransport(test, 'odd but legal requests: 1-byte, unaligned, across EOF, 1 MiB, many jobs', async (t, ioUring) => {
+eachTransport(test, 'odd but legal requests: 1-byte, unaligned, across EOF, 1 MiB, many jobs', async (t, ioUring) => {
   const size = 8 * MiB + 1000;
   const content = pattern(size, 7);
   const { mnt, image } = await exported(t, { ioUring, writable: true, size, extents: [[0, content]] });
@@ -116,7 +116,7 @@ onEachTransport(test, 'odd but legal requests: 1-byte, unaligned, across EOF, 1 
   assertBytes(t, readFile(image, 0, size), content, 'the image holds exactly what was written');
 });
 
-onEachTransport(test, 'truncate racing with I/O: every request is answered, the size ends as set', async (t, ioUring) => {
+eachTransport(test, 'truncate racing with I/O: every request is answered, the size ends as set', async (t, ioUring) => {
   const { mnt } = await exported(t, { ioUring, writable: true, growable: true, size: 16 * MiB });
   const load = run(
     ['fio', '--name=race', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--numjobs=2', '--iodepth=8',

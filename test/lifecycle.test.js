@@ -1,6 +1,6 @@
 // The life of an export, end to end: a killed exporter's dead mount, SIGTERM
-// under load, a signal during start, two signals, a halt, two exports in one
-// process, and the stats events.
+// under load, a signal during start, two signals, two exports in one
+// process, and the stats events. (A halt: cli.test.js.)
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import {
@@ -20,8 +20,8 @@ import {
   waitUntil,
   writeVia,
   mountOn,
+  eachTransport,
 } from './helpers/index.js';
-import { onEachTransport } from './helpers/uring.js';
 
 function fioLoad(file, seconds) {
   return run(
@@ -32,7 +32,7 @@ function fioLoad(file, seconds) {
   );
 }
 
-onEachTransport(test, 'kill -9, then a restart on the same mountpoint recovers the dead mount', async (t, ioUring) => {
+eachTransport(test, 'kill -9, then a restart on the same mountpoint recovers the dead mount', async (t, ioUring) => {
   const data = pattern(256 * 1024, 5);
   const { exp, mnt, image } = await exported(t, { ioUring, writable: true, size: 8 * MiB });
   await writeVia(mnt, 0, data);
@@ -49,7 +49,7 @@ onEachTransport(test, 'kill -9, then a restart on the same mountpoint recovers t
   t.is(mountOn(mnt)?.fsType, 'fuse.fuse-export');
 });
 
-onEachTransport(test, 'SIGTERM while fio writes: exit 0 within the timeout, nothing left mounted', async (t, ioUring) => {
+eachTransport(test, 'SIGTERM while fio writes: exit 0 within the timeout, nothing left mounted', async (t, ioUring) => {
   const { exp, mnt } = await exported(t, { ioUring, writable: true, size: 32 * MiB, args: ['--shutdown-timeout', '5'] });
   const fio = fioLoad(mnt, 10);
   await new Promise((r) => setTimeout(r, 1500));
@@ -85,22 +85,6 @@ test.serial('a second signal aborts instead of waiting for the drain', async (t)
   exp.signal('SIGTERM');
   const { code } = await exp.wait(15_000);
   t.is(code, 0, exp.stderr());
-  assertUnmounted(t, mnt);
-});
-
-onEachTransport(test, 'a fatal transport error halts with the reason, exit 2, and unmounts', async (t, ioUring) => {
-  const { exp, mnt } = await exported(t, {
-    ioUring,
-    writable: true,
-    env: { FUSE_EXPORT_TEST_HALT_AFTER_REQUESTS: '20' },
-  });
-  const reads = await run(['dd', `if=${mnt}`, 'of=/dev/null', 'bs=4k', 'count=64', 'iflag=direct'], { timeout: 20_000 });
-  t.regex(reads.stderr, /Input\/output error|Transport endpoint/);
-  const { code } = await exp.wait();
-  t.is(code, 2, exp.stderr());
-  const halted = exp.lines.find((l) => l.event === 'halted');
-  t.regex(halted.reason, /injected transport fault after 20 requests/);
-  t.is(exp.lines.find((l) => l.event === 'stopped').reason, 'halted');
   assertUnmounted(t, mnt);
 });
 

@@ -16,8 +16,9 @@ import {
   tmpDir,
   writeVia,
   assertBytes,
+  kernelHasUring,
+  setUring,
 } from './helpers/index.js';
-import { kernelHasUring, setUring } from './helpers/uring.js';
 
 const uringTest = kernelHasUring ? test.serial : test.serial.skip;
 
@@ -32,19 +33,6 @@ function fioVerify(file, { seconds = 3, size = '8M' } = {}) {
     { timeout: 120_000 },
   );
 }
-
-uringTest('--io-uring on with the switch off: exit 1, says how to switch it on, nothing mounted', async (t) => {
-  setUring(t, 'N');
-  const dir = tmpDir(t);
-  const image = makeImage(dir, 'disk.img', 4 * MiB);
-  const mnt = makeMountpoint(dir);
-  const result = await runCli(['--io-uring', 'on', image, mnt]);
-  t.is(result.code, 1);
-  const failed = result.lines.find((l) => l.event === 'failed');
-  t.regex(failed?.message ?? '', /enable_uring/);
-  t.regex(failed?.message ?? '', /6\.14/);
-  assertUnmounted(t, mnt);
-});
 
 uringTest('--io-uring auto with the switch off serves over /dev/fuse and says why', async (t) => {
   setUring(t, 'N');

@@ -5,5 +5,6 @@ export * from './mounts.js';
 export * from './cli.js';
 export * from './api.js';
 export * from './transports.js';
+export * from './uring.js';
 export * from './fixture.js';
 export { register, stopLeftovers } from './registry.js';

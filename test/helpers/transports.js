@@ -1,8 +1,9 @@
-// The transports the transport-dependent tests run on. Add 'on' here once
-// the FUSE-over-io_uring transport is in: every such test then runs twice.
+// The transports the transport-dependent tests run on: both, where the
+// kernel has FUSE-over-io_uring (its switch is on for the 'on' runs).
 import { stopLeftovers } from './registry.js';
+import { kernelHasUring, setUring } from './uring.js';
 
-export const TRANSPORTS = ['off'];
+export const TRANSPORTS = kernelHasUring ? ['off', 'on'] : ['off'];
 
 /** The `transport` the ready event reports for an `ioUring` switch. */
 export function transportFor(ioUring) {
@@ -21,6 +22,7 @@ export function requestCounter(ioUring) {
 export function eachTransport(test, title, fn) {
   for (const ioUring of TRANSPORTS) {
     test.serial(`[io-uring ${ioUring}] ${title}`, async (t) => {
+      if (ioUring === 'on') setUring(t, 'Y');
       await fn(t, ioUring);
       await stopLeftovers(t);
     });

@@ -13,15 +13,3 @@ export function setUring(t, value) {
   t.teardown(() => writeFileSync(ENABLE_URING, previous));
 }
 
-/** The `--io-uring` switches a transport-dependent test runs with. */
-export const SWITCHES = kernelHasUring ? ['off', 'on'] : ['off'];
-
-/** Declares `title` once per transport (enable_uring on for 'on'): fn(t, ioUring). */
-export function onEachTransport(test, title, fn) {
-  for (const ioUring of SWITCHES) {
-    test.serial(`[io-uring ${ioUring}] ${title}`, (t) => {
-      if (ioUring === 'on') setUring(t, 'Y');
-      return fn(t, ioUring);
-    });
-  }
-}

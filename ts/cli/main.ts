@@ -90,7 +90,7 @@ async function main(): Promise<number> {
   exp.on('halted', ({ reason }) => log.error(`Export halted: ${reason}`, { event: 'halted', reason }));
   const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
 
-  logReady(log, exp);
+  // The pidfile is in place by the time a script sees the ready line.
   if (args.pidfile) {
     try {
       writePidfile(args.pidfile);
@@ -101,6 +101,7 @@ async function main(): Promise<number> {
       return EXIT_SETUP;
     }
   }
+  logReady(log, exp);
   // A signal that came while we were starting stops us now.
   if (signals.received()) void exp.stop('signal');
   const stopStats = showStats(args, log, exp);

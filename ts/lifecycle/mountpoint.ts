@@ -1,6 +1,7 @@
 // Checking a mountpoint before we mount on it: our own exports, dead FUSE
 // mounts left by a killed exporter, and the regular-file requirement.
-import { realpath, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, realpath, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { isFuse, mountOn, OUR_FS_TYPE } from './mountinfo.js';
 
@@ -41,6 +42,21 @@ async function canonical(path: string): Promise<string> {
 /** What a FUSE mount whose server is gone answers (ECONNABORTED once aborted). */
 const DEAD_CONNECTION = new Set(['ENOTCONN', 'ECONNABORTED']);
 
+/**
+ * Asks the mount's server itself: an OPEN always reaches it, where a stat
+ * may still be answered from the kernel's attribute cache for a second
+ * after the server died.
+ */
+async function connectionIsDead(path: string): Promise<boolean> {
+  try {
+    const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    await handle.close();
+    return false;
+  } catch (error) {
+    return DEAD_CONNECTION.has(errnoOf(error) ?? '');
+  }
+}
+
 function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
@@ -57,11 +73,7 @@ export async function prepareMountpoint(path: string, hooks: MountpointHooks): P
   }
   const mounted = mountOn(mountpoint);
   if (mounted && isFuse(mounted)) {
-    const dead = await stat(mountpoint).then(
-      () => false,
-      (error: unknown) => DEAD_CONNECTION.has(errnoOf(error) ?? ''),
-    );
-    if (dead) {
+    if (await connectionIsDead(mountpoint)) {
       hooks.warn(`Found a dead FUSE mount on ${mountpoint} (its server is gone); unmounting it lazily`, {
         event: 'dead-mount',
         mountpoint,
