@@ -38,6 +38,9 @@ pub const DIRECT_ALIGNMENT: u64 = 4096;
 
 pub struct Image {
     path: PathBuf,
+    /// tmpfs or ramfs: the data lives in memory, so a transfer is a copy
+    /// that never waits for a device.
+    memory_backed: bool,
     /// Page-cache descriptor: unaligned I/O, fsync, fallocate, lseek.
     file: File,
     /// O_DIRECT descriptor for aligned I/O, when the cache mode asks for it
@@ -78,6 +81,19 @@ fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> 
         .write(writable)
         .custom_flags(libc::O_CLOEXEC | extra_flags)
         .open(path)
+}
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+fn is_memory_filesystem(file: &File) -> bool {
+    // SAFETY: statfs is plain data filled by fstatfs.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid out pointer.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } < 0 {
+        return false;
+    }
+    matches!(stats.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {
@@ -126,8 +142,12 @@ impl Image {
             return Err(ImageError("--growable needs --writable".into()));
         }
         let mut warnings = Vec::new();
+        let memory_backed = kind == ImageKind::File && is_memory_filesystem(&file);
         let direct = match options.cache {
+            // tmpfs keeps its data in the page cache: O_DIRECT would only add
+            // alignment rules and a detour.
             CacheMode::Writeback => None,
+            CacheMode::Direct if memory_backed => None,
             CacheMode::Direct => match open_file(path, options.writable, libc::O_DIRECT) {
                 Ok(direct) => Some(direct),
                 Err(e) => {
@@ -141,6 +161,7 @@ impl Image {
         };
         let image = Image {
             path: path.clone(),
+            memory_backed,
             file,
             direct,
             kind,
@@ -165,6 +186,10 @@ impl Image {
 
     pub fn growable(&self) -> bool {
         self.growable
+    }
+
+    pub fn is_memory_backed(&self) -> bool {
+        self.memory_backed
     }
 
     pub fn uses_direct_io(&self) -> bool {

@@ -44,7 +44,11 @@ pub fn drive(
     match step {
         Step::Reply(reply) => Outcome::Reply(reply),
         Step::NoReply => Outcome::NoReply,
-        Step::Io(io) => {
+        Step::Io(mut io) => {
+            if let Some(result) = io.perform_in_memory(export.image(), payload) {
+                let next = export.complete(&mut io, result);
+                return drive(queue, export, next, pending, payload, token);
+            }
             queue.push(io.sqe(export.image(), payload).user_data(token));
             *pending = Some(io);
             Outcome::InProgress
