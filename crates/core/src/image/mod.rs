@@ -37,7 +37,6 @@ pub enum ImageKind {
 pub const DIRECT_ALIGNMENT: u64 = 4096;
 
 pub struct Image {
-    path: PathBuf,
     /// tmpfs or ramfs: the data lives in memory, so a transfer is a copy
     /// that never waits for a device.
     memory_backed: bool,
@@ -160,7 +159,6 @@ impl Image {
             },
         };
         let image = Image {
-            path: path.clone(),
             memory_backed,
             file,
             direct,
@@ -170,14 +168,6 @@ impl Image {
             growable: options.growable,
         };
         Ok((image, warnings))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn kind(&self) -> ImageKind {
-        self.kind
     }
 
     pub fn writable(&self) -> bool {

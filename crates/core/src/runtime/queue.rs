@@ -18,10 +18,6 @@ impl Queue {
         Ok(Self { ring, outstanding: 0 })
     }
 
-    pub fn ring(&self) -> &Ring {
-        &self.ring
-    }
-
     /// Queues one SQE, submitting first if the submission queue is full.
     pub fn push(&mut self, entry: impl Into<squeue::Entry128>) {
         let entry = entry.into();

@@ -151,10 +151,6 @@ impl LegacyChannel {
         std::mem::take(&mut self.slots[slot as usize].is_init)
     }
 
-    pub fn is_idle(&self) -> bool {
-        self.free.len() == self.slots.len()
-    }
-
     fn run(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, step: Step) {
         let slot = &mut self.slots[slot_index as usize];
         let token = encode(Tag::ImageIo, self.index, slot_index);
