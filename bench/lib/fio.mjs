@@ -1,0 +1,92 @@
+// The fio workloads and the reading of fio's JSON output.
+
+export const WORKLOADS = [
+  { id: 'randread-4k-qd1', label: '4 KiB randread, iodepth 1, 1 job', short: ['randread 4K', 'QD1'], rw: 'randread', bs: '4k', iodepth: 1, numjobs: 1 },
+  { id: 'randwrite-4k-qd1', label: '4 KiB randwrite, iodepth 1, 1 job', short: ['randwrite 4K', 'QD1'], rw: 'randwrite', bs: '4k', iodepth: 1, numjobs: 1 },
+  { id: 'randrw70-4k-qd1', label: '4 KiB randrw 70/30, iodepth 1, 1 job', short: ['randrw 4K', 'QD1'], rw: 'randrw', rwmixread: 70, bs: '4k', iodepth: 1, numjobs: 1 },
+  { id: 'randread-4k-qd16x2', label: '4 KiB randread, iodepth 16, 2 jobs', short: ['randread 4K', 'QD16x2'], rw: 'randread', bs: '4k', iodepth: 16, numjobs: 2 },
+  { id: 'randwrite-4k-qd16x2', label: '4 KiB randwrite, iodepth 16, 2 jobs', short: ['randwrite 4K', 'QD16x2'], rw: 'randwrite', bs: '4k', iodepth: 16, numjobs: 2 },
+  { id: 'randrw70-4k-qd16x2', label: '4 KiB randrw 70/30, iodepth 16, 2 jobs', short: ['randrw 4K', 'QD16x2'], rw: 'randrw', rwmixread: 70, bs: '4k', iodepth: 16, numjobs: 2 },
+  { id: 'read-1m-qd4', label: '1 MiB sequential read, iodepth 4, 1 job', short: ['read 1M', 'QD4'], rw: 'read', bs: '1m', iodepth: 4, numjobs: 1 },
+  { id: 'write-1m-qd4', label: '1 MiB sequential write, iodepth 4, 1 job', short: ['write 1M', 'QD4'], rw: 'write', bs: '1m', iodepth: 4, numjobs: 1 },
+];
+
+/** The fio command line of one measured run. */
+export function fioArgs(workload, filename, { direct, runtime }) {
+  return [
+    `--name=${workload.id}`,
+    `--filename=${filename}`,
+    '--ioengine=io_uring',
+    `--direct=${direct ? 1 : 0}`,
+    `--rw=${workload.rw}`,
+    ...(workload.rwmixread ? [`--rwmixread=${workload.rwmixread}`] : []),
+    `--bs=${workload.bs}`,
+    `--iodepth=${workload.iodepth}`,
+    `--numjobs=${workload.numjobs}`,
+    '--time_based',
+    `--runtime=${Number.isInteger(runtime) ? runtime : `${Math.round(runtime * 1000)}ms`}`,
+    '--group_reporting',
+    '--lat_percentiles=1',
+    '--randrepeat=0',
+    '--norandommap',
+    '--fallocate=none',
+    '--output-format=json',
+  ];
+}
+
+function direction(d) {
+  const ios = d?.total_ios ?? 0;
+  return {
+    ios,
+    bytes: d?.io_bytes ?? 0,
+    iops: d?.iops ?? 0,
+    bwBytes: d?.bw_bytes ?? 0,
+    clatMeanNs: ios > 0 ? d.clat_ns?.mean ?? null : null,
+    clatP99Ns: ios > 0 ? d.clat_ns?.percentile?.['99.000000'] ?? null : null,
+    slatMeanNs: ios > 0 ? d.slat_ns?.mean ?? null : null,
+    latMeanNs: ios > 0 ? d.lat_ns?.mean ?? null : null,
+    latP99Ns: ios > 0 ? d.lat_ns?.percentile?.['99.000000'] ?? null : null,
+    latMaxNs: ios > 0 ? d.lat_ns?.max ?? null : null,
+  };
+}
+
+/**
+ * One run's figures from fio's JSON (group_reporting: one merged job).
+ * Completion latency (clat: from submission to completion) and total latency
+ * (lat = slat + clat). randrw: IOPS and bandwidth add up; means are weighted
+ * by I/O count; p99 is the larger of the read and write p99s (fio reports
+ * them separately).
+ */
+export function parseFio(stdout) {
+  const start = stdout.indexOf('{');
+  const end = stdout.lastIndexOf('}');
+  if (start < 0 || end < start) throw new Error('fio printed no JSON');
+  const data = JSON.parse(stdout.slice(start, end + 1));
+  const job = data.jobs?.[0];
+  if (!job) throw new Error('fio JSON has no job');
+  const read = direction(job.read);
+  const write = direction(job.write);
+  const ios = read.ios + write.ios;
+  const weighted = (key) =>
+    ios > 0 ? ((read[key] ?? 0) * read.ios + (write[key] ?? 0) * write.ios) / ios : null;
+  const p99 = (key) => {
+    const values = [read, write].filter((d) => d.ios > 0 && d[key] !== null).map((d) => d[key]);
+    return values.length ? Math.max(...values) : null;
+  };
+  return {
+    error: job.error ?? 0,
+    ios,
+    iops: read.iops + write.iops,
+    bwBytes: read.bwBytes + write.bwBytes,
+    clatMeanNs: weighted('clatMeanNs'),
+    clatP99Ns: p99('clatP99Ns'),
+    slatMeanNs: weighted('slatMeanNs'),
+    latMeanNs: weighted('latMeanNs'),
+    latP99Ns: p99('latP99Ns'),
+    latMaxNs: p99('latMaxNs'),
+    read,
+    write,
+    fioCpu: { usr: job.usr_cpu, sys: job.sys_cpu },
+    runtimeMs: Math.max(job.read?.runtime ?? 0, job.write?.runtime ?? 0),
+  };
+}

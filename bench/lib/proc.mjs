@@ -1,0 +1,148 @@
+// Child processes, /proc readings and the mount table for the benchmark.
+// Every child runs in its own process group (detached), so a Ctrl-C on the
+// terminal reaches only the benchmark, which then stops them in order.
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+
+/** Process ids of the children still alive, for the last-resort cleanup. */
+export const liveChildren = new Set();
+
+export function track(child) {
+  if (child.pid === undefined) return child;
+  liveChildren.add(child.pid);
+  child.once('exit', () => liveChildren.delete(child.pid));
+  return child;
+}
+
+/** Signals a process group we started; quiet when it is gone already. */
+export function killGroup(pid, signal = 'SIGKILL') {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // Gone.
+  }
+}
+
+export function killPid(pid, signal) {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs a command to completion; never rejects on a failure exit:
+ * { code, signal, stdout, stderr, timedOut, stuck, ms }. A timeout kills its group.
+ * `onSpawn(child)` lets the caller keep a handle (to kill it on abort).
+ */
+export function run(cmd, args, { timeout = 60_000, onSpawn } = {}) {
+  return new Promise((resolve, reject) => {
+    const started = process.hrtime.bigint();
+    const child = track(spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] }));
+    onSpawn?.(child);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
+    let settled = false;
+    let stuckTimer;
+    const finish = (result) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      clearTimeout(stuckTimer);
+      resolve({ stdout, stderr, timedOut, ms: Number(process.hrtime.bigint() - started) / 1e6, ...result });
+    };
+    // A process stuck in the kernel (a hung FUSE request) may not die at
+    // once: give up waiting 20 s after the kill and say it is stuck.
+    const timer =
+      timeout > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            killGroup(child.pid, 'SIGKILL');
+            stuckTimer = setTimeout(() => finish({ code: null, signal: null, stuck: true }), 20_000);
+          }, timeout)
+        : undefined;
+    child.on('error', (error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      clearTimeout(stuckTimer);
+      reject(error);
+    });
+    child.on('close', (code, signal) => finish({ code, signal, stuck: false }));
+  });
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function clockTicks() {
+  const out = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  const value = Number.parseInt(out.stdout, 10);
+  return Number.isFinite(value) && value > 0 ? value : 100;
+}
+
+/** utime + stime of a whole process (all its threads), in clock ticks. */
+export function cpuTicks(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** VmHWM and VmRSS of a process, in bytes. */
+export function memory(pid) {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kib = (name) => {
+      const match = status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm'));
+      return match ? Number(match[1]) * 1024 : undefined;
+    };
+    return { hwm: kib('VmHWM'), rss: kib('VmRSS') };
+  } catch {
+    return { hwm: undefined, rss: undefined };
+  }
+}
+
+/** Resets a process's VmHWM to its current RSS (Linux >= 4.0); false when refused. */
+export function resetPeakRss(pid) {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const unescape = (field) => field.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
+
+/** The mounts on exactly `path` (from /proc/self/mountinfo, which never blocks on FUSE). */
+export function mountsOn(path) {
+  const found = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const fields = line.split(' ');
+    const dash = fields.indexOf('-');
+    if (dash < 6) continue;
+    if (unescape(fields[4]) === path) found.push({ fsType: fields[dash + 1], source: fields[dash + 2] });
+  }
+  return found;
+}
+
+export const isMounted = (path) => mountsOn(path).length > 0;
+
+/** Lazily detaches everything mounted on `path`; returns how many it detached. */
+export function umountLazy(path) {
+  let count = 0;
+  for (let i = 0; i < 8 && isMounted(path); i += 1) {
+    spawnSync('umount', ['-l', path], { timeout: 10_000, stdio: 'ignore' });
+    count += 1;
+  }
+  return count;
+}

@@ -1,0 +1,448 @@
+// Summaries of the raw runs, the ratios, the performance targets, and their
+// presentation: a text table, a Markdown page and an SVG chart.
+import { WORKLOADS } from './fio.mjs';
+
+export const TARGETS = [
+  { id: 'file', label: 'file', color: '#7f8c8d', what: 'fio on the image file itself (the limit)' },
+  { id: 'io_uring', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on' },
+  { id: 'legacy', label: 'legacy', color: '#e67e22', what: 'fuse-export --io-uring off (/dev/fuse read/write)' },
+  { id: 'qsd', label: 'qsd', color: '#c0392b', what: "qemu-storage-daemon's FUSE export" },
+];
+
+const MiB = 1024 * 1024;
+
+export function median(values) {
+  const sorted = values.filter((v) => v !== null && v !== undefined && Number.isFinite(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return null;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+const maxOf = (values) => {
+  const v = values.filter((x) => x !== null && x !== undefined && Number.isFinite(x));
+  return v.length ? Math.max(...v) : null;
+};
+const minOf = (values) => {
+  const v = values.filter((x) => x !== null && x !== undefined && Number.isFinite(x));
+  return v.length ? Math.min(...v) : null;
+};
+
+/** Median (and spread) per image x workload x target over the good runs. */
+export function summarise(runs) {
+  const groups = new Map();
+  for (const run of runs) {
+    const key = `${run.image}\u0000${run.workload}\u0000${run.target}`;
+    if (!groups.has(key)) groups.set(key, { image: run.image, workload: run.workload, target: run.target, runs: [] });
+    groups.get(key).runs.push(run);
+  }
+  const summary = [];
+  for (const group of groups.values()) {
+    const good = group.runs.filter((r) => r.ok);
+    const pick = (f) => good.map(f);
+    summary.push({
+      image: group.image,
+      workload: group.workload,
+      target: group.target,
+      runs: group.runs.length,
+      good: good.length,
+      iops: median(pick((r) => r.iops)),
+      iopsMin: minOf(pick((r) => r.iops)),
+      iopsMax: maxOf(pick((r) => r.iops)),
+      bwBytes: median(pick((r) => r.bwBytes)),
+      clatMeanNs: median(pick((r) => r.clatMeanNs)),
+      clatP99Ns: median(pick((r) => r.clatP99Ns)),
+      latMeanNs: median(pick((r) => r.latMeanNs ?? null)),
+      latP99Ns: median(pick((r) => r.latP99Ns ?? null)),
+      cpuUsPerIo: median(pick((r) => r.server?.cpuUsPerIo ?? null)),
+      peakRssBytes: maxOf(pick((r) => r.server?.peakRssBytes ?? null)),
+    });
+  }
+  // Ratios of IOPS (the same as of bandwidth at a fixed block size).
+  for (const s of summary) {
+    const peer = (target) => summary.find((x) => x.image === s.image && x.workload === s.workload && x.target === target);
+    const ratio = (other) => (s.iops !== null && other?.iops ? s.iops / other.iops : null);
+    s.vsFile = ratio(peer('file'));
+    s.vsQsd = ratio(peer('qsd'));
+  }
+  return summary;
+}
+
+export function find(summary, image, workload, target) {
+  return summary.find((s) => s.image === image && s.workload === workload && s.target === target);
+}
+
+/**
+ * The targets of the performance issue, each pass / fail / n/a (not
+ * measured in this run).
+ */
+export function evaluateTargets(summary, servers, images) {
+  const results = [];
+  const ratioTarget = (id, image, workload, target, against, threshold, text) => {
+    const s = find(summary, image, workload, target);
+    const measured = s ? (against === 'file' ? s.vsFile : s.vsQsd) : null;
+    results.push({
+      id,
+      text,
+      image,
+      workload,
+      target,
+      against,
+      threshold,
+      measured,
+      unit: 'x',
+      pass: measured === null ? null : measured >= threshold,
+    });
+  };
+  for (const rw of ['randread', 'randwrite']) {
+    const w = `${rw}-4k-qd16x2`;
+    ratioTarget(`io_uring-${rw}-vs-qsd`, 'tmpfs', w, 'io_uring', 'qsd', 7, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 7x qsd`);
+    ratioTarget(`io_uring-${rw}-vs-file`, 'tmpfs', w, 'io_uring', 'file', 0.65, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 0.65x file`);
+  }
+  for (const rw of ['randread', 'randwrite']) {
+    ratioTarget(`legacy-${rw}-vs-qsd`, 'tmpfs', `${rw}-4k-qd16x2`, 'legacy', 'qsd', 4, `legacy ${rw} 4 KiB QD16x2 (tmpfs) >= 4x qsd`);
+  }
+  for (const image of images) {
+    for (const w of ['read-1m-qd4', 'write-1m-qd4']) {
+      const what = w.startsWith('read') ? 'read' : 'write';
+      ratioTarget(`io_uring-seq${what}-vs-file-${image}`, image, w, 'io_uring', 'file', 0.6, `io_uring 1 MiB sequential ${what} (${image}) >= 0.6x file`);
+    }
+  }
+  for (const server of servers.filter((s) => s.target === 'io_uring')) {
+    const queues = server.info?.ringQueues ?? null;
+    const depth = server.info?.queueDepth ?? null;
+    const limit = queues !== null && depth !== null ? queues * depth * MiB + 32 * MiB : null;
+    const measured = server.peakRssBytes ?? null;
+    results.push({
+      id: `io_uring-rss-${server.image}`,
+      text: `io_uring peak RSS (${server.image}) <= queues x depth x 1 MiB + 32 MiB` + (limit ? ` = ${queues} x ${depth} x 1 MiB + 32 MiB = ${fmtMiB(limit)}` : ''),
+      image: server.image,
+      threshold: limit,
+      measured,
+      unit: 'bytes',
+      pass: limit === null || measured === null ? null : measured <= limit,
+    });
+  }
+  return results;
+}
+
+// ---------------------------------------------------------------- formats
+
+export function fmtIops(v) {
+  if (v === null || v === undefined) return '-';
+  if (v >= 1e6) return `${(v / 1e6).toFixed(2)}M`;
+  if (v >= 1e4) return `${(v / 1e3).toFixed(1)}k`;
+  if (v >= 1e3) return `${(v / 1e3).toFixed(2)}k`;
+  return v.toFixed(0);
+}
+export function fmtBw(bytes) {
+  if (bytes === null || bytes === undefined) return '-';
+  const mib = bytes / MiB;
+  return mib >= 100 ? `${mib.toFixed(0)} MiB/s` : `${mib.toFixed(1)} MiB/s`;
+}
+export function fmtLat(ns) {
+  if (ns === null || ns === undefined) return '-';
+  const us = ns / 1000;
+  if (us >= 10_000) return `${(us / 1000).toFixed(1)} ms`;
+  if (us >= 1000) return `${(us / 1000).toFixed(2)} ms`;
+  if (us >= 100) return `${us.toFixed(0)} µs`;
+  return `${us.toFixed(1)} µs`;
+}
+export function fmtCpu(us) {
+  return us === null || us === undefined ? '-' : `${us.toFixed(2)} µs`;
+}
+export function fmtMiB(bytes) {
+  return bytes === null || bytes === undefined ? '-' : `${(bytes / MiB).toFixed(0)} MiB`;
+}
+export function fmtRatio(r) {
+  if (r === null || r === undefined) return '-';
+  return r >= 10 ? `${r.toFixed(1)}x` : `${r.toFixed(2)}x`;
+}
+function fmtSpread(s) {
+  if (s.runs > 1 && s.iops && s.iopsMin !== null) {
+    return `±${(((s.iopsMax - s.iopsMin) / 2 / s.iops) * 100).toFixed(0)}%`;
+  }
+  return '';
+}
+function fmtMeasured(t) {
+  if (t.measured === null || t.measured === undefined) return 'not measured';
+  return t.unit === 'bytes' ? fmtMiB(t.measured) : fmtRatio(t.measured);
+}
+export const verdict = (pass) => (pass === null ? 'n/a' : pass ? 'PASS' : 'FAIL');
+
+// ---------------------------------------------------------------- text
+
+function pad(rows) {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+  return rows.map((r) => r.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join('  '));
+}
+
+/** A target's name, with how many of its runs failed. */
+function targetLabel(t, s) {
+  return t.label + (s.good < s.runs ? ` (${s.runs - s.good} failed)` : '');
+}
+
+/** The measured columns of one summary row, for the text and the Markdown tables. */
+function metricCells(s, t, { latP99, none }) {
+  return [
+    fmtIops(s.iops),
+    fmtSpread(s),
+    fmtBw(s.bwBytes),
+    fmtLat(s.clatMeanNs),
+    fmtLat(s.clatP99Ns),
+    fmtLat(s.latMeanNs),
+    ...(latP99 ? [fmtLat(s.latP99Ns)] : []),
+    t.id === 'file' ? none : fmtCpu(s.cpuUsPerIo),
+    t.id === 'file' ? none : fmtMiB(s.peakRssBytes),
+    fmtRatio(s.vsFile),
+    fmtRatio(s.vsQsd),
+  ];
+}
+
+export function textReport(result) {
+  const { summary, config } = result;
+  const lines = [];
+  for (const image of result.images) {
+    lines.push('', `=== ${image.label}: ${fmtMiB(image.size)} image ${image.path}, fio direct=${image.fioDirect ? 1 : 0} on the file target ===`);
+    for (const w of WORKLOADS.filter((x) => config.workloads.includes(x.id))) {
+      lines.push('', `${w.label}`);
+      const rows = [['  target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'CPU/IO', 'peak RSS', 'vs file', 'vs qsd']];
+      for (const t of TARGETS.filter((x) => config.targets.includes(x.id))) {
+        const s = find(summary, image.id, w.id, t.id);
+        if (!s) continue;
+        rows.push([`  ${targetLabel(t, s)}`, ...metricCells(s, t, { latP99: false, none: '-' })]);
+      }
+      lines.push(...pad(rows));
+    }
+    lines.push('', `Ratios of IOPS (${image.id}):`);
+    lines.push(...pad(ratioRows(result, image.id).map((r, i) => (i === 0 ? r.map((c, j) => (j === 0 ? `  ${c}` : c)) : [`  ${r[0]}`, ...r.slice(1)]))));
+  }
+  lines.push('', 'Targets of the performance issue:');
+  for (const t of result.targets) lines.push(`  [${verdict(t.pass).padEnd(4)}] ${t.text}: ${fmtMeasured(t)}`);
+  if (result.anomalies.length) {
+    lines.push('', 'Anomalies:');
+    for (const a of result.anomalies) lines.push(`  - ${a}`);
+  }
+  const notes = [...result.notes, ...(result.observations ?? [])];
+  if (notes.length) {
+    lines.push('', 'Notes:');
+    for (const n of notes) lines.push(`  - ${n}`);
+  }
+  return lines.join('\n');
+}
+
+const RATIO_COLUMNS = [
+  ['io_uring', 'file'],
+  ['legacy', 'file'],
+  ['qsd', 'file'],
+  ['io_uring', 'qsd'],
+  ['legacy', 'qsd'],
+  ['file', 'qsd'],
+];
+
+function ratioRows(result, image) {
+  const cols = RATIO_COLUMNS.filter(([a, b]) => result.config.targets.includes(a) && result.config.targets.includes(b));
+  const rows = [['workload', ...cols.map(([a, b]) => `${a}/${b}`)]];
+  for (const w of WORKLOADS.filter((x) => result.config.workloads.includes(x.id))) {
+    rows.push([
+      w.id,
+      ...cols.map(([a, b]) => {
+        const s = find(result.summary, image, w.id, a);
+        return fmtRatio(b === 'file' ? s?.vsFile : s?.vsQsd);
+      }),
+    ]);
+  }
+  return rows;
+}
+
+// ---------------------------------------------------------------- markdown
+
+const mdRow = (cells) => `| ${cells.join(' | ')} |`;
+const mdTable = (rows, align) => [mdRow(rows[0]), mdRow(align ?? rows[0].map((_, i) => (i === 0 ? '---' : '---:'))), ...rows.slice(1).map(mdRow)].join('\n');
+
+export function markdownReport(result) {
+  const { machine, config, summary } = result;
+  const out = [];
+  const date = result.finishedAt.replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  out.push('# Benchmarks', '');
+  out.push(
+    `<!-- Written by bench/run.mjs (npm run bench): rerun it rather than editing these figures by hand. -->`,
+    '',
+    `Latest figures: ${config.mode === 'full' ? 'full run (`npm run bench`)' : `**${config.mode} run**${config.quick ? ' (`--quick`)' : ''}`} of ${date}, fuse-export ${result.fuseExport.version} at commit \`${result.fuseExport.commit}\`${result.fuseExport.dirty ? ' (with uncommitted changes in the tree)' : ''}.`,
+    '',
+    'fio drives the exported file through each target in turn; the chart shows IOPS relative to the image file itself (1.0 = as fast as the file):',
+    '',
+    '![IOPS relative to the image file](../bench/results/latest.svg)',
+    '',
+  );
+
+  out.push('## How to reproduce', '');
+  out.push(
+    'As root on Linux with `/dev/fuse` (the benchmark mounts for real, writes `Y` to `/sys/module/fuse/parameters/enable_uring` for the run and restores the previous value afterwards):',
+    '',
+    '```sh',
+    'npm run bench              # full matrix: tmpfs and disk images, 10 s per run, 2 repeats (about 22 minutes)',
+    'npm run bench -- --quick   # tmpfs only, 2.5 s per run, 1 repeat (under 2 minutes)',
+    'npm run bench -- --help    # options: --runtime, --repeats, --images, --targets, --workloads, --size, ...',
+    '```',
+    '',
+    '`scripts/bench.sh` installs fio and qemu-storage-daemon when missing and builds when a source changed. Results: `bench/results/<timestamp>.json` (all raw runs, summaries, machine), `bench/results/latest.json`, `bench/results/latest.svg`, and this page.',
+    '',
+  );
+
+  out.push('## Machine', '');
+  out.push(
+    mdTable([
+      ['', ''],
+      ['Kernel', `${machine.kernel}`],
+      ['CPU', `${machine.cpuModel}, ${machine.cores} cores`],
+      ['Memory', machine.memory],
+      ['Images', result.images.map((i) => `${i.id}: ${i.fs} (${i.dir})`).join('; ')],
+      ['fio', machine.fio],
+      ['qemu-storage-daemon', machine.qsd],
+      ['Node.js', machine.node],
+      ['Load average (1 min) during the run', result.load ? `${result.load.min.toFixed(2)} to ${result.load.max.toFixed(2)}` : '-'],
+    ], ['---', '---']),
+    '',
+    `Run: ${config.runtime} s per fio run, ${config.repeats} repeat${config.repeats > 1 ? 's' : ''}, ${fmtMiB(config.size)} images, ${config.threads} threads for the exports, total ${(result.durationMs / 60000).toFixed(1)} min.`,
+    '',
+    '**Noise.** Other engineers run test suites on this machine at the same time, so figures move by a few percent (sometimes more) from one run to the next; the `spread` column shows half the range of IOPS over the repeats. The interleaving below cancels slow drift, not bursts.',
+    '',
+  );
+
+  out.push('## Targets of the performance issue', '');
+  out.push(
+    'The performance issue asks, on the tmpfs image (the transport’s own cost) with 4 KiB random I/O at iodepth 16 and 2 jobs, for fuse-export over io_uring to reach at least 7x the IOPS of qemu-storage-daemon and 0.65x those of the file itself, and over the legacy /dev/fuse transport at least 4x qemu-storage-daemon; for 1 MiB sequential reads and writes over io_uring, at least 0.6x the file; and for the io_uring export’s peak RSS, at most queues x queue depth x payload (1 MiB) + 32 MiB. Each is marked from this run:',
+    '',
+  );
+  out.push(
+    mdTable([
+      ['Target', 'Measured', 'Result'],
+      ...result.targets.map((t) => [t.text, fmtMeasured(t), t.pass === null ? 'n/a (not measured)' : t.pass ? '**pass**' : '**FAIL**']),
+    ], ['---', '---:', '---']),
+    '',
+  );
+
+  for (const image of result.images) {
+    out.push(`## Results: ${image.label}`, '');
+    out.push(
+      `${fmtMiB(image.size)} image in \`${image.dir}\` (${image.fs}), filled with data; exports with \`--cache ${image.cache}\`` +
+        ` (O_DIRECT on this file system ${image.directWorks ? 'works' : 'is refused'}; fuse-export ${image.exportDirectIo === undefined ? '' : image.exportDirectIo ? 'opened the image O_DIRECT' : 'chose the page cache'}); fio \`direct=${image.fioDirect ? 1 : 0}\` on the file target, \`direct=1\` on the mounts.` +
+        (image.qsd ? ` qemu-storage-daemon: ${image.qsd}.` : ''),
+      '',
+    );
+    const rows = [['Workload', 'Target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'lat p99', 'server CPU / I/O', 'peak RSS', 'vs file', 'vs qsd']];
+    for (const w of WORKLOADS.filter((x) => config.workloads.includes(x.id))) {
+      for (const t of TARGETS.filter((x) => config.targets.includes(x.id))) {
+        const s = find(summary, image.id, w.id, t.id);
+        if (!s) continue;
+        rows.push([
+          t.id === TARGETS.find((x) => config.targets.includes(x.id)).id ? w.label : '',
+          targetLabel(t, s),
+          ...metricCells(s, t, { latP99: true, none: '' }),
+        ]);
+      }
+    }
+    out.push(mdTable(rows, ['---', '---', ...rows[0].slice(2).map(() => '---:')]), '');
+    out.push(`Ratios of IOPS (${image.id}):`, '');
+    out.push(mdTable(ratioRows(result, image.id)), '');
+  }
+
+  out.push('## Method', '');
+  out.push(
+    ...[
+      `Targets: ${TARGETS.filter((t) => config.targets.includes(t.id)).map((t) => `\`${t.id}\` = ${t.what}`).join('; ')}. Both fuse-export targets run with \`--threads ${config.threads}\` (the CPU count) and the default queue depth; the io_uring export has one ring queue per CPU.`,
+      `qemu-storage-daemon gets the same image and the cache mode fuse-export ended up with (\`cache.direct=on\` when fuse-export's ready line says \`directIo: true\`), \`aio=io_uring\`; it is asked for one iothread per CPU (the multi-queue FUSE export of newer QEMU) and falls back to its default single-threaded export when its version refuses that.`,
+      'Every export is started once per image and stays up while all the workloads run. The runs are interleaved: for each workload, for each repeat, each target in turn (the order rotates with the repeat), so drift of the machine hits all targets alike. Figures are medians over the repeats.',
+      `fio: \`ioengine=io_uring\`, \`time_based\`, \`runtime=${config.runtime}\`, \`randrepeat=0\`, \`norandommap\`, \`group_reporting\`, \`lat_percentiles=1\`, JSON output. \`clat\` is fio's completion latency (\`clat_ns\`: submission to completion), \`lat\` the total (\`lat_ns\` = submission time + clat). Compare targets on \`lat\` at iodepth 1: a read or write that the kernel completes inside \`io_uring_enter\` shows its whole time as submission latency and a clat near zero. The file target is the limit at depth, not always at iodepth 1 on tmpfs: fio's O_DIRECT I/O on a tmpfs file goes through io_uring's worker threads (tmpfs cannot do it without blocking), which can make it slower than an export that copies in its own thread. For randrw, IOPS and bandwidth add up, means are weighted by I/O count and p99 is the larger of the read and write p99s.`,
+      "Server CPU per I/O: the export process's utime + stime (all threads, from `/proc/PID/stat`) over the fio run, divided by the I/Os fio completed. Peak RSS: `VmHWM` of the whole process (for fuse-export that includes the Node.js runtime, about 50 MiB) during each run (reset through `/proc/PID/clear_refs` before it), maximum over the runs; the RSS target uses the highest value over the export's whole life.",
+      'The image is filled with data before the runs so that reads hit data; writes overwrite it in place. After the runs each mount is compared with the image (`cmp` of the first 64 MiB) and the counters fuse-export logs when it stops are checked against what fio did.',
+    ].map((x) => `- ${x}`),
+    '',
+  );
+
+  out.push('## Observations from this run', '');
+  if (result.anomalies.length === 0) out.push('Nothing unusual: no fio errors, no hangs, clean stops, counters consistent with fio.', '');
+  else out.push(...result.anomalies.map((a) => `- ${a}`), '');
+  const notes = [...result.notes, ...(result.observations ?? [])];
+  if (notes.length) out.push('Notes:', '', ...notes.map((n) => `- ${n}`), '');
+  return `${out.join('\n').trimEnd()}\n`;
+}
+
+// ---------------------------------------------------------------- SVG
+
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/** Grouped bars: IOPS relative to `file` per workload and target, one panel per image. */
+export function svgChart(result) {
+  const workloads = WORKLOADS.filter((x) => result.config.workloads.includes(x.id));
+  const targets = TARGETS.filter((t) => result.config.targets.includes(t.id));
+  const barW = 22;
+  const groupGap = 26;
+  const groupW = targets.length * barW + groupGap;
+  const left = 56;
+  const right = 16;
+  const panelH = 250;
+  const plotTop = 34;
+  const plotH = 160;
+  const width = Math.max(left + workloads.length * groupW + right, 840);
+  const header = 72;
+  const legendH = 28;
+  const height = header + result.images.length * panelH + legendH;
+  const ratios = result.summary.filter((s) => s.vsFile !== null).map((s) => s.vsFile);
+  const maxRatio = Math.max(1.2, ...ratios);
+  const step = maxRatio > 3 ? 0.5 : maxRatio > 1.6 ? 0.25 : 0.2;
+  const top = Math.ceil(maxRatio / step) * step;
+  const parts = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${left}" y="22" font-size="15" font-weight="bold">fuse-export: IOPS relative to the image file (file = 1.0)</text>`,
+    `<text x="${left}" y="40" fill="#555">${esc(`${result.config.mode} run of ${result.finishedAt.slice(0, 16).replace('T', ' ')} UTC, ${result.config.runtime} s per run x ${result.config.repeats}; Linux ${result.machine.kernel}, ${result.machine.cpuModel}, ${result.machine.cores} cores`)}</text>`,
+    `<text x="${left}" y="55" fill="#555">${esc('Numbers above the bars: IOPS / file IOPS (medians); under each group: the IOPS of the file itself.')}</text>`,
+  );
+  result.images.forEach((image, p) => {
+    const y0 = header + p * panelH;
+    const base = y0 + plotTop + plotH;
+    const y = (v) => base - (Math.min(v, top) / top) * plotH;
+    parts.push(`<text x="${left}" y="${y0 + 18}" font-size="13" font-weight="bold">${esc(image.label)}</text>`);
+    for (let v = 0; v <= top + 1e-9; v += step) {
+      parts.push(
+        `<line x1="${left}" x2="${width - right}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="${Math.abs(v - 1) < 1e-9 ? '#333' : '#e3e3e3'}" stroke-width="${Math.abs(v - 1) < 1e-9 ? 1.2 : 1}"${Math.abs(v - 1) < 1e-9 ? ' stroke-dasharray="4 3"' : ''}/>`,
+        `<text x="${left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${v.toFixed(step < 0.25 ? 1 : 2)}</text>`,
+      );
+    }
+    workloads.forEach((w, g) => {
+      const gx = left + g * groupW + groupGap / 2;
+      targets.forEach((t, b) => {
+        const s = find(result.summary, image.id, w.id, t.id);
+        const x = gx + b * barW;
+        if (!s || s.vsFile === null) {
+          parts.push(`<text x="${x + barW / 2}" y="${base - 4}" text-anchor="middle" fill="#999" font-size="9">n/a</text>`);
+          return;
+        }
+        const h = base - y(s.vsFile);
+        parts.push(
+          `<rect x="${x + 1}" y="${y(s.vsFile).toFixed(1)}" width="${barW - 2}" height="${Math.max(h, 0.5).toFixed(1)}" fill="${t.color}"><title>${esc(`${image.id} ${w.label} ${t.label}: ${fmtIops(s.iops)} IOPS, ${fmtBw(s.bwBytes)}, mean ${fmtLat(s.clatMeanNs)}, p99 ${fmtLat(s.clatP99Ns)}; ${fmtRatio(s.vsFile)} file, ${fmtRatio(s.vsQsd)} qsd`)}</title></rect>`,
+          `<text x="${x + barW / 2}" y="${(y(s.vsFile) - 3).toFixed(1)}" text-anchor="middle" font-size="8.5" fill="#333">${s.vsFile >= 10 ? s.vsFile.toFixed(0) : s.vsFile.toFixed(2)}</text>`,
+        );
+      });
+      const cx = gx + (targets.length * barW) / 2;
+      const file = find(result.summary, image.id, w.id, 'file');
+      parts.push(
+        `<text x="${cx}" y="${base + 14}" text-anchor="middle">${esc(w.short[0])}</text>`,
+        `<text x="${cx}" y="${base + 27}" text-anchor="middle">${esc(w.short[1])}</text>`,
+        `<text x="${cx}" y="${base + 40}" text-anchor="middle" fill="#777" font-size="9.5">${esc(file ? `${fmtIops(file.iops)} IOPS` : '')}</text>`,
+      );
+    });
+  });
+  const ly = header + result.images.length * panelH + 8;
+  targets.forEach((t, i) => {
+    const x = left + i * 170;
+    parts.push(
+      `<rect x="${x}" y="${ly}" width="12" height="12" fill="${t.color}"/>`,
+      `<text x="${x + 17}" y="${ly + 10}">${esc(t.id === 'file' ? 'file (the image itself)' : t.id === 'qsd' ? 'qemu-storage-daemon' : `fuse-export ${t.label}`)}</text>`,
+    );
+  });
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}

@@ -1,0 +1,172 @@
+// The FUSE servers under test: fuse-export (io_uring or legacy transport)
+// and qemu-storage-daemon's FUSE export. Each is started once per image and
+// stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { isMounted, killPid, sleep, track, umountLazy } from './proc.mjs';
+
+class Server {
+  constructor({ target, kind, mountpoint, command, args }) {
+    this.target = target;
+    this.kind = kind;
+    this.mountpoint = mountpoint;
+    this.command = command;
+    this.args = args;
+    this.events = [];
+    this.stderr = [];
+    this.notes = [];
+    this.dead = false;
+    this.stopped = undefined;
+    this.exit = undefined;
+  }
+
+  spawn() {
+    this.child = track(spawn(this.command, this.args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] }));
+    this.pid = this.child.pid;
+    this.closed = new Promise((resolve) => {
+      this.child.on('error', (error) => {
+        this.stderr.push(`spawn failed: ${error.message}`);
+        this.exit = { code: null, signal: null, error: error.message };
+        resolve(this.exit);
+      });
+      this.child.on('close', (code, signal) => {
+        this.exit = { code, signal };
+        this.dead = true;
+        resolve(this.exit);
+      });
+    });
+    createInterface({ input: this.child.stderr }).on('line', (line) => {
+      if (this.stderr.length < 2000) this.stderr.push(line);
+      if (!line.startsWith('{')) return;
+      try {
+        const event = JSON.parse(line);
+        this.events.push(event);
+        this.onEvent?.(event);
+      } catch {
+        // Not a log line.
+      }
+    });
+  }
+
+  get alive() {
+    return this.exit === undefined;
+  }
+
+  /** Warnings and errors the server logged (JSON log levels warn / error). */
+  get complaints() {
+    return this.events.filter((e) => e.level === 'warn' || e.level === 'error');
+  }
+
+  /**
+   * SIGTERM, wait; SIGKILL, wait; `umount -l` when something is still
+   * mounted. Records what it had to do in `notes`.
+   */
+  async stop({ termTimeout = 20_000, killTimeout = 5_000 } = {}) {
+    const started = Date.now();
+    if (this.alive && this.pid !== undefined) {
+      killPid(this.pid, 'SIGTERM');
+      const exited = await Promise.race([this.closed.then(() => true), sleep(termTimeout).then(() => false)]);
+      if (!exited) {
+        this.notes.push(`did not exit within ${termTimeout / 1000} s of SIGTERM: sent SIGKILL`);
+        killPid(this.pid, 'SIGKILL');
+        await Promise.race([this.closed, sleep(killTimeout)]);
+      }
+    }
+    this.stopMs = Date.now() - started;
+    if (isMounted(this.mountpoint)) {
+      const count = umountLazy(this.mountpoint);
+      this.notes.push(`${this.mountpoint} was still mounted after the server exited: umount -l (${count})`);
+    }
+    this.dead = true;
+    return this.exit;
+  }
+}
+
+/**
+ * Starts fuse-export and waits for its "ready" event. Rejects (after
+ * cleaning up) when it logs "failed", exits, or takes too long.
+ */
+export async function startFuseExport({ cli, target, image, mountpoint, transport, threads, cache, queueDepth, timeout = 30_000 }) {
+  const args = [
+    cli,
+    '--writable',
+    '--io-uring',
+    transport === 'io_uring' ? 'on' : 'off',
+    '--threads',
+    String(threads),
+    '--cache',
+    cache,
+    '--log-format',
+    'json',
+    ...(queueDepth ? ['--queue-depth', String(queueDepth)] : []),
+    image,
+    mountpoint,
+  ];
+  const server = new Server({ target, kind: 'fuse-export', mountpoint, command: process.execPath, args });
+  const ready = new Promise((resolve, reject) => {
+    server.onEvent = (event) => {
+      if (event.event === 'ready') resolve(event);
+      else if (event.event === 'failed') reject(new Error(`fuse-export failed to start: ${event.message}`));
+      else if (event.event === 'stopped') server.stopped = event;
+    };
+  });
+  server.spawn();
+  const outcome = await Promise.race([
+    ready.then((event) => ({ event })),
+    server.closed.then((exit) => ({ error: new Error(`fuse-export exited before it was ready (${JSON.stringify(exit)})`) })),
+    sleep(timeout).then(() => ({ error: new Error(`fuse-export was not ready within ${timeout / 1000} s`) })),
+  ]).catch((error) => ({ error }));
+  if (outcome.error) {
+    await server.stop({ termTimeout: 5_000 });
+    outcome.error.stderr = server.stderr.join('\n');
+    throw outcome.error;
+  }
+  server.info = outcome.event;
+  return server;
+}
+
+/**
+ * qemu-storage-daemon's FUSE export of `image`, in the first of these
+ * configurations that starts: one iothread per CPU (the multi-queue FUSE
+ * export of newer QEMU: `iothread.N=`), then QEMU's default (the main loop);
+ * aio=io_uring, then aio=threads. Ready when the mount appears.
+ */
+export async function startQsd({ target, image, mountpoint, threads, directIo, timeout = 30_000 }) {
+  const iothreads = Array.from({ length: threads }, (_, i) => `iot${i}`);
+  const attempts = [];
+  for (const aio of ['io_uring', 'threads']) {
+    if (threads > 1) attempts.push({ aio, iothreads, label: `${threads} iothreads (multi-queue), aio=${aio}` });
+    attempts.push({ aio, iothreads: [], label: `default (main loop, no iothread), aio=${aio}` });
+  }
+  const tried = [];
+  for (const attempt of attempts) {
+    const args = [
+      ...attempt.iothreads.flatMap((id) => ['--object', `iothread,id=${id}`]),
+      '--blockdev',
+      `driver=file,node-name=file0,filename=${image},cache.direct=${directIo ? 'on' : 'off'},aio=${attempt.aio}`,
+      '--blockdev',
+      'driver=raw,node-name=raw0,file=file0',
+      '--export',
+      [
+        'type=fuse,id=exp0,node-name=raw0',
+        `mountpoint=${mountpoint}`,
+        'writable=on',
+        ...attempt.iothreads.map((id, i) => `iothread.${i}=${id}`),
+      ].join(','),
+    ];
+    const server = new Server({ target, kind: 'qemu-storage-daemon', mountpoint, command: 'qemu-storage-daemon', args });
+    server.spawn();
+    const deadline = Date.now() + timeout;
+    while (server.alive && !isMounted(mountpoint) && Date.now() < deadline) await sleep(20);
+    if (server.alive && isMounted(mountpoint)) {
+      server.info = { config: attempt.label, aio: attempt.aio, iothreads: attempt.iothreads.length, cacheDirect: directIo, args };
+      server.rejected = tried;
+      return server;
+    }
+    await server.stop({ termTimeout: 5_000 });
+    tried.push({ config: attempt.label, stderr: server.stderr.join('\n').trim() });
+  }
+  const error = new Error(`qemu-storage-daemon did not start in any configuration`);
+  error.stderr = tried.map((t) => `${t.config}: ${t.stderr}`).join('\n');
+  throw error;
+}

@@ -1,0 +1,704 @@
+#!/usr/bin/env node
+// The fuse-export benchmark (`npm run bench`, `npm run bench -- --quick`).
+//
+// One fio matrix, interleaved so that the machine's drift cancels out: for
+// each image, every export is started once; then for each workload, for each
+// repeat, fio runs against each target in turn (file, io_uring, legacy,
+// qsd). Results: a table on stdout, bench/results/<timestamp>.json and
+// latest.json, latest.svg, and docs/BENCHMARKS.md.
+//
+// Needs root, /dev/fuse, fio and qemu-storage-daemon (scripts/bench.sh
+// installs them) and a build (dist/cli/main.js).
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { fioArgs, parseFio, WORKLOADS } from './lib/fio.mjs';
+import { clockTicks, cpuTicks, isMounted, killGroup, liveChildren, memory, resetPeakRss, run, umountLazy } from './lib/proc.mjs';
+import { evaluateTargets, find, fmtIops, fmtLat, markdownReport, summarise, svgChart, TARGETS, textReport } from './lib/report.mjs';
+import { startFuseExport, startQsd } from './lib/servers.mjs';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+const RESULTS = join(ROOT, 'bench', 'results');
+const DOCS = join(ROOT, 'docs', 'BENCHMARKS.md');
+const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
+const MiB = 1024 * 1024;
+const CHECK_BYTES = 64 * MiB;
+// Seconds per run of --quick: 32 runs of 2.5 s plus fio's own start and
+// stop (about 0.3 s each) keep the whole quick run near 95 s.
+const QUICK_RUNTIME = 2.5;
+
+const IMAGES = {
+  tmpfs: { id: 'tmpfs', dir: '/dev/shm', label: 'tmpfs image (/dev/shm): the transport’s own cost', cache: 'direct' },
+  disk: { id: 'disk', dir: '/var/tmp', label: 'disk image (/var/tmp), opened O_DIRECT', cache: 'direct' },
+};
+
+const USAGE = `Usage: npm run bench -- [options]     (or: node bench/run.mjs [options], as root)
+
+Runs fio against the image file, fuse-export over io_uring, fuse-export over
+/dev/fuse (legacy) and qemu-storage-daemon's FUSE export, interleaved, and
+writes bench/results/ and docs/BENCHMARKS.md.
+
+  --quick              tmpfs image only, 2.5 s per run, 1 repeat (< 2 minutes)
+  --runtime S          seconds per fio run (default 10; --quick: 2.5)
+  --repeats N          repeats of each workload x target (default 2; --quick: 1)
+  --images LIST        tmpfs,disk (default both; --quick: tmpfs)
+  --targets LIST       file,io_uring,legacy,qsd (default all)
+  --workloads LIST     ids: ${WORKLOADS.map((w) => w.id).join(', ')}
+  --size SIZE          image size, e.g. 1G, 512M (default 1G)
+  --threads N          threads of the exports (default: CPUs = ${availableParallelism()})
+  --queue-depth N      fuse-export --queue-depth (default: its own)
+  --no-docs            do not rewrite docs/BENCHMARKS.md
+  --from FILE          measure nothing: redo the table, latest.*, the docs from a results JSON
+  -h, --help           this text
+`;
+
+// ---------------------------------------------------------------- options
+
+function parseSize(text) {
+  const match = /^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$/i.exec(String(text).trim());
+  if (!match) throw new Error(`--size: cannot read ${JSON.stringify(text)} (try 1G or 512M)`);
+  const scale = { '': 1, k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[match[2].toLowerCase()];
+  const bytes = Math.floor(Number(match[1]) * scale);
+  if (bytes < 64 * MiB || bytes % MiB) throw new Error('--size must be a whole number of MiB, at least 64 MiB');
+  return bytes;
+}
+
+function list(text, allowed, name) {
+  const items = String(text).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const item of items) if (!allowed.includes(item)) throw new Error(`--${name}: unknown ${JSON.stringify(item)} (one of ${allowed.join(', ')})`);
+  if (items.length === 0) throw new Error(`--${name} is empty`);
+  return allowed.filter((a) => items.includes(a));
+}
+
+function seconds(text, name) {
+  const value = Number(text);
+  if (!Number.isFinite(value) || value < 1 || Math.round(value * 1000) !== value * 1000) throw new Error(`--${name} takes seconds >= 1 (milliseconds at most), not ${text}`);
+  return value;
+}
+
+function positiveInt(text, name) {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} takes a whole number >= 1, not ${text}`);
+  return value;
+}
+
+function options() {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      runtime: { type: 'string' },
+      repeats: { type: 'string' },
+      images: { type: 'string' },
+      targets: { type: 'string' },
+      workloads: { type: 'string' },
+      size: { type: 'string' },
+      threads: { type: 'string' },
+      'queue-depth': { type: 'string' },
+      'no-docs': { type: 'boolean', default: false },
+      from: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const quick = values.quick;
+  const custom = ['runtime', 'repeats', 'images', 'targets', 'workloads', 'size', 'threads', 'queue-depth'].some((k) => values[k] !== undefined);
+  return {
+    quick,
+    mode: quick ? (custom ? 'quick (custom)' : 'quick') : custom ? 'custom' : 'full',
+    runtime: values.runtime ? seconds(values.runtime, 'runtime') : quick ? QUICK_RUNTIME : 10,
+    repeats: values.repeats ? positiveInt(values.repeats, 'repeats') : quick ? 1 : 2,
+    images: values.images ? list(values.images, Object.keys(IMAGES), 'images') : quick ? ['tmpfs'] : ['tmpfs', 'disk'],
+    targets: values.targets ? list(values.targets, TARGETS.map((t) => t.id), 'targets') : TARGETS.map((t) => t.id),
+    workloads: values.workloads ? list(values.workloads, WORKLOADS.map((w) => w.id), 'workloads') : WORKLOADS.map((w) => w.id),
+    size: values.size ? parseSize(values.size) : 1024 * MiB,
+    threads: values.threads ? positiveInt(values.threads, 'threads') : availableParallelism(),
+    queueDepth: values['queue-depth'] ? positiveInt(values['queue-depth'], 'queue-depth') : undefined,
+    docs: !values['no-docs'],
+    from: values.from,
+  };
+}
+
+// ---------------------------------------------------------------- logging
+
+const t0 = Date.now();
+const elapsed = () => {
+  const s = Math.round((Date.now() - t0) / 1000);
+  return `${String(Math.floor(s / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
+};
+const say = (message) => process.stderr.write(`[bench ${elapsed()}] ${message}\n`);
+
+// ---------------------------------------------------------------- clean-up
+
+/** Everything to undo, whatever way the benchmark ends. */
+const state = {
+  servers: [],
+  mountpoints: [],
+  dirs: [],
+  uring: undefined, // { previous, restored }
+  fio: undefined,
+  aborting: false,
+};
+let cleaning;
+
+function restoreUring() {
+  if (!state.uring || state.uring.restored) return;
+  try {
+    writeFileSync(URING_PARAM, state.uring.previous);
+    state.uring.restored = true;
+    say(`restored ${URING_PARAM} to ${state.uring.previous}`);
+  } catch (error) {
+    say(`could not restore ${URING_PARAM} to ${state.uring.previous}: ${error.message}`);
+  }
+}
+
+function removeDirs() {
+  for (const dir of state.dirs.splice(0)) {
+    // Never walk into a mount: detach whatever is still mounted first.
+    for (const mp of state.mountpoints.filter((m) => m.startsWith(`${dir}/`))) if (isMounted(mp)) umountLazy(mp);
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch (error) {
+      say(`could not remove ${dir}: ${error.message}`);
+    }
+  }
+}
+
+/** The orderly clean-up: stop fio and the exports, restore, remove. Idempotent. */
+function cleanup() {
+  cleaning ??= (async () => {
+    if (state.fio) killGroup(state.fio.pid, 'SIGKILL');
+    await Promise.all(state.servers.filter((s) => s.alive).map((s) => s.stop()));
+    for (const mp of state.mountpoints) if (isMounted(mp)) umountLazy(mp);
+    restoreUring();
+    removeDirs();
+  })();
+  return cleaning;
+}
+
+/** The last resort when the process exits anyway (second Ctrl-C, crash). */
+function cleanupSync() {
+  for (const pid of liveChildren) {
+    killGroup(pid, 'SIGKILL');
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Gone.
+    }
+  }
+  for (const mp of state.mountpoints) if (isMounted(mp)) umountLazy(mp);
+  restoreUring();
+  removeDirs();
+}
+
+class Aborted extends Error {}
+
+function installHandlers() {
+  const onSignal = (signal) => {
+    if (!state.aborting) {
+      state.aborting = true;
+      say(`${signal}: stopping the exports and cleaning up (again to force)`);
+      if (state.fio) killGroup(state.fio.pid, 'SIGKILL');
+      cleanup().finally(() => process.exit(130));
+    } else {
+      say(`${signal} again: killing everything`);
+      cleanupSync();
+      process.exit(130);
+    }
+  };
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, onSignal);
+  process.on('exit', cleanupSync);
+  const crash = (error) => {
+    say(`internal error: ${error?.stack ?? error}`);
+    cleanup().finally(() => process.exit(1));
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
+}
+
+// ---------------------------------------------------------------- machine
+
+function sh(cmd, args) {
+  const out = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
+  return out.status === 0 ? out.stdout.trim() : '';
+}
+
+function machineInfo() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? 'unknown';
+  const memKiB = Number(/^MemTotal:\s+(\d+)/m.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  return {
+    kernel: release(),
+    cpuModel: model,
+    cores: availableParallelism(),
+    memory: `${(memKiB / 1024 / 1024).toFixed(1)} GiB`,
+    memoryBytes: memKiB * 1024 || totalmem(),
+    fio: sh('fio', ['--version']) || 'unknown',
+    qsd: sh('qemu-storage-daemon', ['--version']).split('\n')[0] || 'unknown',
+    node: process.version,
+  };
+}
+
+function fuseExportInfo() {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+  return {
+    version: pkg.version,
+    commit: sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']) || 'unknown',
+    dirty: sh('git', ['-C', ROOT, 'status', '--porcelain', '--', 'ts', 'crates']) !== '',
+  };
+}
+
+function preflight(config) {
+  const problems = [];
+  if (process.getuid?.() !== 0) problems.push('run it as root: it mounts FUSE file systems and writes to /sys');
+  if (!existsSync('/dev/fuse')) problems.push('/dev/fuse is missing');
+  if (!sh('fio', ['--version'])) problems.push('fio is missing (scripts/bench.sh installs it)');
+  if (config.targets.includes('qsd') && !sh('qemu-storage-daemon', ['--version'])) problems.push('qemu-storage-daemon is missing (Debian package qemu-system-common)');
+  if (!existsSync(CLI)) problems.push(`${CLI} is missing: build first (npm run build), or use npm run bench`);
+  if (problems.length) throw new Error(problems.join('\n'));
+}
+
+/**
+ * Turns FUSE-over-io_uring on; false when the kernel cannot. Called at the
+ * start and again right before each io_uring export starts, because other
+ * users of the machine (test suites) may switch it off meanwhile; the value
+ * restored at the end is the one found the first time it had to be changed.
+ */
+function enableUring(notes) {
+  if (!existsSync(URING_PARAM)) {
+    notes.push(`${URING_PARAM} does not exist on kernel ${release()}: the io_uring target is skipped`);
+    return false;
+  }
+  const previous = readFileSync(URING_PARAM, 'utf8').trim();
+  if (previous === 'Y') return true;
+  try {
+    writeFileSync(URING_PARAM, 'Y');
+    if (state.uring) {
+      state.uring.restored = false;
+      notes.push(`${URING_PARAM} had been switched back to ${previous} during the run (by another user of the machine?): set to Y again`);
+    } else {
+      state.uring = { previous, restored: false };
+    }
+    say(`${URING_PARAM}: ${previous} -> Y for the run`);
+    return true;
+  } catch (error) {
+    notes.push(`could not write Y to ${URING_PARAM} (${error.message}): the io_uring target is skipped`);
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- images
+
+async function probeDirect(path) {
+  const write = await run('dd', ['if=/dev/zero', `of=${path}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeout: 30_000 });
+  const read = await run('dd', [`if=${path}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { timeout: 30_000 });
+  return write.code === 0 && read.code === 0;
+}
+
+async function prepareImage(spec, config) {
+  const dir = mkdtempSync(join(spec.dir, 'fuse-export-bench-'));
+  state.dirs.push(dir);
+  const path = join(dir, 'image.raw');
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, config.size);
+  closeSync(fd);
+  const directWorks = await probeDirect(path);
+  say(`${spec.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
+  const fill = await run(
+    'fio',
+    ['--name=fill', `--filename=${path}`, '--rw=write', '--bs=1m', `--size=${config.size}`, '--ioengine=io_uring', '--iodepth=8',
+      `--direct=${directWorks ? 1 : 0}`, '--end_fsync=1', '--fallocate=none', '--output-format=json'],
+    { timeout: 900_000 },
+  );
+  if (fill.code !== 0) throw new Error(`filling ${path} failed:\n${fill.stderr}${fill.stdout.slice(0, 2000)}`);
+  const fs = sh('stat', ['-f', '-c', '%T', dir]) || 'unknown';
+  return { ...spec, path, workdir: dir, size: config.size, fs, directWorks, fioDirect: directWorks, fillMs: Math.round(fill.ms) };
+}
+
+/** cmp of the first 64 MiB of a mount against the image, both read O_DIRECT when possible. */
+async function compareMount(image, mountpoint) {
+  const count = Math.min(CHECK_BYTES, image.size) / MiB;
+  const script = 'cmp <(dd if="$1" bs=1M count="$3" iflag=direct status=none) <(dd if="$2" bs=1M count="$3" $4 status=none)';
+  const result = await run('bash', ['-c', script, 'cmp', mountpoint, image.path, String(count), image.directWorks ? 'iflag=direct' : ''], { timeout: 60_000 });
+  return { ok: result.code === 0 && !result.timedOut, bytes: count * MiB, detail: (result.stdout + result.stderr).trim() || (result.timedOut ? 'timed out (hung?)' : '') };
+}
+
+// ---------------------------------------------------------------- exports
+
+async function startServers(image, config, result) {
+  const servers = {};
+  for (const target of config.activeTargets.filter((t) => t !== 'file')) {
+    const mountpoint = join(image.workdir, `mnt-${target}`);
+    closeSync(openSync(mountpoint, 'w'));
+    state.mountpoints.push(mountpoint);
+    try {
+      let server;
+      if (target === 'qsd') {
+        // The cache mode fuse-export actually uses (it may decline O_DIRECT,
+        // e.g. on a memory-backed image), or else what the file system allows.
+        const directIo = image.exportDirectIo ?? image.directWorks;
+        server = await startQsd({ target, image: image.path, mountpoint, threads: config.threads, directIo });
+        for (const t of server.rejected) result.notes.push(`${image.id}: qemu-storage-daemon refused "${t.config.replace(/, aio=.*/, '')}": ${t.stderr.split('\n')[0].replace(/^.*: (?=[^:]+$)/, '')}`);
+        image.qsd = server.info.config + `, cache.direct=${directIo ? 'on' : 'off'}`;
+      } else {
+        const start = () =>
+          startFuseExport({
+            cli: CLI,
+            target,
+            image: image.path,
+            mountpoint,
+            transport: target,
+            threads: config.threads,
+            cache: image.cache,
+            queueDepth: config.queueDepth,
+          });
+        if (target === 'io_uring') enableUring(result.notes);
+        try {
+          server = await start();
+        } catch (error) {
+          // Switched off between our check and the export's (a test suite
+          // running next to us toggles it): once more.
+          if (target !== 'io_uring' || !/enable_uring/.test(error.message) || !enableUring(result.notes)) throw error;
+          say(`${image.id}: io_uring export refused (${URING_PARAM} was switched off meanwhile): retrying`);
+          server = await start();
+        }
+        for (const w of server.complaints) result.notes.push(`${image.id}: fuse-export (${target}) warned at start: ${w.message}`);
+        image.exportDirectIo ??= server.info.directIo;
+      }
+      server.image = image.id;
+      server.peakRssBytes = memory(server.pid).hwm ?? null;
+      state.servers.push(server);
+      servers[target] = server;
+      say(`${image.id}: ${target} export ready (pid ${server.pid})${target === 'qsd' ? `: ${server.info.config}` : `: ${server.info.transport}, ${server.info.threads} threads, ${server.info.ringQueues} ring queues${server.info.queueDepth ? ` x ${server.info.queueDepth}` : ''}, directIo ${server.info.directIo}`}`);
+    } catch (error) {
+      const extra = (error.stderr ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('{')).slice(-3).join(' | ');
+      result.anomalies.push(`${image.id}: the ${target} export failed to start: ${error.message}${extra ? ` -- ${extra}` : ''}`);
+      say(`${image.id}: ${target} export failed to start: ${error.message}\n${error.stderr ?? ''}`);
+    }
+  }
+  return servers;
+}
+
+function serverRecord(server) {
+  return {
+    image: server.image,
+    target: server.target,
+    kind: server.kind,
+    pid: server.pid,
+    args: server.args,
+    info: server.info,
+    peakRssBytes: server.peakRssBytes,
+    exit: server.exit,
+    stopMs: server.stopMs,
+    stopped: server.stopped,
+    notes: server.notes,
+    complaints: server.complaints,
+    stderrTail: server.stderr.filter((l) => !l.startsWith('{') || /"level":"(warn|error)"/.test(l)).slice(-20),
+  };
+}
+
+/** What fuse-export said when it stopped, against what fio did through it. */
+function checkStop(server, image, runs, checkedBytes, result) {
+  const where = `${image.id}/${server.target}`;
+  for (const note of server.notes) result.anomalies.push(`${where}: ${note}`);
+  if (server.stopMs > 5000) result.anomalies.push(`${where}: stopping took ${(server.stopMs / 1000).toFixed(1)} s`);
+  const exit = server.exit ?? {};
+  if (server.kind === 'qemu-storage-daemon') {
+    if (exit.code !== 0) result.anomalies.push(`${where}: qemu-storage-daemon exited ${exit.code ?? exit.signal}: ${server.stderr.slice(-3).join(' | ')}`);
+    return;
+  }
+  if (exit.code !== 0) result.anomalies.push(`${where}: fuse-export exited with ${exit.code ?? exit.signal} after SIGTERM`);
+  for (const e of server.complaints.filter((c) => c.event !== 'ready')) {
+    if (!result.notes.some((n) => n.includes(e.message))) result.anomalies.push(`${where}: fuse-export logged ${e.level} "${e.message}"`);
+  }
+  const s = server.stopped;
+  if (!s) {
+    result.anomalies.push(`${where}: fuse-export logged no "stopped" event`);
+    return;
+  }
+  if (s.reason !== 'signal') result.anomalies.push(`${where}: stopped for reason "${s.reason}", not "signal"`);
+  for (const key of ['errors', 'abandoned', 'inFlight']) if (s[key]) result.anomalies.push(`${where}: stopped with ${key} = ${s[key]}`);
+  if (server.target === 'io_uring' && !(s.ringRequests > 0)) result.anomalies.push(`${where}: no ring requests counted over io_uring (legacyRequests ${s.legacyRequests})`);
+  if (server.target === 'legacy' && s.ringRequests > 0) result.anomalies.push(`${where}: ${s.ringRequests} ring requests over the legacy transport`);
+  const mine = runs.filter((r) => r.image === image.id && r.target === server.target && r.fio);
+  const fioRead = mine.reduce((a, r) => a + r.fio.read.bytes, 0) + checkedBytes;
+  const fioWritten = mine.reduce((a, r) => a + r.fio.write.bytes, 0);
+  const fioIos = mine.reduce((a, r) => a + r.ios, 0);
+  const requests = (s.legacyRequests ?? 0) + (s.ringRequests ?? 0);
+  const off = (a, b) => (b > 0 ? Math.abs(a - b) / b : a > 0 ? 1 : 0);
+  server.accounting = { fioRead, fioWritten, fioIos, bytesRead: s.bytesRead, bytesWritten: s.bytesWritten, requests };
+  if (off(s.bytesRead, fioRead) > 0.01) result.anomalies.push(`${where}: fuse-export counted ${s.bytesRead} bytes read, fio and the checks read ${fioRead} (${(off(s.bytesRead, fioRead) * 100).toFixed(1)}% off)`);
+  if (off(s.bytesWritten, fioWritten) > 0.01) result.anomalies.push(`${where}: fuse-export counted ${s.bytesWritten} bytes written, fio wrote ${fioWritten} (${(off(s.bytesWritten, fioWritten) * 100).toFixed(1)}% off)`);
+  if (requests < fioIos) result.anomalies.push(`${where}: fuse-export counted ${requests} requests, fewer than the ${fioIos} I/Os fio completed`);
+}
+
+// ---------------------------------------------------------------- runs
+
+async function measure({ image, workload, repeat, position, target, server, config, ticks }) {
+  const record = { image: image.id, workload: workload.id, repeat, position, target, startedAt: new Date().toISOString(), load1: loadavg()[0], ok: false };
+  const filename = target === 'file' ? image.path : server.mountpoint;
+  const direct = target === 'file' ? image.fioDirect : true;
+  const args = fioArgs(workload, filename, { direct, runtime: config.runtime });
+  record.fioArgs = args;
+  let cpuBefore;
+  if (server) {
+    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
+    record.peakReset = resetPeakRss(server.pid);
+    cpuBefore = cpuTicks(server.pid);
+  }
+  const out = await run('fio', args, { timeout: (config.runtime + 60) * 1000, onSpawn: (child) => (state.fio = child) });
+  state.fio = undefined;
+  record.wallMs = Math.round(out.ms);
+  if (server) {
+    const cpuAfter = cpuTicks(server.pid);
+    const mem = memory(server.pid);
+    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, mem.hwm ?? 0);
+    record.server = {
+      pid: server.pid,
+      cpuSeconds: cpuBefore !== undefined && cpuAfter !== undefined ? (cpuAfter - cpuBefore) / ticks : null,
+      peakRssBytes: mem.hwm ?? null,
+      rssBytes: mem.rss ?? null,
+      alive: server.alive,
+    };
+  }
+  if (out.timedOut) {
+    record.error = `fio did not finish within ${config.runtime + 60} s (hung I/O?)${out.stuck ? '; fio stayed stuck after SIGKILL' : ''}`;
+    record.hung = true;
+    return record;
+  }
+  try {
+    const fio = parseFio(out.stdout);
+    record.fio = { read: fio.read, write: fio.write, cpu: fio.fioCpu, runtimeMs: fio.runtimeMs };
+    Object.assign(record, {
+      ios: fio.ios,
+      iops: fio.iops,
+      bwBytes: fio.bwBytes,
+      clatMeanNs: fio.clatMeanNs,
+      clatP99Ns: fio.clatP99Ns,
+      slatMeanNs: fio.slatMeanNs,
+      latMeanNs: fio.latMeanNs,
+      latP99Ns: fio.latP99Ns,
+      latMaxNs: fio.latMaxNs,
+    });
+    if (record.server && record.server.cpuSeconds !== null && fio.ios > 0) record.server.cpuUsPerIo = (record.server.cpuSeconds * 1e6) / fio.ios;
+    if (out.code !== 0 || fio.error) record.error = `fio exited ${out.code} (job error ${fio.error}): ${out.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+    else if (fio.ios === 0) record.error = 'fio completed no I/O';
+    else record.ok = true;
+  } catch (error) {
+    record.error = `fio exited ${out.code ?? out.signal}: ${error.message}: ${out.stderr.trim().split('\n').slice(-3).join(' | ')}`;
+  }
+  return record;
+}
+
+async function benchImage(spec, config, result) {
+  const image = await prepareImage(spec, config);
+  result.images.push(image);
+  const servers = await startServers(image, config, result);
+  const targets = config.activeTargets.filter((t) => t === 'file' || servers[t]);
+  const checked = {};
+  for (const t of Object.keys(servers)) {
+    const check = await compareMount(image, servers[t].mountpoint);
+    checked[t] = check.bytes;
+    if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image before the runs: ${check.detail}`);
+  }
+  const total = config.workloads.length * config.repeats * targets.length;
+  let done = 0;
+  const dead = new Set();
+  const workloads = WORKLOADS.filter((w) => config.workloads.includes(w.id));
+  for (const [wi, workload] of workloads.entries()) {
+    for (let repeat = 0; repeat < config.repeats; repeat += 1) {
+      const shift = (wi + repeat) % targets.length;
+      const order = [...targets.slice(shift), ...targets.slice(0, shift)];
+      for (const [position, target] of order.entries()) {
+        if (state.aborting) throw new Aborted();
+        done += 1;
+        if (dead.has(target)) {
+          result.runs.push({ image: image.id, workload: workload.id, repeat, position, target, ok: false, skipped: true, error: 'skipped: the export is down' });
+          continue;
+        }
+        const server = servers[target];
+        const record = await measure({ image, workload, repeat, position, target, server, config, ticks: result.clockTicks });
+        if (state.aborting) throw new Aborted();
+        result.runs.push(record);
+        const where = `${image.id} ${workload.id} #${repeat + 1} ${target}`;
+        if (record.ok) {
+          say(`[${done}/${total}] ${where}: ${fmtIops(record.iops)} IOPS, clat mean ${fmtLat(record.clatMeanNs)} p99 ${fmtLat(record.clatP99Ns)}, lat mean ${fmtLat(record.latMeanNs)}${record.server?.cpuUsPerIo ? `, ${record.server.cpuUsPerIo.toFixed(2)} µs CPU/IO` : ''}`);
+        } else {
+          say(`[${done}/${total}] ${where}: FAILED: ${record.error}`);
+          result.anomalies.push(`${where}: ${record.error}`);
+        }
+        if (server && (!server.alive || record.hung)) {
+          dead.add(target);
+          if (!server.alive) result.anomalies.push(`${image.id}/${target}: the export exited during ${workload.id} (${JSON.stringify(server.exit)}); its remaining runs are skipped`);
+          else {
+            result.anomalies.push(`${image.id}/${target}: stopping the export after the hang; its remaining runs are skipped`);
+            await server.stop({ termTimeout: 10_000 });
+          }
+        }
+      }
+    }
+  }
+  for (const t of Object.keys(servers).filter((x) => !dead.has(x))) {
+    const check = await compareMount(image, servers[t].mountpoint);
+    checked[t] += check.bytes;
+    if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image after the runs: ${check.detail}`);
+  }
+  for (const server of Object.values(servers)) {
+    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
+  }
+  say(`${image.id}: stopping the exports`);
+  await Promise.all(Object.values(servers).map((s) => s.stop()));
+  for (const server of Object.values(servers)) {
+    checkStop(server, image, result.runs, checked[server.target] ?? 0, result);
+    result.servers.push(serverRecord(server));
+    if (server.accounting) result.servers.at(-1).accounting = server.accounting;
+  }
+  state.servers = state.servers.filter((s) => !Object.values(servers).includes(s));
+  // Free the image (1 GiB of tmpfs) before the next one.
+  const index = state.dirs.indexOf(image.workdir);
+  if (index >= 0) {
+    state.dirs.splice(index, 1);
+    for (const mp of state.mountpoints.filter((m) => m.startsWith(`${image.workdir}/`))) if (isMounted(mp)) umountLazy(mp);
+    rmSync(image.workdir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- results
+
+/** Summaries, targets and the observations derived from the raw runs. */
+function analyse(result) {
+  result.summary = summarise(result.runs);
+  result.targets = evaluateTargets(result.summary, result.servers, result.images.map((i) => i.id));
+  const observations = [];
+  for (const s of result.summary) {
+    if (s.runs > 1 && s.iops && (s.iopsMax - s.iopsMin) / 2 / s.iops > 0.25) {
+      observations.push(`noisy: ${s.image} ${s.workload} ${s.target} ranged from ${fmtIops(s.iopsMin)} to ${fmtIops(s.iopsMax)} IOPS over the repeats`);
+    }
+  }
+  for (const r of result.runs.filter((x) => x.ok && x.fio)) {
+    const over = r.fio.runtimeMs - result.config.runtime * 1000;
+    if ((r.latMaxNs ?? 0) > 1e9 || over > 500) {
+      observations.push(
+        `stall: ${r.image} ${r.workload} #${r.repeat + 1} ${r.target}: slowest I/O ${r.latMaxNs ? `${(r.latMaxNs / 1e9).toFixed(2)} s` : '?'}, fio ran ${(r.fio.runtimeMs / 1000).toFixed(2)} s for a ${result.config.runtime} s runtime (${fmtIops(r.iops)} IOPS)`,
+      );
+    }
+  }
+  for (const s of result.summary) {
+    if (s.target !== 'file' && s.vsFile !== null && s.vsFile > 1.15) {
+      observations.push(`${s.image} ${s.workload}: ${s.target} reached ${s.vsFile.toFixed(2)}x the IOPS of the file itself`);
+    }
+  }
+  for (const s of result.summary.filter((x) => x.target === 'io_uring' && x.iops)) {
+    const legacy = find(result.summary, s.image, s.workload, 'legacy');
+    if (legacy?.iops && s.iops < legacy.iops * 0.95) {
+      observations.push(`${s.image} ${s.workload}: io_uring (${fmtIops(s.iops)} IOPS) was slower than legacy (${fmtIops(legacy.iops)} IOPS)`);
+    }
+  }
+  result.observations = observations;
+  return result;
+}
+
+/** The JSON (when `file` is given), latest.json, latest.svg, the docs page and the table on stdout. */
+function render(result, { file, docs }) {
+  mkdirSync(RESULTS, { recursive: true });
+  const json = `${JSON.stringify(result, null, 2)}\n`;
+  if (file) writeFileSync(file, json);
+  writeFileSync(join(RESULTS, 'latest.json'), json);
+  writeFileSync(join(RESULTS, 'latest.svg'), svgChart(result));
+  if (docs) {
+    mkdirSync(dirname(DOCS), { recursive: true });
+    writeFileSync(DOCS, markdownReport(result));
+  }
+  process.stdout.write(`${textReport(result)}\n\n`);
+  say(`results: ${file ? `${file}, ` : ''}bench/results/latest.{json,svg}${docs ? ', docs/BENCHMARKS.md' : ''}`);
+}
+
+// ---------------------------------------------------------------- main
+
+function stamp(date) {
+  return date.toISOString().replace(/\.\d+Z$/, 'Z').replace(/:/g, '-');
+}
+
+async function main() {
+  const config = options();
+  if (config.from) {
+    const result = JSON.parse(readFileSync(config.from, 'utf8'));
+    render(analyse(result), { docs: config.docs });
+    return 0;
+  }
+  preflight(config);
+  installHandlers();
+  const startedAt = new Date();
+  const result = {
+    startedAt: startedAt.toISOString(),
+    config: { ...config },
+    machine: machineInfo(),
+    fuseExport: fuseExportInfo(),
+    clockTicks: clockTicks(),
+    images: [],
+    servers: [],
+    runs: [],
+    notes: [],
+    anomalies: [],
+  };
+  config.activeTargets = [...config.targets];
+  if (config.targets.includes('io_uring') && !enableUring(result.notes)) config.activeTargets = config.activeTargets.filter((t) => t !== 'io_uring');
+  const perRun = config.runtime + 0.4;
+  const estimate = config.images.length * config.workloads.length * config.repeats * config.activeTargets.length * perRun;
+  say(`${config.mode} run: images ${config.images.join(', ')}; targets ${config.activeTargets.join(', ')}; ${config.workloads.length} workloads x ${config.repeats} repeats x ${config.runtime} s: about ${Math.ceil(estimate / 60)} min`);
+  const loads = [];
+  const loadTimer = setInterval(() => loads.push(loadavg()[0]), 5000);
+  loadTimer.unref();
+  try {
+    for (const id of config.images) await benchImage(IMAGES[id], config, result);
+  } catch (error) {
+    clearInterval(loadTimer);
+    if (error instanceof Aborted) return new Promise(() => {}); // the signal handler exits
+    if (result.runs.length) {
+      mkdirSync(RESULTS, { recursive: true });
+      writeFileSync(join(RESULTS, `${stamp(startedAt)}-failed.json`), `${JSON.stringify({ ...result, error: String(error?.stack ?? error) }, null, 2)}\n`);
+    }
+    throw error;
+  } finally {
+    await cleanup();
+  }
+  clearInterval(loadTimer);
+  loads.push(...result.runs.filter((r) => r.load1 !== undefined).map((r) => r.load1));
+  const finishedAt = new Date();
+  result.finishedAt = finishedAt.toISOString();
+  result.durationMs = finishedAt - startedAt;
+  result.load = loads.length ? { min: Math.min(...loads), max: Math.max(...loads) } : undefined;
+  analyse(result);
+  result.config.activeTargets = config.activeTargets;
+
+  const file = join(RESULTS, `${stamp(startedAt)}${config.quick ? '-quick' : ''}.json`);
+  render(result, { file, docs: config.docs });
+  say(`done in ${(result.durationMs / 1000).toFixed(0)} s`);
+  return result.runs.some((r) => r.ok) ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  async (error) => {
+    say(`failed: ${error?.message ?? error}`);
+    await cleanup();
+    process.exit(1);
+  },
+);
