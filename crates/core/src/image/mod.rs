@@ -143,11 +143,11 @@ impl Image {
         let mut warnings = Vec::new();
         let memory_backed = kind == ImageKind::File && is_memory_filesystem(&file);
         let direct = match options.cache {
-            // tmpfs keeps its data in the page cache: O_DIRECT would only add
-            // alignment rules and a detour.
             CacheMode::Writeback => None,
-            CacheMode::Direct if memory_backed => None,
             CacheMode::Direct => match open_file(path, options.writable, libc::O_DIRECT) {
+                // tmpfs keeps its data in the page cache: O_DIRECT would only
+                // add alignment rules and a detour.
+                Ok(_) if memory_backed => None,
                 Ok(direct) => Some(direct),
                 Err(e) => {
                     warnings.push(format!(
