@@ -3,7 +3,7 @@
 # then runs the Rust unit tests and the end-to-end suite (which mounts for
 # real: run it as root on Linux with /dev/fuse).
 source "$(dirname "$0")/lib.sh"
-ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup
+ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3
 ensure_rust
 ensure_build
 cargo test --workspace --quiet
