@@ -37,6 +37,23 @@ async function waitFor(predicate, ms, what) {
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** What an interrupted soak must clean up: the export, its mount, its files. */
+const live = new Set();
+
+function cleanUp({ server, mountpoint, dir }) {
+  if (server.exitCode === null) server.kill('SIGKILL');
+  spawnSync('umount', ['-l', mountpoint], { stdio: 'ignore' });
+  rmSync(dir, { recursive: true, force: true });
+}
+
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    for (const run of live) cleanUp(run);
+    if (previousSwitch !== undefined) writeFileSync(ENABLE_URING, previousSwitch);
+    process.exit(130);
+  });
+}
+
 async function soak(transport) {
   const dir = mkdtempSync(join(tmpdir(), 'fuse-export-soak-'));
   const image = join(dir, 'image.raw');
@@ -48,6 +65,8 @@ async function soak(transport) {
     '--log-format', 'json', image, mountpoint];
   let stderr = '';
   const server = spawn('node', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const run = { server, mountpoint, dir };
+  live.add(run);
   server.stderr.on('data', (chunk) => (stderr += chunk));
   const exited = new Promise((r) => server.on('exit', (code) => r(code)));
   try {
@@ -86,23 +105,22 @@ async function soak(transport) {
       fioMessage: fio.status !== 0 ? (fio.stderr ?? '').slice(-2000) : undefined,
     };
   } finally {
-    if (server.exitCode === null) server.kill('SIGKILL');
-    spawnSync('umount', ['-l', mountpoint], { stdio: 'ignore' });
-    rmSync(dir, { recursive: true, force: true });
+    live.delete(run);
+    cleanUp(run);
   }
 }
 
-let previous;
+let previousSwitch;
 try {
-  previous = readFileSync(ENABLE_URING, 'utf8').trim();
+  previousSwitch = readFileSync(ENABLE_URING, 'utf8').trim();
 } catch {
-  previous = undefined;
+  previousSwitch = undefined;
 }
 const results = [];
 try {
   for (const transport of values.transports.split(',')) {
     if (transport === 'io_uring') {
-      if (previous === undefined) {
+      if (previousSwitch === undefined) {
         console.log('io_uring: this kernel has no FUSE-over-io_uring; skipped');
         continue;
       }
@@ -119,7 +137,7 @@ try {
     if (result.fioMessage) console.log(result.fioMessage);
   }
 } finally {
-  if (previous !== undefined) writeFileSync(ENABLE_URING, previous);
+  if (previousSwitch !== undefined) writeFileSync(ENABLE_URING, previousSwitch);
 }
 const failed = results.filter((r) => r.verifyFailed || r.exitCode !== 0 || r.exportErrors !== 0 || r.requests === 0);
 console.log(`soak: ${results.length - failed.length} passed, ${failed.length} failed`);
