@@ -136,7 +136,7 @@ test('an unmount from outside is a clean stop', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
   const stopped = new Promise((r) => exp.once('stopped', r));
-  core.emit({ kind: 'unmounted' });
+  core.emit({ kind: 'disconnected' });
   t.is((await stopped).reason, 'unmounted');
   t.is(exp.state, 'stopped');
 });
