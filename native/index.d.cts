@@ -14,7 +14,6 @@ export declare class NativeExport {
   stats(): NativeStats
   /** Stop fetching new requests (drain); in-flight ones finish. */
   pause(): void
-  resume(): void
   halt(reason: string): void
   /**
    * Ends the connection from the kernel's side (waiting callers get

@@ -34,14 +34,20 @@ ensure_node_modules() {
   fi
 }
 
-# Rebuilds the native addon and the TypeScript when any of their sources changed.
+# Rebuilds the native addon and the TypeScript when any of their sources
+# changed. `ensure_build test-faults` builds the addon the test suite uses,
+# with the FUSE_EXPORT_TEST_* fault knobs; plain `ensure_build` the one users
+# get, without them. native/.features records which one native/ holds.
 ensure_build() {
+  local features="${1:-}"
   ensure_node_modules
   local addon
   addon=$(ls native/*.node 2>/dev/null | head -n1 || true)
-  if [ -z "$addon" ] || [ -n "$(find crates Cargo.toml -newer "$addon" -type f -print -quit)" ]; then
+  if [ -z "$addon" ] || [ -n "$(find crates Cargo.toml -newer "$addon" -type f -print -quit)" ] ||
+    [ "$(cat native/.features 2>/dev/null)" != "$features" ]; then
     ensure_rust
-    npm run --silent build:native >&2
+    npm run --silent build:native -- ${features:+--features "$features"} >&2
+    echo "$features" > native/.features
   fi
   if [ ! -f dist/cli/main.js ] || [ -n "$(find ts tsconfig.json package.json -newer dist/cli/main.js -type f -print -quit)" ]; then
     npm run --silent build:ts >&2

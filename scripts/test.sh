@@ -5,6 +5,6 @@
 source "$(dirname "$0")/lib.sh"
 ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3
 ensure_rust
-ensure_build
+ensure_build test-faults
 cargo test --workspace --quiet
 npx ava "$@"

@@ -63,7 +63,7 @@ export interface Core {
   startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<CoreExport>;
   detachMount(path: string): void;
 }
-export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'resume' | 'halt' | 'unmount' | 'abort' | 'stop'>;
+export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'halt' | 'unmount' | 'abort' | 'stop'>;
 
 const DRAIN_POLL_MS = 2;
 /** How long the I/O threads get to finish once told to stop. */

@@ -2,25 +2,63 @@
 //! decoded into a request, answered with EINVAL, or refused as a broken
 //! stream — and whatever decodes is handled without a panic.
 
-use fuse_export_core::export::{Event, Export, ExportSettings, Step};
-use fuse_export_core::image::{CacheMode, Image, ImageOptions};
+use fuse_export_core::image::{self, CacheMode, ImageIo, ImageOptions};
 use fuse_export_core::protocol::abi::{opcode, InHeader, UringReqHeader, IN_HEADER_SIZE};
 use fuse_export_core::protocol::request::{decode_message, decode_ring_entry};
-use fuse_export_core::protocol::Malformed;
+use fuse_export_core::protocol::{Malformed, Reply, Request};
+use fuse_export_core::request::{Carrier, Outcome, RequestCore, Settings, Via};
+use fuse_export_core::runtime::buffer::AlignedBuffer;
+use fuse_export_core::runtime::ring::Ring;
+use fuse_export_core::runtime::token::Token;
+use fuse_export_core::status::{Event, Status};
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use vm_memory::ByteValued;
 
-fn export_on_scratch_image() -> (Export, Arc<Mutex<Vec<Event>>>, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("fuse-export-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
-    std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
-    let options = ImageOptions { path: path.clone(), writable: true, growable: false, cache: CacheMode::Writeback };
-    let (image, _) = Image::open(&options).unwrap();
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = events.clone();
-    let settings = ExportSettings { allow_other: false, ring_wanted: false, uid: 0, gid: 0, faults: Default::default(), threads: 1 };
-    let export = Export::new(image, settings, Box::new(move |e| sink.lock().unwrap().push(e)));
-    (export, events, path)
+/// A request core on a scratch image, with the ring and the payload buffer
+/// a transport would lend it.
+struct Harness {
+    core: RequestCore,
+    events: Arc<Mutex<Vec<Event>>>,
+    path: std::path::PathBuf,
+    ring: Ring,
+    buffer: AlignedBuffer,
+    io: Option<ImageIo>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let path = std::env::temp_dir()
+            .join(format!("fuse-export-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
+        let options = ImageOptions { path: path.clone(), writable: true, growable: false, cache: CacheMode::Writeback };
+        let (image, _) = image::open(&options).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let status = Arc::new(Status::new(Box::new(move |e| sink.lock().unwrap().push(e))));
+        let settings =
+            Settings { allow_other: false, ring_wanted: false, uid: 0, gid: 0, faults: Default::default(), threads: 1 };
+        let core = RequestCore::new(image, settings, status);
+        let ring = Ring::new(64).unwrap();
+        Self { core, events, path, ring, buffer: AlignedBuffer::zeroed((1 << 20) + 4096), io: None }
+    }
+
+    fn begin(&mut self, decoded: Result<Request, Malformed>) -> Option<(u64, Outcome)> {
+        let carrier =
+            Carrier { ring: &mut self.ring, token: Token::new(3, 0, 0), buffer: self.buffer.as_ptr(), io: &mut self.io };
+        self.core.begin(decoded, Via::Legacy, carrier)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The errno a reply carries (0 for success), as the kernel reads it.
+fn errno(reply: &Reply) -> i32 {
+    -reply.out_header(1).error
 }
 
 /// A message with a valid header for `opcode` and arbitrary arguments.
@@ -57,41 +95,49 @@ proptest! {
         index in 0..OPCODES.len(),
         args in proptest::collection::vec(any::<u8>(), 0..160),
     ) {
-        let (export, _events, path) = export_on_scratch_image();
+        let mut harness = Harness::new();
         match decode_message(&message(OPCODES[index], &args)) {
-            Ok(request) => match export.handle(&request) {
-                Step::Reply(reply) => prop_assert!(reply.errno() >= 0 && reply.errno() < 4096),
-                Step::Io(io) => prop_assert!(io.len <= (1 << 20) || OPCODES[index] == opcode::FALLOCATE),
-                Step::NoReply => {}
+            Ok(request) => match harness.begin(Ok(request)) {
+                Some((_, Outcome::Reply(reply))) => prop_assert!((0..4096).contains(&errno(&reply))),
+                Some((_, Outcome::Pending)) => {
+                    let io = harness.io.unwrap();
+                    prop_assert!(io.len <= (1 << 20) || OPCODES[index] == opcode::FALLOCATE)
+                }
+                Some((_, Outcome::NoReply)) => {}
+                None => prop_assert!(false, "a decoded request went unanswered"),
             },
             Err(Malformed::Arguments { unique }) => prop_assert_eq!(unique, 1),
             Err(Malformed::Header) => prop_assert!(false, "a consistent header was refused"),
         }
-        std::fs::remove_file(path).unwrap();
+    }
+}
+
+fn reply_errno(outcome: Option<(u64, Outcome)>) -> Option<(u64, i32)> {
+    match outcome? {
+        (unique, Outcome::Reply(reply)) => Some((unique, errno(&reply))),
+        _ => None,
     }
 }
 
 #[test]
 fn a_second_init_halts_the_export() {
-    let (export, events, path) = export_on_scratch_image();
+    let mut harness = Harness::new();
     let mut init = vec![0u8; 64];
     init[0..4].copy_from_slice(&7u32.to_ne_bytes());
     init[4..8].copy_from_slice(&45u32.to_ne_bytes());
-    let request = decode_message(&message(opcode::INIT, &init)).unwrap();
-    assert!(matches!(export.handle(&request), Step::Reply(r) if r.errno() == 0));
-    assert!(!export.is_halted());
-    assert!(matches!(export.handle(&request), Step::Reply(r) if r.errno() == libc::EPROTO));
-    assert!(export.is_halted());
-    assert!(matches!(&events.lock().unwrap()[..], [Event::Halted(reason)] if reason.contains("second INIT")));
-    std::fs::remove_file(path).unwrap();
+    let request = decode_message(&message(opcode::INIT, &init));
+    assert_eq!(reply_errno(harness.begin(request)), Some((1, 0)));
+    assert!(!harness.core.status.is_halted());
+    assert_eq!(reply_errno(harness.begin(request)), Some((1, libc::EPROTO)));
+    assert!(harness.core.status.is_halted());
+    assert!(matches!(&harness.events.lock().unwrap()[..], [Event::Halted(reason)] if reason.contains("second INIT")));
 }
 
 #[test]
 fn a_broken_header_halts_and_arguments_that_do_not_add_up_get_einval() {
-    let (export, _events, path) = export_on_scratch_image();
-    assert_eq!(export.malformed(Malformed::Arguments { unique: 5 }).map(|(u, r)| (u, r.errno())), Some((5, libc::EINVAL)));
-    assert!(!export.is_halted());
-    assert!(export.malformed(Malformed::Header).is_none());
-    assert!(export.is_halted());
-    std::fs::remove_file(path).unwrap();
+    let mut harness = Harness::new();
+    assert_eq!(reply_errno(harness.begin(Err(Malformed::Arguments { unique: 5 }))), Some((5, libc::EINVAL)));
+    assert!(!harness.core.status.is_halted());
+    assert!(harness.begin(Err(Malformed::Header)).is_none());
+    assert!(harness.core.status.is_halted());
 }

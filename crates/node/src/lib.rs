@@ -1,7 +1,7 @@
 //! The napi-rs binding: JavaScript starts, steers and stops an export and
 //! reads its counters; requests never cross this line.
 
-use fuse_export_core::export::Event;
+use fuse_export_core::status::Event;
 use fuse_export_core::image::{CacheMode, ImageOptions};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::transport::mount;
@@ -208,11 +208,6 @@ impl NativeExport {
     #[napi]
     pub fn pause(&self) -> Result<()> {
         self.with(Server::pause)
-    }
-
-    #[napi]
-    pub fn resume(&self) -> Result<()> {
-        self.with(Server::resume)
     }
 
     #[napi]

@@ -38,10 +38,6 @@ impl Reply {
         Self { data_len: len, ..Self::ok() }
     }
 
-    pub fn errno(&self) -> i32 {
-        self.errno
-    }
-
     pub fn args(&self) -> &[u8] {
         if self.errno != 0 {
             return &[];

@@ -1,7 +1,7 @@
 //! Page-aligned buffers: O_DIRECT image I/O reads into and writes from the
 //! very bytes the kernel handed us, so they must be aligned.
 
-use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, handle_alloc_error, Layout};
 
 pub const PAGE: usize = 4096;
 
@@ -10,16 +10,27 @@ pub struct AlignedBuffer {
     layout: Layout,
 }
 
-// SAFETY: the buffer is plain memory owned by one queue at a time.
+// SAFETY: plain memory; whoever holds the buffer decides who writes it.
 unsafe impl Send for AlignedBuffer {}
+// SAFETY: shared only to be read (the zero buffer of write-zeroes).
+unsafe impl Sync for AlignedBuffer {}
 
 impl AlignedBuffer {
     /// Pages are left untouched (and so unbacked) until the kernel or the
     /// image fills them.
     pub fn new(len: usize) -> Self {
+        Self::allocate(len, alloc)
+    }
+
+    /// A buffer that reads as zeroes.
+    pub fn zeroed(len: usize) -> Self {
+        Self::allocate(len, alloc_zeroed)
+    }
+
+    fn allocate(len: usize, allocator: unsafe fn(Layout) -> *mut u8) -> Self {
         let layout = Layout::from_size_align(len.max(PAGE), PAGE).expect("buffer layout");
         // SAFETY: layout has a non-zero size.
-        let ptr = unsafe { alloc(layout) };
+        let ptr = unsafe { allocator(layout) };
         if ptr.is_null() {
             handle_alloc_error(layout);
         }

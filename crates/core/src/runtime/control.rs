@@ -1,13 +1,23 @@
-//! How the binding steers the I/O threads: pause (drain), resume, stop.
+//! How the binding steers the I/O threads: pause (drain), then stop.
 //! Each thread sleeps in io_uring_enter; an eventfd read on its ring wakes it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// What the threads are asked to do with requests that arrive now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Running = 0,
+    /// Draining: hold new requests; in-flight ones finish.
+    Paused = 1,
+    /// Finish what is in flight, refuse the rest, then end the threads.
+    Stopping = 2,
+}
 
 pub struct Control {
-    paused: AtomicBool,
-    stopping: AtomicBool,
+    phase: AtomicU8,
     wakers: Vec<OwnedFd>,
 }
 
@@ -24,38 +34,38 @@ impl Control {
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })
             .collect::<io::Result<_>>()?;
-        Ok(Self { paused: AtomicBool::new(false), stopping: AtomicBool::new(false), wakers })
+        Ok(Self { phase: AtomicU8::new(Phase::Running as u8), wakers })
     }
 
     pub fn waker(&self, thread: usize) -> &OwnedFd {
         &self.wakers[thread]
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Paused,
+            _ => Phase::Stopping,
+        }
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// Stop fetching new requests; the ones in flight finish.
     pub fn pause(&self) {
-        self.paused.store(true, Ordering::Release);
-        self.wake_all();
+        self.move_to(Phase::Paused);
     }
 
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::Release);
-        self.wake_all();
-    }
-
-    /// Finish what is in flight, then end the threads.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.move_to(Phase::Stopping);
+    }
+
+    /// Stopping is final: a late pause does not undo it.
+    fn move_to(&self, phase: Phase) {
+        let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+            (current != Phase::Stopping as u8).then_some(phase as u8)
+        });
         self.wake_all();
     }
 
+    /// Makes every thread look at the phase (and whatever else changed) again.
     pub fn wake_all(&self) {
         for waker in &self.wakers {
             let one: u64 = 1;
@@ -63,5 +73,20 @@ impl Control {
             // 2^64 wake-ups.
             unsafe { libc::write(waker.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_is_final() {
+        let control = Control::new(1).unwrap();
+        control.pause();
+        assert_eq!(control.phase(), Phase::Paused);
+        control.stop();
+        control.pause();
+        assert_eq!(control.phase(), Phase::Stopping);
     }
 }

@@ -1,9 +1,9 @@
-//! I/O threads: each owns one io_uring that carries both its transport's
-//! commands and its requests' image I/O.
+//! The bottom layer beside all others: an I/O thread, its io_uring, its
+//! completions routed by token back to their owner. It names no transport
+//! and no image backend.
 
 pub mod buffer;
 pub mod control;
-pub mod queue;
-pub mod request;
+pub mod ring;
+pub mod thread;
 pub mod token;
-pub mod worker;

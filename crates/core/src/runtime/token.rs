@@ -1,39 +1,38 @@
-//! The user_data of every SQE: what the completion belongs to.
+//! The user_data of every SQE: which owner a completion goes back to. The
+//! runtime reads only the channel; what `kind` and `slot` mean is the
+//! owner's business.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Tag {
-    /// A read of /dev/fuse into a legacy slot.
-    FuseRead = 1,
-    /// A reply written to /dev/fuse from a legacy slot.
-    Reply = 2,
-    /// Image I/O for a request.
-    ImageIo = 3,
-    /// The worker's wake-up eventfd.
-    Wake = 4,
-    /// An ASYNC_CANCEL of an armed read.
-    Cancel = 5,
-    /// REGISTER or COMMIT_AND_FETCH of a ring entry.
-    RingCommand = 6,
-}
+pub struct Token(u64);
 
-/// `tag` in the top byte, the channel (fd or ring queue) in the next 16
-/// bits, the slot in the low 32.
-pub fn encode(tag: Tag, channel: u16, slot: u32) -> u64 {
-    (tag as u64) << 56 | u64::from(channel) << 32 | u64::from(slot)
-}
+/// The runtime's own SQEs (its wake-up read) use this channel; owners never do.
+pub(super) const RUNTIME_CHANNEL: u16 = u16::MAX;
 
-pub fn decode(user_data: u64) -> Option<(Tag, u16, u32)> {
-    let tag = match (user_data >> 56) as u8 {
-        1 => Tag::FuseRead,
-        2 => Tag::Reply,
-        3 => Tag::ImageIo,
-        4 => Tag::Wake,
-        5 => Tag::Cancel,
-        6 => Tag::RingCommand,
-        _ => return None,
-    };
-    Some((tag, (user_data >> 32) as u16, user_data as u32))
+impl Token {
+    /// `kind` in the top byte, `channel` in the next 16 bits, `slot` in the low 32.
+    pub const fn new(kind: u8, channel: u16, slot: u32) -> Self {
+        Self((kind as u64) << 56 | (channel as u64) << 32 | slot as u64)
+    }
+
+    pub const fn from_user_data(user_data: u64) -> Self {
+        Self(user_data)
+    }
+
+    pub const fn user_data(self) -> u64 {
+        self.0
+    }
+
+    pub const fn kind(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    pub const fn channel(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 #[cfg(test)]
@@ -42,8 +41,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        let token = encode(Tag::ImageIo, 513, u32::MAX - 1);
-        assert_eq!(decode(token), Some((Tag::ImageIo, 513, u32::MAX - 1)));
-        assert_eq!(decode(0), None);
+        let token = Token::from_user_data(Token::new(3, 513, u32::MAX - 1).user_data());
+        assert_eq!((token.kind(), token.channel(), token.slot()), (3, 513, u32::MAX - 1));
     }
 }

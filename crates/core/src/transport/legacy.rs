@@ -6,19 +6,18 @@
 //! halted (they are answered EIO), so that the end of the connection is
 //! always seen.
 
-use crate::export::io::ImageIo;
-use crate::export::{Export, Step};
-use crate::image::describe;
+use super::kind;
+use crate::image::ImageIo;
+use crate::os_error::describe_errno;
 use crate::protocol::abi::{MAX_WRITE, OUT_HEADER_SIZE, WRITE_HEADER_SIZE};
 use crate::protocol::request::decode_message;
 use crate::protocol::{Operation, Reply, Request};
-use crate::runtime::request::{self, Outcome};
+use crate::request::{Carrier, Outcome, RequestCore, Via};
 use crate::runtime::buffer::{AlignedBuffer, PAGE};
-use crate::runtime::queue::Queue;
-use crate::runtime::token::{encode, Tag};
-use crate::transport::uring::Admission;
+use crate::runtime::control::Phase;
+use crate::runtime::ring::Ring;
+use crate::runtime::token::Token;
 use io_uring::{opcode, types};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use vm_memory::ByteValued;
 
@@ -71,7 +70,7 @@ impl Slot {
 }
 
 pub struct LegacyChannel {
-    index: u16,
+    channel: u16,
     fd: OwnedFd,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -79,41 +78,39 @@ pub struct LegacyChannel {
     armed: Option<u32>,
     cancelling: bool,
     /// Slots holding a request that arrived while paused.
-    deferred: Vec<u32>,
+    held: Vec<u32>,
 }
 
 impl LegacyChannel {
-    pub fn new(index: u16, fd: OwnedFd) -> Self {
+    pub fn new(channel: u16, fd: OwnedFd) -> Self {
         let slots = (0..SLOTS_PER_CHANNEL).map(|_| Slot::new()).collect();
         let free = (0..SLOTS_PER_CHANNEL as u32).rev().collect();
-        Self { index, fd, slots, free, armed: None, cancelling: false, deferred: Vec::new() }
+        Self { channel, fd, slots, free, armed: None, cancelling: false, held: Vec::new() }
     }
 
-    /// Keeps one read outstanding while the connection is read (`accept`),
-    /// cancels it when not, and takes up requests held while paused.
-    pub fn refresh(&mut self, queue: &mut Queue, export: &Export, accept: bool, admission: Admission) {
-        if admission != Admission::Defer {
-            for slot in std::mem::take(&mut self.deferred) {
-                self.admit(queue, export, slot, admission);
+    /// Takes up requests held while paused, then keeps one read outstanding
+    /// while the connection lives and the thread is not stopping (and
+    /// cancels it when stopping).
+    pub fn prepare(&mut self, ring: &mut Ring, core: &RequestCore, phase: Phase) {
+        if phase != Phase::Paused {
+            for slot in std::mem::take(&mut self.held) {
+                self.admit(ring, core, slot, phase);
             }
         }
-        match (accept, self.armed) {
+        let read_wanted = phase != Phase::Stopping && !core.status.is_disconnected();
+        match (read_wanted, self.armed) {
             (true, None) => {
                 let Some(slot) = self.free.pop() else { return };
                 let buffer = self.slots[slot as usize].buffer.as_ptr();
                 // SAFETY: READ_OFFSET + READ_LEN is the buffer's size.
                 let target = unsafe { buffer.add(READ_OFFSET) };
-                let read = opcode::Read::new(types::Fd(self.fd.as_raw_fd()), target, READ_LEN as u32)
-                    .build()
-                    .user_data(encode(Tag::FuseRead, self.index, slot));
-                queue.push(read);
+                let read = opcode::Read::new(types::Fd(self.fd.as_raw_fd()), target, READ_LEN as u32).build();
+                ring.push(read, Token::new(kind::FUSE_READ, self.channel, slot));
                 self.armed = Some(slot);
             }
             (false, Some(slot)) if !self.cancelling => {
-                let cancel = opcode::AsyncCancel::new(encode(Tag::FuseRead, self.index, slot))
-                    .build()
-                    .user_data(encode(Tag::Cancel, self.index, slot));
-                queue.push(cancel);
+                let read = Token::new(kind::FUSE_READ, self.channel, slot);
+                ring.push(opcode::AsyncCancel::new(read.user_data()).build(), Token::new(kind::CANCEL, self.channel, slot));
                 self.cancelling = true;
             }
             _ => {}
@@ -121,80 +118,77 @@ impl LegacyChannel {
     }
 
     /// A read of /dev/fuse completed.
-    pub fn on_read(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32, admission: Admission) {
+    pub fn on_read(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, result: i32, phase: Phase) {
         self.armed = None;
         self.cancelling = false;
         if result < 0 {
             self.free.push(slot);
             match -result {
                 libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED => {}
-                libc::ENODEV => export.connection_lost(),
-                errno => export.halt(format!("reading /dev/fuse failed: {}", describe(&io::Error::from_raw_os_error(errno)))),
+                libc::ENODEV => core.status.disconnected(),
+                errno => core.status.halt(format!("reading /dev/fuse failed: {}", describe_errno(errno))),
             }
             return;
         }
         self.slots[slot as usize].len = result as usize;
-        self.admit(queue, export, slot, admission);
+        self.admit(ring, core, slot, phase);
     }
 
-    fn admit(&mut self, queue: &mut Queue, export: &Export, slot: u32, admission: Admission) {
-        let message = self.slots[slot as usize].buffer.bytes(READ_OFFSET, self.slots[slot as usize].len);
-        let decoded = decode_message(message);
-        let started = match admission {
-            Admission::Defer => return self.deferred.push(slot),
-            Admission::Serve => request::begin(export, decoded, false),
-            Admission::Refuse => request::refuse(export, decoded, false),
+    fn admit(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, phase: Phase) {
+        let entry = &self.slots[slot as usize];
+        let decoded = decode_message(entry.buffer.bytes(READ_OFFSET, entry.len));
+        let started = match phase {
+            Phase::Paused => return self.held.push(slot),
+            Phase::Running => core.begin(decoded, Via::Legacy, self.carrier(ring, slot)),
+            Phase::Stopping => core.refuse(decoded, Via::Legacy),
         };
-        let Some((unique, step)) = started else {
+        let Some((unique, outcome)) = started else {
             self.free.push(slot);
             return;
         };
         let entry = &mut self.slots[slot as usize];
         entry.unique = unique;
         entry.is_init = matches!(decoded, Ok(Request { operation: Operation::Init { .. }, .. }));
-        self.run(queue, export, slot, step);
+        self.follow(ring, core, slot, outcome);
     }
 
     /// The image I/O of a slot's request completed.
-    pub fn on_image_io(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, result: i32) {
-        let slot = &mut self.slots[slot_index as usize];
-        let token = encode(Tag::ImageIo, self.index, slot_index);
-        let payload = slot.payload();
-        let outcome = request::resume(queue, export, &mut slot.io, result, payload, token);
-        self.follow(queue, export, slot_index, outcome);
+    pub fn on_image_io(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, result: i32) {
+        let outcome = core.resume(result, self.carrier(ring, slot));
+        self.follow(ring, core, slot, outcome);
     }
 
-    /// A reply was written (or refused: ENOENT when the caller was
-    /// interrupted). Returns true when it was INIT's reply.
-    pub fn on_reply(&mut self, export: &Export, slot: u32, result: i32) -> bool {
-        if result == -libc::ENODEV {
-            export.connection_lost();
+    /// A reply was written, or refused: ENOENT when the caller was
+    /// interrupted and the kernel forgot the request, ENODEV when the
+    /// connection is gone. Returns true when it was INIT's reply.
+    pub fn on_reply(&mut self, core: &RequestCore, slot: u32, result: i32) -> bool {
+        match -result {
+            libc::ENODEV => core.status.disconnected(),
+            errno if errno > 0 && errno != libc::ENOENT => core.reply_failed(errno),
+            _ => {}
         }
-        export.counters.local().request_finished();
+        core.counters.local().request_finished();
         self.free.push(slot);
         std::mem::take(&mut self.slots[slot as usize].is_init)
     }
 
-    fn run(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, step: Step) {
-        let slot = &mut self.slots[slot_index as usize];
-        let token = encode(Tag::ImageIo, self.index, slot_index);
-        let payload = slot.payload();
-        let outcome = request::drive(queue, export, step, &mut slot.io, payload, token);
-        self.follow(queue, export, slot_index, outcome);
+    fn carrier<'a>(&'a mut self, ring: &'a mut Ring, slot: u32) -> Carrier<'a> {
+        let entry = &mut self.slots[slot as usize];
+        Carrier { ring, token: Token::new(kind::IMAGE_IO, self.channel, slot), buffer: entry.payload(), io: &mut entry.io }
     }
 
-    fn follow(&mut self, queue: &mut Queue, export: &Export, slot_index: u32, outcome: Outcome) {
+    fn follow(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, outcome: Outcome) {
         match outcome {
-            Outcome::Reply(reply) => self.send_reply(queue, slot_index, reply),
+            Outcome::Reply(reply) => self.send_reply(ring, slot, reply),
             Outcome::NoReply => {
-                export.counters.local().request_finished();
-                self.free.push(slot_index);
+                core.counters.local().request_finished();
+                self.free.push(slot);
             }
-            Outcome::InProgress => {}
+            Outcome::Pending => {}
         }
     }
 
-    fn send_reply(&mut self, queue: &mut Queue, slot_index: u32, reply: Reply) {
+    fn send_reply(&mut self, ring: &mut Ring, slot_index: u32, reply: Reply) {
         let slot = &mut self.slots[slot_index as usize];
         let header = reply.out_header(slot.unique);
         let args = reply.args();
@@ -206,9 +200,7 @@ impl LegacyChannel {
         };
         slot.iov[1] = libc::iovec { iov_base: slot.payload().cast(), iov_len: reply.data_len() as usize };
         let count = if reply.data_len() > 0 { 2 } else { 1 };
-        let write = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), slot.iov.as_ptr(), count)
-            .build()
-            .user_data(encode(Tag::Reply, self.index, slot_index));
-        queue.push(write);
+        let write = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), slot.iov.as_ptr(), count).build();
+        ring.push(write, Token::new(kind::REPLY, self.channel, slot_index));
     }
 }

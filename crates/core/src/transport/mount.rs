@@ -1,7 +1,9 @@
-//! Mounting a FUSE connection on a regular file: mount(2) as root, the
-//! setuid `fusermount3` helper (as libfuse does) for everyone else.
+//! Mounting a FUSE connection on a regular file: as root with the mount
+//! API (fsopen, fsmount, move_mount) onto the very file that was checked,
+//! the setuid `fusermount3` helper (as libfuse does) for everyone else.
 
-use crate::image::describe;
+use crate::faults::Faults;
+use crate::os_error::describe;
 use crate::protocol::abi::MAX_WRITE;
 use std::ffi::CString;
 use std::io;
@@ -24,6 +26,14 @@ pub struct MountRequest<'a> {
     pub read_only: bool,
 }
 
+/// A mounted FUSE connection.
+pub struct Mounted {
+    /// The /dev/fuse descriptor of the session.
+    pub session: OwnedFd,
+    /// Its number under /sys/fs/fuse/connections, when the mount told us.
+    pub connection: Option<u32>,
+}
+
 #[derive(Debug)]
 pub enum MountError {
     /// allow_other was refused (user_allow_other missing in /etc/fuse.conf).
@@ -44,16 +54,22 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn cstring(bytes: &[u8]) -> CString {
-    CString::new(bytes).unwrap_or_else(|_| CString::new("?").unwrap())
+/// A path or option for the kernel; a NUL byte inside would cut it short.
+fn cstring(what: &str, bytes: &[u8]) -> Result<CString, MountError> {
+    CString::new(bytes).map_err(|_| {
+        MountError::Failed(format!("{what} {:?} contains a NUL byte, which no path may", String::from_utf8_lossy(bytes)))
+    })
 }
 
-/// Mounts and returns the session's /dev/fuse descriptor.
-pub fn mount(request: &MountRequest) -> Result<OwnedFd, MountError> {
+/// Mounts and returns the session.
+pub fn mount(request: &MountRequest, faults: &Faults) -> Result<Mounted, MountError> {
+    cstring("Mountpoint", request.mountpoint.as_os_str().as_bytes())?;
+    cstring("Image path", request.fsname.as_bytes())?;
     if running_as_root() {
-        mount_directly(request)
+        mount_directly(request, faults)
     } else {
-        mount_with_fusermount(request)
+        let session = mount_with_fusermount(request)?;
+        Ok(Mounted { session, connection: None })
     }
 }
 
@@ -67,34 +83,144 @@ fn open_dev_fuse() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn mount_directly(request: &MountRequest) -> Result<OwnedFd, MountError> {
+/// Opens the mountpoint itself, never a symlink in its place, and checks
+/// that descriptor: the mount then lands on exactly this file even if the
+/// path is swapped meanwhile (by someone who can write its folder).
+fn open_mountpoint(mountpoint: &Path) -> Result<OwnedFd, MountError> {
+    let shown = mountpoint.display();
+    let path = cstring("Mountpoint", mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(MountError::Failed(format!("Failed to open the mountpoint {shown}: {}", describe(&e))));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: plain data filled by fstat on our descriptor.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(MountError::Failed(format!("Failed to stat the mountpoint {shown}: {}", describe(&e))));
+    }
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(fd),
+        libc::S_IFLNK => Err(MountError::Failed(format!(
+            "The mountpoint {shown} is now a symbolic link (it changed after it was checked); refusing to mount through it"
+        ))),
+        _ => Err(MountError::Failed(format!("{shown} is not a regular file (the mountpoint must be an existing regular file)"))),
+    }
+}
+
+/// The mount API's constants (linux/mount.h).
+mod mount_api {
+    pub const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    pub const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    pub const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    pub const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    pub const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+    pub const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+    pub const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+    pub const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+    pub const MOUNT_ATTR_NOATIME: libc::c_uint = 0x10;
+    pub const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    pub const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+}
+
+/// A descriptor a syscall returned, or the error it set.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor the syscall gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One fsconfig(2) call: a flag when `value` is None, else a string.
+fn fs_config(context: &OwnedFd, key: &str, value: Option<&str>) -> Result<(), MountError> {
+    let key_c = cstring("Mount option", key.as_bytes())?;
+    let value_c = value.map(|v| cstring("Mount option value", v.as_bytes())).transpose()?;
+    let (command, value_ptr) = match &value_c {
+        Some(v) => (mount_api::FSCONFIG_SET_STRING, v.as_ptr()),
+        None => (mount_api::FSCONFIG_SET_FLAG, std::ptr::null()),
+    };
+    // SAFETY: valid NUL-terminated strings (or null for a flag) for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_fsconfig, context.as_raw_fd(), command, key_c.as_ptr(), value_ptr, 0) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(MountError::Failed(format!("The kernel refused the FUSE mount option {key}: {}", describe(&e))));
+    }
+    Ok(())
+}
+
+fn mount_directly(request: &MountRequest, faults: &Faults) -> Result<Mounted, MountError> {
+    let target = open_mountpoint(request.mountpoint)?;
+    faults.pause_before_mount();
     let fuse = open_dev_fuse().map_err(|e| {
         MountError::Failed(format!("Failed to open /dev/fuse: {} (is the fuse module loaded? try: modprobe fuse)", describe(&e)))
     })?;
+    let failed = |step: &str, e: io::Error| {
+        MountError::Failed(format!("Failed to mount on {} ({step}): {}", request.mountpoint.display(), describe(&e)))
+    };
+    // SAFETY: a constant NUL-terminated file system name.
+    let context = owned(unsafe { libc::syscall(libc::SYS_fsopen, c"fuse".as_ptr(), mount_api::FSOPEN_CLOEXEC) })
+        .map_err(|e| failed("fsopen, which needs Linux >= 5.2", e))?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data = format!(
-        "fd={},rootmode=100000,user_id={uid},group_id={gid},default_permissions,max_read={MAX_WRITE}",
-        fuse.as_raw_fd()
-    );
+    let options = [
+        ("source", Some(request.fsname.to_string())),
+        ("subtype", Some(SUBTYPE.to_string())),
+        ("fd", Some(fuse.as_raw_fd().to_string())),
+        ("rootmode", Some("100000".to_string())),
+        ("user_id", Some(uid.to_string())),
+        ("group_id", Some(gid.to_string())),
+        ("default_permissions", None),
+        ("max_read", Some(MAX_WRITE.to_string())),
+    ];
+    for (key, value) in &options {
+        fs_config(&context, key, value.as_deref())?;
+    }
     if request.allow_other {
-        data.push_str(",allow_other");
+        fs_config(&context, "allow_other", None)?;
     }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
     if request.read_only {
-        flags |= libc::MS_RDONLY;
+        fs_config(&context, "ro", None)?;
     }
-    let source = cstring(request.fsname.as_bytes());
-    let target = cstring(request.mountpoint.as_os_str().as_bytes());
-    let fstype = cstring(FS_TYPE.as_bytes());
-    let data = cstring(data.as_bytes());
-    // SAFETY: every pointer is a valid NUL-terminated string for the call.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    // SAFETY: fsconfig on our context descriptor, no pointers.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_fsconfig, context.as_raw_fd(), mount_api::FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0)
+    };
     if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(MountError::Failed(format!("Failed to mount on {}: {}", request.mountpoint.display(), describe(&e))));
+        return Err(failed("creating the FUSE superblock", io::Error::last_os_error()));
     }
-    Ok(fuse)
+    let mut attributes = mount_api::MOUNT_ATTR_NOSUID | mount_api::MOUNT_ATTR_NODEV | mount_api::MOUNT_ATTR_NOATIME;
+    if request.read_only {
+        attributes |= mount_api::MOUNT_ATTR_RDONLY;
+    }
+    // SAFETY: fsmount on our context descriptor, no pointers.
+    let mount = owned(unsafe { libc::syscall(libc::SYS_fsmount, context.as_raw_fd(), mount_api::FSMOUNT_CLOEXEC, attributes) })
+        .map_err(|e| failed("fsmount", e))?;
+    let flags = mount_api::MOVE_MOUNT_F_EMPTY_PATH | mount_api::MOVE_MOUNT_T_EMPTY_PATH;
+    // SAFETY: empty paths with both descriptors, as the flags say.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_move_mount, mount.as_raw_fd(), c"".as_ptr(), target.as_raw_fd(), c"".as_ptr(), flags)
+    };
+    if rc < 0 {
+        return Err(failed("move_mount", io::Error::last_os_error()));
+    }
+    Ok(Mounted { session: fuse, connection: connection_of(&mount) })
+}
+
+/// The connection's number: the minor of the mount's device, asked with
+/// DONT_SYNC and an empty mask, so that FUSE answers from the superblock
+/// instead of sending a GETATTR that nobody serves yet.
+fn connection_of(mount: &OwnedFd) -> Option<u32> {
+    // SAFETY: plain data filled by statx on our descriptor.
+    let mut stat: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    // SAFETY: an empty path with AT_EMPTY_PATH names the descriptor itself.
+    let rc = unsafe { libc::statx(mount.as_raw_fd(), c"".as_ptr(), flags, 0, &mut stat) };
+    (rc == 0).then_some(stat.stx_dev_minor)
 }
 
 /// Escapes a value for fusermount3's comma-separated option list.
@@ -187,8 +313,9 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
 /// Unmounts; `lazy` detaches even while the mount is busy or dead.
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), String> {
     if running_as_root() {
-        let target = cstring(mountpoint.as_os_str().as_bytes());
-        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        let target = cstring("Mountpoint", mountpoint.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        // Never through a symlink planted in the mountpoint's place.
+        let flags = libc::UMOUNT_NOFOLLOW | if lazy { libc::MNT_DETACH } else { 0 };
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::umount2(target.as_ptr(), flags) } < 0 {
             let e = io::Error::last_os_error();
@@ -215,6 +342,35 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+const FUSE_CONNECTIONS: &str = "/sys/fs/fuse/connections";
+
+/// Aborts a FUSE connection through the fusectl file system, mounting it
+/// first where the system did not (as root; systemd mounts it at boot).
+pub fn abort_connection(connection: u32) -> Result<(), String> {
+    let control = format!("{FUSE_CONNECTIONS}/{connection}/abort");
+    let abort = || std::fs::write(&control, "1");
+    let mut result = abort();
+    if result.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) && running_as_root() && mount_fusectl() {
+        result = abort();
+    }
+    result.map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::NotFound {
+            format!(" (is the fusectl file system mounted? mount -t fusectl none {FUSE_CONNECTIONS})")
+        } else {
+            String::new()
+        };
+        format!("Failed to abort the FUSE connection through {control}: {}{hint}", describe(&e))
+    })
+}
+
+/// Mounts fusectl on /sys/fs/fuse/connections; false when that fails or
+/// it was there already.
+fn mount_fusectl() -> bool {
+    let Ok(target) = CString::new(FUSE_CONNECTIONS) else { return false };
+    // SAFETY: constant NUL-terminated strings for the call.
+    unsafe { libc::mount(c"fusectl".as_ptr(), target.as_ptr(), c"fusectl".as_ptr(), 0, std::ptr::null()) == 0 }
 }
 
 const FUSE_DEV_IOC_CLONE: libc::Ioctl = 0x8004_e500_u32 as libc::Ioctl;

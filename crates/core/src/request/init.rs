@@ -1,15 +1,11 @@
-//! INIT: what we negotiate with the kernel, and the one-time latch the
-//! transports and `start()` wait on.
+//! INIT: what we negotiate with the kernel.
 
 use crate::protocol::abi::*;
 
-/// What INIT settled.
+/// What INIT settled: the flags both sides agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
-    pub minor: u32,
     pub flags: u64,
-    pub max_write: u32,
-    pub max_pages: u16,
 }
 
 impl Negotiated {
@@ -58,7 +54,7 @@ pub fn negotiate(arg: &InitIn, offered: u64, ring_wanted: bool) -> Result<(InitO
         flags2: (flags >> 32) as u32,
         unused: [0; 7],
     };
-    Ok((out, Negotiated { minor, flags, max_write: MAX_WRITE, max_pages: MAX_PAGES }))
+    Ok((out, Negotiated { flags }))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! Each I/O thread counts in a shard of its own, on its own cache line, so
 //! that counting never bounces a line between CPUs.
 
+use super::Via;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -19,8 +20,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn request_started(&self, via_ring: bool) {
-        let counter = if via_ring { &self.ring_requests } else { &self.legacy_requests };
+    pub fn request_started(&self, via: Via) {
+        let counter = if via == Via::Ring { &self.ring_requests } else { &self.legacy_requests };
         counter.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
     }
@@ -92,12 +93,12 @@ mod tests {
         let c = counters.clone();
         std::thread::spawn(move || {
             Counters::bind_current_thread(0);
-            c.local().request_started(true);
+            c.local().request_started(Via::Ring);
             c.local().bytes_read.fetch_add(4096, Relaxed);
         })
         .join()
         .unwrap();
-        counters.local().request_started(false);
+        counters.local().request_started(Via::Legacy);
         assert_eq!(counters.snapshot().in_flight, 2);
         counters.local().request_finished();
         counters.local().request_finished();

@@ -1,26 +1,28 @@
-//! A thread's io_uring: FUSE commands and image I/O share it, and every SQE
-//! pushed is counted until its completion comes back.
+//! A thread's io_uring. Every SQE pushed is counted until its completion
+//! comes back: memory an SQE points to may only be reused after that.
 
+use super::token::Token;
 use io_uring::{cqueue, squeue, IoUring};
 use std::io;
 
-pub type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
-
-pub struct Queue {
-    ring: Ring,
+pub struct Ring {
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
     /// SQEs whose completion has not been seen yet.
     outstanding: usize,
 }
 
-impl Queue {
+impl Ring {
+    /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once.
     pub fn new(entries: u32) -> io::Result<Self> {
+        let entries = entries.next_power_of_two();
         let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
         Ok(Self { ring, outstanding: 0 })
     }
 
-    /// Queues one SQE, submitting first if the submission queue is full.
-    pub fn push(&mut self, entry: impl Into<squeue::Entry128>) {
-        let entry = entry.into();
+    /// Queues one SQE whose completion comes back with `token`, submitting
+    /// first if the submission queue is full.
+    pub fn push(&mut self, entry: impl Into<squeue::Entry128>, token: Token) {
+        let entry = entry.into().user_data(token.user_data());
         loop {
             // SAFETY: every buffer an SQE points to is owned by a slot or
             // entry that stays alive and untouched until its completion.
@@ -36,13 +38,13 @@ impl Queue {
         self.outstanding
     }
 
-    /// Submits what is queued and waits for `want` completions.
+    /// Submits what is queued and waits for `want` completions. A full
+    /// completion queue (EBUSY) returns at once: the thread's loop reaps next.
     pub fn submit(&mut self, want: usize) {
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // Completion queue full: the caller reaps, then we go on.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
                 Err(e) => panic!("io_uring_enter failed: {e}"),
             }
@@ -50,9 +52,9 @@ impl Queue {
     }
 
     /// Takes the completions that are ready.
-    pub fn reap(&mut self, into: &mut Vec<(u64, i32)>) {
+    pub fn reap(&mut self, into: &mut Vec<(Token, i32)>) {
         into.clear();
-        into.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        into.extend(self.ring.completion().map(|cqe| (Token::from_user_data(cqe.user_data()), cqe.result())));
         self.outstanding -= into.len();
     }
 }

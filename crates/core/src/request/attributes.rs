@@ -1,8 +1,7 @@
 //! The exported file's attributes and the SETATTR rules for them.
 
-use crate::image::Image;
+use crate::image::ImageBackend;
 use crate::protocol::abi::{fattr, Attr, AttrOut, SetattrIn};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// The kernel may cache attributes this long; writes through the mount keep
@@ -21,16 +20,9 @@ pub struct Attributes {
 }
 
 impl Attributes {
-    pub fn new(image: &Image, allow_other: bool, uid: u32, gid: u32) -> Self {
+    pub fn new(image: &dyn ImageBackend, allow_other: bool, uid: u32, gid: u32) -> Self {
         let writable = image.writable();
-        let times = match image.metadata() {
-            Ok(m) => [
-                (m.atime() as u64, m.atime_nsec() as u32),
-                (m.mtime() as u64, m.mtime_nsec() as u32),
-                (m.ctime() as u64, m.ctime_nsec() as u32),
-            ],
-            Err(_) => [(0, 0); 3],
-        };
+        let times = image.times();
         Self {
             permissions: AtomicU32::new(if writable { 0o600 } else { 0o400 }),
             uid: AtomicU32::new(uid),
@@ -41,7 +33,7 @@ impl Attributes {
         }
     }
 
-    pub fn attr_out(&self, image: &Image) -> AttrOut {
+    pub fn attr_out(&self, image: &dyn ImageBackend) -> AttrOut {
         let [atime, mtime, ctime] = self.times;
         let attr = Attr {
             ino: 1,

@@ -1,0 +1,389 @@
+//! The raw backend: a regular file or a block device, read and written
+//! through the I/O thread's ring straight into and out of the request's
+//! buffer; on tmpfs and ramfs, copied by the thread itself.
+
+use super::{CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use crate::os_error::describe;
+use crate::runtime::buffer::AlignedBuffer;
+use io_uring::{opcode, squeue, types};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::Poll;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    BlockDevice,
+}
+
+/// O_DIRECT wants offsets, lengths and buffers aligned to the logical block
+/// size; 4 KiB covers every device and filesystem we meet.
+const DIRECT_ALIGNMENT: u64 = 4096;
+
+const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+
+/// Zeroes written per SQE where the filesystem cannot zero a range itself.
+const ZERO_CHUNK: usize = 1 << 20;
+/// `ImageIo::stage` of a WriteZeroes that fell back to writing zeroes.
+const WRITING_ZEROES: u8 = 1;
+
+pub struct RawImage {
+    /// tmpfs or ramfs: the data lives in memory, so a transfer is a copy
+    /// that never waits for a device.
+    memory_backed: bool,
+    /// Page-cache descriptor: unaligned I/O, fsync, fallocate, lseek.
+    file: File,
+    /// O_DIRECT descriptor for aligned I/O, when the cache mode asks for it
+    /// and the filesystem allows it.
+    direct: Option<File>,
+    kind: Kind,
+    size: AtomicU64,
+    writable: bool,
+    growable: bool,
+    /// The filesystem answered EOPNOTSUPP to FALLOC_FL_ZERO_RANGE once
+    /// (tmpfs does): write zeroes from then on, as QEMU does.
+    zero_range_refused: AtomicBool,
+    zeroes: OnceLock<AlignedBuffer>,
+}
+
+/// The ioctl request type is c_ulong on glibc and c_int on musl.
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272_u32 as libc::Ioctl;
+
+fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_CLOEXEC | extra_flags)
+        .open(path)
+}
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+fn is_memory_filesystem(file: &File) -> bool {
+    // SAFETY: statfs is plain data filled by fstatfs.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid out pointer.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } < 0 {
+        return false;
+    }
+    matches!(stats.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+impl RawImage {
+    pub fn open(options: &ImageOptions) -> Result<(RawImage, Vec<String>), ImageError> {
+        let path = &options.path;
+        let shown = path.display();
+        let file = open_file(path, options.writable, 0).map_err(|e| {
+            let hint = match (e.raw_os_error(), options.writable) {
+                (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
+                    " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
+                }
+                (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
+                _ => "",
+            };
+            ImageError(format!("Failed to open image {shown}: {}{hint}", describe(&e)))
+        })?;
+        let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
+        let kind = if meta.file_type().is_block_device() {
+            Kind::BlockDevice
+        } else if meta.is_file() {
+            Kind::File
+        } else {
+            return Err(ImageError(format!("Image {shown} is neither a regular file nor a block device")));
+        };
+        let size = match kind {
+            Kind::File => meta.len(),
+            Kind::BlockDevice => block_device_size(&file)
+                .map_err(|e| ImageError(format!("Failed to read the size of block device {shown}: {}", describe(&e))))?,
+        };
+        if options.growable && kind == Kind::BlockDevice {
+            return Err(ImageError(format!("Block device {shown} cannot grow: export it without --growable")));
+        }
+        if options.growable && !options.writable {
+            return Err(ImageError("--growable needs --writable".into()));
+        }
+        let mut warnings = Vec::new();
+        let memory_backed = kind == Kind::File && is_memory_filesystem(&file);
+        let direct = match options.cache {
+            CacheMode::Writeback => None,
+            CacheMode::Direct => match open_file(path, options.writable, libc::O_DIRECT) {
+                // tmpfs keeps its data in the page cache: O_DIRECT would only
+                // add alignment rules and a detour.
+                Ok(_) if memory_backed => None,
+                Ok(direct) => Some(direct),
+                Err(e) => {
+                    warnings.push(format!(
+                        "The filesystem of {shown} refuses O_DIRECT ({}); using the page cache instead",
+                        describe(&e)
+                    ));
+                    None
+                }
+            },
+        };
+        let image = RawImage {
+            memory_backed,
+            file,
+            direct,
+            kind,
+            size: AtomicU64::new(size),
+            writable: options.writable,
+            growable: options.growable,
+            zero_range_refused: AtomicBool::new(false),
+            zeroes: OnceLock::new(),
+        };
+        Ok((image, warnings))
+    }
+
+    /// The descriptor for one transfer: O_DIRECT when everything is aligned.
+    fn fd_for_transfer(&self, offset: u64, len: u64, buffer: *const u8) -> RawFd {
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
+        match &self.direct {
+            Some(direct) if aligned(offset) && aligned(len) && aligned(buffer as u64) => direct.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
+    }
+
+    fn grew_to(&self, end: u64) {
+        self.size.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// The SQE for the rest of `io`.
+    fn sqe(&self, io: &ImageIo, buffer: *mut u8) -> squeue::Entry {
+        let file = types::Fd(self.file.as_raw_fd());
+        let offset = io.offset + io.done;
+        let remaining = io.len - io.done;
+        match (io.op, io.stage) {
+            (ImageOp::Read | ImageOp::Write, _) => {
+                // `done < len <= buffer size`, checked where the I/O was built.
+                let buffer = buffer.wrapping_add(io.done as usize);
+                let fd = types::Fd(self.fd_for_transfer(offset, remaining, buffer));
+                if io.op == ImageOp::Read {
+                    opcode::Read::new(fd, buffer, remaining as u32).offset(offset).build()
+                } else {
+                    opcode::Write::new(fd, buffer, remaining as u32).offset(offset).build()
+                }
+            }
+            (ImageOp::WriteZeroes, WRITING_ZEROES) => {
+                let zeroes = self.zeroes.get_or_init(|| AlignedBuffer::zeroed(ZERO_CHUNK));
+                let len = remaining.min(ZERO_CHUNK as u64) as u32;
+                opcode::Write::new(file, zeroes.as_ptr(), len).offset(offset).build()
+            }
+            (ImageOp::Flush, _) => opcode::Fsync::new(file).flags(types::FsyncFlags::DATASYNC).build(),
+            (ImageOp::Discard, _) => self.fallocate(io, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+            (ImageOp::WriteZeroes, _) => self.fallocate(io, FALLOC_FL_ZERO_RANGE),
+            (ImageOp::Allocate, _) => self.fallocate(io, 0),
+        }
+    }
+
+    fn fallocate(&self, io: &ImageIo, mode: i32) -> squeue::Entry {
+        opcode::Fallocate::new(types::Fd(self.file.as_raw_fd()), io.len).offset(io.offset).mode(mode).build()
+    }
+
+    /// A copy to or from memory that cannot wait for a device, where
+    /// io_uring would hand it to a kernel worker thread (two context
+    /// switches a request).
+    fn transfer_in_memory(&self, io: &ImageIo, buffer: *mut u8) -> i32 {
+        let buffer = buffer.wrapping_add(io.done as usize);
+        let (offset, len) = ((io.offset + io.done) as libc::off_t, (io.len - io.done) as usize);
+        // SAFETY: `buffer` has `len` bytes of the request's payload buffer.
+        let result = unsafe {
+            if io.op == ImageOp::Read {
+                libc::pread(self.file.as_raw_fd(), buffer.cast(), len, offset)
+            } else {
+                libc::pwrite(self.file.as_raw_fd(), buffer.cast(), len, offset)
+            }
+        };
+        if result < 0 {
+            -io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+        } else {
+            result as i32
+        }
+    }
+
+    /// Accounts one completion of `io`: the final result, or None when the
+    /// rest still has to be done.
+    fn advance(&self, io: &mut ImageIo, result: i32) -> Option<i32> {
+        match io.op {
+            ImageOp::Read | ImageOp::Write if result > 0 => {
+                io.done += result as u64;
+                if io.op == ImageOp::Write {
+                    self.grew_to(io.offset + io.done);
+                }
+                (io.done >= io.len).then_some(io.done as i32)
+            }
+            // End of file, or a failure after part of the transfer: what
+            // was done is the answer.
+            ImageOp::Read | ImageOp::Write => Some(if io.done > 0 { io.done as i32 } else { result }),
+            ImageOp::WriteZeroes if io.stage == 0 && result == -libc::EOPNOTSUPP => {
+                self.zero_range_refused.store(true, Ordering::Relaxed);
+                io.stage = WRITING_ZEROES;
+                None
+            }
+            ImageOp::WriteZeroes if io.stage == WRITING_ZEROES && result >= 0 => {
+                if result == 0 {
+                    return Some(-libc::EIO);
+                }
+                io.done += result as u64;
+                self.grew_to(io.offset + io.done);
+                (io.done >= io.len).then_some(0)
+            }
+            _ if result < 0 => Some(result),
+            ImageOp::WriteZeroes | ImageOp::Allocate => {
+                self.grew_to(io.offset + io.len);
+                Some(0)
+            }
+            ImageOp::Flush | ImageOp::Discard => Some(0),
+        }
+    }
+
+    fn next(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+        if self.memory_backed && matches!(io.op, ImageOp::Read | ImageOp::Write) {
+            loop {
+                let result = self.transfer_in_memory(io, context.buffer);
+                if let Some(done) = self.advance(io, result) {
+                    return Poll::Ready(done);
+                }
+            }
+        }
+        context.ring.push(self.sqe(io, context.buffer), context.token);
+        Poll::Pending
+    }
+}
+
+impl ImageBackend for RawImage {
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn growable(&self) -> bool {
+        self.growable
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        match (self.kind, self.file.metadata()) {
+            (Kind::File, Ok(meta)) => meta.blocks() * 512,
+            _ => self.size(),
+        }
+    }
+
+    fn times(&self) -> Times {
+        match self.file.metadata() {
+            Ok(m) => [
+                (m.atime() as u64, m.atime_nsec() as u32),
+                (m.mtime() as u64, m.mtime_nsec() as u32),
+                (m.ctime() as u64, m.ctime_nsec() as u32),
+            ],
+            Err(_) => [(0, 0); 3],
+        }
+    }
+
+    fn uses_direct_io(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    fn resize(&self, size: u64) -> io::Result<()> {
+        if self.kind == Kind::BlockDevice {
+            return if size == self.size() { Ok(()) } else { Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        }
+        self.file.set_len(size)?;
+        self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
+    fn seek(&self, offset: u64, what: Seek) -> io::Result<u64> {
+        let size = self.size();
+        if offset >= size {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        if self.kind == Kind::BlockDevice {
+            return Ok(if what == Seek::Data { offset } else { size });
+        }
+        let whence = if what == Seek::Data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        // SAFETY: lseek on a descriptor we own; pread/pwrite never use its offset.
+        let found = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if found < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((found as u64).min(size))
+    }
+
+    fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+        if io.op == ImageOp::WriteZeroes && self.zero_range_refused.load(Ordering::Relaxed) {
+            io.stage = WRITING_ZEROES;
+        }
+        self.next(io, context)
+    }
+
+    fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32> {
+        match self.advance(io, result) {
+            Some(done) => Poll::Ready(done),
+            None => self.next(io, context),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    fn temp_image(bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("fuse-export-image-{}-{}", std::process::id(), bytes.len()));
+        File::create(&path).unwrap().write_all(bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_missing_image_is_named_in_the_error() {
+        let options = ImageOptions {
+            path: "/nonexistent/disk.img".into(),
+            writable: false,
+            growable: false,
+            cache: CacheMode::Writeback,
+        };
+        let err = RawImage::open(&options).err().unwrap();
+        assert!(err.0.contains("/nonexistent/disk.img"), "{}", err.0);
+    }
+
+    #[test]
+    fn growable_without_writable_is_refused() {
+        let path = temp_image(&[0; 10]);
+        let options = ImageOptions { path: path.clone(), writable: false, growable: true, cache: CacheMode::Writeback };
+        assert!(RawImage::open(&options).err().unwrap().0.contains("--writable"));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn seeking_past_the_end_is_enxio_and_holes_stop_at_the_end() {
+        let path = temp_image(&[1; 8192]);
+        let options = ImageOptions { path: path.clone(), writable: false, growable: false, cache: CacheMode::Writeback };
+        let (image, _) = RawImage::open(&options).unwrap();
+        assert_eq!(image.seek(0, Seek::Data).unwrap(), 0);
+        assert_eq!(image.seek(0, Seek::Hole).unwrap(), 8192);
+        assert_eq!(image.seek(8192, Seek::Data).unwrap_err().raw_os_error(), Some(libc::ENXIO));
+        std::fs::remove_file(path).unwrap();
+    }
+}

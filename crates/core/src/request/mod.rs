@@ -1,0 +1,223 @@
+//! The request core: what each request means (the behaviour contract),
+//! shared by both transports. A transport hands in a decoded request and a
+//! `Carrier` (its ring, its token, the request's payload buffer); the core
+//! answers at once, or starts image I/O on the backend and answers when it
+//! completes. Requests flow one way: transport → here → image backend.
+
+pub mod attributes;
+pub mod counters;
+pub mod init;
+mod operations;
+
+use crate::faults::Faults;
+use crate::image::{ImageBackend, ImageIo, ImageOp, IoContext};
+use crate::latch::Latch;
+use crate::os_error::describe_errno;
+use crate::protocol::abi::WriteOut;
+use crate::protocol::{Malformed, Reply, Request};
+use crate::runtime::ring::Ring;
+use crate::runtime::token::Token;
+use crate::status::Status;
+use attributes::Attributes;
+use counters::Counters;
+use init::Negotiated;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+/// What the transport does next for a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// FORGET, INTERRUPT: the kernel expects no answer.
+    NoReply,
+    /// Image I/O is under way; its completion comes back on the carrier's
+    /// token and goes to `RequestCore::resume`.
+    Pending,
+}
+
+/// Which transport carried a request, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Legacy,
+    Ring,
+}
+
+/// What a request's image I/O needs from the transport that carries it.
+pub struct Carrier<'a> {
+    pub ring: &'a mut Ring,
+    /// Completions of the request's image I/O come back with this token.
+    pub token: Token,
+    /// The request's payload buffer (WRITE data arrived here; READ data goes
+    /// here), page-aligned, large enough for the largest request.
+    pub buffer: *mut u8,
+    /// The operation in progress, kept by the transport's slot.
+    pub io: &'a mut Option<ImageIo>,
+}
+
+pub struct Settings {
+    pub allow_other: bool,
+    pub ring_wanted: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub faults: Faults,
+    /// I/O threads: each counts in a shard of its own.
+    pub threads: usize,
+}
+
+pub struct RequestCore {
+    image: Arc<dyn ImageBackend>,
+    attributes: Attributes,
+    ring_wanted: bool,
+    faults: Faults,
+    pub counters: Counters,
+    pub status: Arc<Status>,
+    /// Set when INIT was answered; a second INIT is a protocol violation.
+    pub init: Latch<Negotiated>,
+    /// (warning, errno) pairs reported already.
+    reported: Mutex<Vec<(&'static str, i32)>>,
+}
+
+impl RequestCore {
+    pub fn new(image: Arc<dyn ImageBackend>, settings: Settings, status: Arc<Status>) -> Self {
+        let attributes = Attributes::new(&*image, settings.allow_other, settings.uid, settings.gid);
+        Self {
+            image,
+            attributes,
+            ring_wanted: settings.ring_wanted,
+            faults: settings.faults,
+            counters: Counters::new(settings.threads),
+            status,
+            init: Latch::default(),
+            reported: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.init.get()
+    }
+
+    /// A request that just arrived. Returns its `unique` and what to do, or
+    /// None when it cannot even be answered (a broken header: the export
+    /// halted).
+    pub fn begin(&self, decoded: Result<Request, Malformed>, via: Via, carrier: Carrier) -> Option<(u64, Outcome)> {
+        let request = match decoded {
+            Ok(request) => request,
+            Err(malformed) => {
+                let (unique, reply) = self.malformed(malformed)?;
+                self.counters.local().request_started(via);
+                return Some((unique, Outcome::Reply(reply)));
+            }
+        };
+        self.counters.local().request_started(via);
+        let outcome =
+            if self.status.is_halted() { Outcome::Reply(Reply::error(libc::EIO)) } else { self.handle(&request, carrier) };
+        Some((request.header.unique, outcome))
+    }
+
+    /// A request that arrives while stopping: EIO, as the kernel would
+    /// answer at unmount.
+    pub fn refuse(&self, decoded: Result<Request, Malformed>, via: Via) -> Option<(u64, Outcome)> {
+        let request = decoded.ok()?;
+        self.counters.local().request_started(via);
+        Some((request.header.unique, Outcome::Reply(Reply::error(libc::EIO))))
+    }
+
+    /// A completion arrived on the carrier's token.
+    pub fn resume(&self, result: i32, carrier: Carrier) -> Outcome {
+        let Some(mut io) = carrier.io.take() else { return Outcome::NoReply };
+        let context = IoContext { ring: carrier.ring, token: carrier.token, buffer: carrier.buffer };
+        match self.image.complete(&mut io, result, context) {
+            Poll::Ready(result) => Outcome::Reply(self.finish(&io, result)),
+            Poll::Pending => {
+                *carrier.io = Some(io);
+                Outcome::Pending
+            }
+        }
+    }
+
+    /// Starts a request's image I/O; replies at once when the backend did it
+    /// inline.
+    fn start(&self, mut io: ImageIo, carrier: Carrier) -> Outcome {
+        let context = IoContext { ring: carrier.ring, token: carrier.token, buffer: carrier.buffer };
+        match self.image.submit(&mut io, context) {
+            Poll::Ready(result) => Outcome::Reply(self.finish(&io, result)),
+            Poll::Pending => {
+                *carrier.io = Some(io);
+                Outcome::Pending
+            }
+        }
+    }
+
+    /// The reply to a finished image operation.
+    fn finish(&self, io: &ImageIo, result: i32) -> Reply {
+        let result = if self.faults.fails(io.offset, io.len) { -libc::EIO } else { result };
+        if result < 0 {
+            self.image_error(io, -result);
+            return Reply::error(-result);
+        }
+        let shard = self.counters.local();
+        match io.op {
+            ImageOp::Read => {
+                shard.bytes_read.fetch_add(result as u64, Ordering::Relaxed);
+                Reply::with_data(result as u32)
+            }
+            ImageOp::Write => {
+                shard.bytes_written.fetch_add(result as u64, Ordering::Relaxed);
+                Reply::with_args(&WriteOut { size: result as u32, padding: 0 })
+            }
+            ImageOp::Flush | ImageOp::Discard | ImageOp::WriteZeroes | ImageOp::Allocate => Reply::ok(),
+        }
+    }
+
+    /// Counts a failed image operation; the first failure of each errno is
+    /// also reported (a dying disk must not flood the log).
+    fn image_error(&self, io: &ImageIo, errno: i32) {
+        self.report_once("image-error", errno, || {
+            format!(
+                "Image {} failed at offset {} (length {}): {}; the request gets that error, \
+                 and further errno {errno} failures are counted, not logged",
+                io.op.name(),
+                io.offset,
+                io.len,
+                describe_errno(errno)
+            )
+        });
+    }
+
+    /// The kernel refused a reply (other than for an interrupted request):
+    /// the caller never got its answer. Counted; the first of each errno is
+    /// reported.
+    pub fn reply_failed(&self, errno: i32) {
+        self.report_once("reply-error", errno, || {
+            format!(
+                "Writing a reply to /dev/fuse failed: {}; further errno {errno} failures are counted, not logged",
+                describe_errno(errno)
+            )
+        });
+    }
+
+    fn report_once(&self, kind: &'static str, errno: i32, message: impl FnOnce() -> String) {
+        self.counters.local().errors.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.reported.lock().unwrap();
+        if seen.contains(&(kind, errno)) {
+            return;
+        }
+        seen.push((kind, errno));
+        drop(seen);
+        self.status.warn(kind, message());
+    }
+
+    /// A request that could not be decoded. `Some(reply)` when it can still
+    /// be answered, `None` when the stream cannot be trusted (halted).
+    fn malformed(&self, malformed: Malformed) -> Option<(u64, Reply)> {
+        self.counters.local().errors.fetch_add(1, Ordering::Relaxed);
+        match malformed {
+            Malformed::Arguments { unique } => Some((unique, Reply::error(libc::EINVAL))),
+            Malformed::Header => {
+                self.status.halt("malformed request header from the kernel: the request stream cannot be trusted");
+                None
+            }
+        }
+    }
+}

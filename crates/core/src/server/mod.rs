@@ -1,0 +1,305 @@
+//! One export from start to stop. The story, step by step, and the file
+//! that does each:
+//!
+//! 1. **open**: the image backend opens the image (`image::open`, raw in
+//!    `image/raw.rs`), before mounting, so the mountpoint may be the image.
+//! 2. **mount**: `transport/mount.rs` opens the mountpoint once, checks that
+//!    descriptor and mounts onto it (root), or asks fusermount3 (others);
+//!    either way we hold the session's /dev/fuse descriptor.
+//! 3. **threads**: `server/threads.rs` clones that descriptor once per I/O
+//!    thread, deals the kernel's FUSE queues among them, gives each thread
+//!    one ring, and runs `runtime/thread.rs`'s loop with the thread's
+//!    `transport/thread.rs` owner on it.
+//! 4. **INIT**: the kernel's first request arrives on /dev/fuse
+//!    (`transport/legacy.rs`); `request/init.rs` negotiates; `start()` waits
+//!    for it (`await_init`).
+//! 5. **REGISTER**: once INIT's reply is out, every thread hands its queues'
+//!    entries to the kernel (`transport/fuse_queue.rs`,
+//!    `transport/uring_setup.rs`); `settle_transport` says which transport
+//!    serves, and why.
+//! 6. **serve**: requests arrive in legacy slots or ring entries, go to the
+//!    request core (`request/`), whose image I/O runs on the same ring; the
+//!    reply leaves by the way the request came.
+//! 7. **drain**: `pause()`: requests that arrive are held, in-flight ones
+//!    finish; TypeScript watches the in-flight counter.
+//! 8. **unmount**: `unmount()` detaches lazily; the connection ends when the
+//!    last user closes the file (or on `abort_connection()`), and the
+//!    threads report it (`Event::Disconnected`).
+//! 9. **stop**: `stop()` tells the threads to finish; each ends once every
+//!    SQE it pushed has completed, so no memory the kernel may write into
+//!    is freed early. How long to wait and when to abort is TypeScript's
+//!    decision (`ts/lifecycle/export.ts`).
+
+mod threads;
+mod transport_choice;
+
+use crate::faults::Faults;
+use crate::image::{self, ImageOptions};
+use crate::latch::Latch;
+use crate::request::counters::Snapshot;
+use crate::request::{RequestCore, Settings};
+use crate::runtime::control::Control;
+use crate::status::{EventSink, Status};
+use crate::transport::mount::{self, MountError, MountRequest, Mounted};
+use crate::transport::uring_setup::{self, RingSetup, HOW_TO_ENABLE};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use threads::ThreadPlan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub image: ImageOptions,
+    pub mountpoint: PathBuf,
+    pub allow_other: Switch,
+    pub io_uring: Switch,
+    pub threads: usize,
+    pub queue_depth: u32,
+}
+
+/// What the export ended up with, for the `ready` event.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub size: u64,
+    pub transport: &'static str,
+    /// Why that transport: the kernel's offer, the switch, a fallback.
+    pub transport_reason: String,
+    pub threads: usize,
+    pub ring_queues: usize,
+    pub queue_depth: u32,
+    pub allow_other: bool,
+    pub direct_io: bool,
+    /// Things the user should know (fallbacks taken).
+    pub warnings: Vec<String>,
+}
+
+pub struct Server {
+    core: Arc<RequestCore>,
+    control: Arc<Control>,
+    ring_setup: Option<Arc<RingSetup>>,
+    ring_required: bool,
+    threads: Vec<JoinHandle<()>>,
+    mountpoint: PathBuf,
+    /// The connection's number under /sys/fs/fuse/connections.
+    connection: Option<u32>,
+    info: StartInfo,
+}
+
+/// How long the kernel may take to send INIT after mounting.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `start()` waits for the ring queues to register.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Server {
+    pub fn start(options: StartOptions, events: EventSink) -> Result<Server, String> {
+        if options.threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        let (ring_wanted, transport_reason) = transport_choice::ring_decision(options.io_uring)?;
+        let (image, mut warnings) = image::open(&options.image).map_err(|e| e.0)?;
+        let faults = Faults::from_env();
+        let fsname = options.image.path.to_string_lossy().into_owned();
+        let (mounted, allow_other) = mount_with_policy(&options, &fsname, image.writable(), &faults, &mut warnings)?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let info = StartInfo {
+            size: image.size(),
+            transport: "legacy",
+            transport_reason,
+            threads: options.threads,
+            ring_queues: 0,
+            queue_depth: options.queue_depth,
+            allow_other,
+            direct_io: image.uses_direct_io(),
+            warnings,
+        };
+        let status = Arc::new(Status::new(events));
+        let settings =
+            Settings { allow_other, ring_wanted, uid, gid, faults: faults.clone(), threads: options.threads };
+        let core = Arc::new(RequestCore::new(image, settings, status));
+        let control =
+            Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
+        let queues = if ring_wanted { uring_setup::possible_cpus() } else { 0 };
+        let ring_setup = ring_wanted.then(|| {
+            Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.min(queues), control.clone()))
+        });
+        let mut server = Server {
+            core,
+            control,
+            ring_setup,
+            ring_required: options.io_uring == Switch::On,
+            threads: Vec::new(),
+            mountpoint: options.mountpoint.clone(),
+            connection: mounted.connection,
+            info,
+        };
+        let plan = ThreadPlan {
+            threads: options.threads,
+            queue_depth: options.queue_depth as usize,
+            queues,
+            core: &server.core,
+            control: &server.control,
+            ring_setup: server.ring_setup.as_ref(),
+            faults: &faults,
+        };
+        let started = threads::spawn(plan, mounted.session)
+            .map(|handles| server.threads = handles)
+            .and_then(|_| server.await_init())
+            .and_then(|_| server.settle_transport());
+        if let Err(e) = started {
+            server.abandon();
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    fn await_init(&self) -> Result<(), String> {
+        let status = &self.core.status;
+        match self.core.init.wait(INIT_TIMEOUT) {
+            Some(_) if !status.is_halted() => Ok(()),
+            _ => Err(status.halt_reason().unwrap_or_else(|| "the kernel did not send INIT after mounting".to_string())),
+        }
+    }
+
+    /// Decides which transport serves, once INIT and REGISTER are through.
+    fn settle_transport(&mut self) -> Result<(), String> {
+        if self.connection.is_none() {
+            // Mounted by fusermount3: our own mount's device number names
+            // the connection (a GETATTR our threads answer).
+            self.connection = std::fs::metadata(&self.mountpoint).ok().map(|m| libc::minor(m.dev()));
+        }
+        let Some(setup) = &self.ring_setup else { return Ok(()) };
+        let negotiated = self.core.negotiated().is_some_and(|n| n.over_io_uring());
+        if !negotiated {
+            if self.ring_required {
+                return Err(format!("--io-uring on, but the kernel did not offer FUSE-over-io_uring: {HOW_TO_ENABLE}"));
+            }
+            self.info.transport_reason = "the kernel did not offer FUSE-over-io_uring in INIT".into();
+            return Ok(());
+        }
+        let outcome: &Latch<_> = &setup.outcome;
+        match outcome.wait(REGISTER_TIMEOUT) {
+            Some(Ok(())) => {
+                self.info.transport = "io_uring";
+                self.info.ring_queues = uring_setup::possible_cpus();
+                Ok(())
+            }
+            Some(Err(reason)) if !self.ring_required => {
+                self.info.transport_reason = format!("FUSE-over-io_uring failed ({reason}); serving over /dev/fuse");
+                self.info.warnings.push(self.info.transport_reason.clone());
+                Ok(())
+            }
+            Some(Err(reason)) => Err(format!("FUSE-over-io_uring failed: {reason}")),
+            None => Err("the ring queues did not register in time".into()),
+        }
+    }
+
+    /// Undoes a start that failed half-way: nobody else holds the file yet,
+    /// so the lazy unmount ends the connection and the threads with it.
+    fn abandon(&mut self) {
+        let _ = mount::unmount(&self.mountpoint, true);
+        self.control.stop();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn info(&self) -> &StartInfo {
+        &self.info
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.core.counters.snapshot()
+    }
+
+    pub fn halt(&self, reason: &str) {
+        self.core.status.halt(reason);
+        self.control.wake_all();
+    }
+
+    /// Requests that arrive from now on are held; in-flight ones finish.
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    /// Unmounts unless the connection is gone already (unmounted from
+    /// outside). Lazy: callers that still hold the file open keep working
+    /// until they close it.
+    pub fn unmount(&self) -> Result<(), String> {
+        if self.core.status.is_disconnected() {
+            return Ok(());
+        }
+        mount::unmount(&self.mountpoint, true)
+    }
+
+    /// Ends the connection from the kernel's side: parked ring entries and
+    /// waiting callers get ENOTCONN.
+    pub fn abort_connection(&self) -> Result<(), String> {
+        let connection = self.connection.ok_or("the connection's number is unknown, so it cannot be aborted")?;
+        mount::abort_connection(connection)
+    }
+
+    /// Tells the I/O threads to finish what they hold and waits at most
+    /// `wait` for them. Returns how many are still running: those keep their
+    /// memory (the kernel may still write into it) and are left to end on
+    /// their own. How long to wait, and whether to abort first, is the
+    /// caller's policy.
+    pub fn stop(&mut self, wait: Duration) -> usize {
+        self.control.stop();
+        let deadline = Instant::now() + wait;
+        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (finished, running): (Vec<_>, Vec<_>) = self.threads.drain(..).partition(|t| t.is_finished());
+        for handle in finished {
+            let _ = handle.join();
+        }
+        running.len()
+    }
+}
+
+impl Drop for Server {
+    /// Threads that are still serving are left running, never joined here:
+    /// joining could wait forever on a connection someone still holds.
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// Mounts with allow_other as the switch says: `auto` falls back to a mount
+/// without it and says so.
+fn mount_with_policy(
+    options: &StartOptions,
+    fsname: &str,
+    writable: bool,
+    faults: &Faults,
+    warnings: &mut Vec<String>,
+) -> Result<(Mounted, bool), String> {
+    let request = |allow_other| MountRequest {
+        mountpoint: &options.mountpoint,
+        fsname,
+        allow_other,
+        read_only: !writable,
+    };
+    let mount = |allow_other| mount::mount(&request(allow_other), faults).map(|m| (m, allow_other));
+    match options.allow_other {
+        Switch::Off => mount(false).map_err(|e| e.to_string()),
+        Switch::On => mount(true).map_err(|e| e.to_string()),
+        Switch::Auto => match mount(true) {
+            Err(MountError::AllowOtherRefused(why)) => {
+                warnings.push(format!("allow_other is not permitted, mounting without it: {why}"));
+                mount(false).map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        },
+    }
+}
