@@ -78,7 +78,7 @@ test.serial('bad usage exits 1 with a message naming the problem, nothing mounte
   const dir = tmpDir(t);
   const image = makeImage(dir, 'disk.img', MiB);
   const mnt = makeMountpoint(dir);
-  const cases = [
+  const cases: [string[], RegExp][] = [
     [[], /image|mountpoint|argument/i],
     [[image], /mountpoint|argument/i],
     [['--threads', '0', image, mnt], /threads/],
@@ -337,7 +337,7 @@ test.serial('a set-up failure is logged as an error line in JSON and exits 1', a
   const error = result.lines.find((l) => l.level === 'error');
   t.truthy(error, result.stderr);
   t.regex(errorText(result), /is not a regular file/);
-  t.false(Number.isNaN(Date.parse(error.timestamp)));
+  t.false(Number.isNaN(Date.parse(error!.timestamp)));
   const answer = await fsop('stat', [dir]);
   t.truthy(answer.ok, 'the directory is untouched');
 });

@@ -1,41 +1,55 @@
 // The life cycle against a fake core: states, references, drain, halt,
 // double stop, start failures. No kernel involved.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FuseExport, SetupError } from '../../dist/index.js';
+import { FuseExport, SetupError, type ExportOptions, type ExportWarning, type ExportState, type StoppedEvent } from 'fuse-export';
+// The real interface between the life cycle and the Rust core: the fake
+// below must satisfy it, so a change of the core's interface breaks the
+// type check of this file.
+import type { Core, CoreExport } from '../../ts/lifecycle/export.js';
+import type { NativeEvent } from '../../ts/native.js';
 
-function fakeCore({ failStart } = {}) {
-  const calls = [];
-  const core = {
+/** A core that records the calls made to it; the test drives its events and in-flight count. */
+interface FakeCore extends Core {
+  calls: string[];
+  inFlight: number;
+  emit: (event: NativeEvent) => void;
+}
+
+function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
+  const calls: string[] = [];
+  const core: FakeCore = {
     calls,
     inFlight: 0,
-    emit: undefined,
-    async startExport(options, onEvent) {
+    emit: () => {
+      throw new Error('the export was not started');
+    },
+    async startExport(_options, onEvent): Promise<CoreExport> {
       calls.push('start');
       if (failStart) throw new Error(failStart);
       core.emit = onEvent;
       return {
         info: () => ({ size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, warnings: [] }),
         stats: () => ({ legacyRequests: 7, ringRequests: 0, bytesRead: 1, bytesWritten: 2, errors: 0, inFlight: core.inFlight }),
-        pause: () => calls.push('pause'),
-        resume: () => calls.push('resume'),
+        pause: () => void calls.push('pause'),
+        resume: () => void calls.push('resume'),
         halt: (reason) => {
           calls.push(`halt:${reason}`);
           core.emit({ kind: 'halted', reason });
         },
-        unmount: () => calls.push('unmount'),
-        abort: () => calls.push('abort'),
-        stop: async () => calls.push('stop'),
+        unmount: () => void calls.push('unmount'),
+        abort: () => void calls.push('abort'),
+        stop: async () => void calls.push('stop'),
       };
     },
-    detachMount: (path) => calls.push(`detach:${path}`),
+    detachMount: (path) => void calls.push(`detach:${path}`),
   };
   return core;
 }
 
-function scratch(t) {
+function scratch(t: ExecutionContext): ExportOptions {
   const dir = mkdtempSync(join(tmpdir(), 'fuse-export-unit-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const mountpoint = join(dir, 'mnt');
@@ -43,12 +57,12 @@ function scratch(t) {
   return { image: join(dir, 'img'), mountpoint, shutdownTimeout: 200 };
 }
 
-const tick = (ms = 10) => new Promise((r) => setTimeout(r, ms));
+const tick = (ms = 10): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test('a stop drains, unmounts and releases, in that order', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
-  const states = [];
+  const states: ExportState[] = [];
   exp.on('state', ({ to }) => states.push(to));
   t.is(exp.state, 'serving');
   const stopped = await exp.stop();
@@ -85,7 +99,7 @@ test('the drain waits for in-flight requests before unmounting', async (t) => {
 test('a drain past the shutdown timeout aborts the connection and says so', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
-  const warnings = [];
+  const warnings: ExportWarning[] = [];
   exp.on('warning', (w) => warnings.push(w));
   core.inFlight = 2;
   const stopped = await exp.stop();
@@ -113,8 +127,8 @@ test('the export is released only when the last reference is dropped', async (t)
 test('a halt from the core reports its reason, unmounts and stops', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
-  const halted = new Promise((r) => exp.once('halted', r));
-  const stopped = new Promise((r) => exp.once('stopped', r));
+  const halted = new Promise<{ reason: string }>((r) => exp.once('halted', r));
+  const stopped = new Promise<StoppedEvent>((r) => exp.once('stopped', r));
   core.emit({ kind: 'halted', reason: 'COMMIT_AND_FETCH failed: EIO' });
   t.deepEqual(await halted, { reason: 'COMMIT_AND_FETCH failed: EIO' });
   t.is(exp.state, 'halted');
@@ -135,7 +149,7 @@ test('halt() from the API goes through the core and stops', async (t) => {
 test('an unmount from outside is a clean stop', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
-  const stopped = new Promise((r) => exp.once('stopped', r));
+  const stopped = new Promise<StoppedEvent>((r) => exp.once('stopped', r));
   core.emit({ kind: 'unmounted' });
   t.is((await stopped).reason, 'unmounted');
   t.is(exp.state, 'stopped');
@@ -146,7 +160,7 @@ test('a mountpoint already exported by this process is refused', async (t) => {
   const options = scratch(t);
   const exp = await FuseExport.start(options, {}, core);
   const error = await t.throwsAsync(FuseExport.start(options, {}, fakeCore()), { instanceOf: SetupError });
-  t.regex(error.message, /There already is a FUSE export on /);
+  t.regex(error!.message, /There already is a FUSE export on /);
   await exp.stop();
   const again = await FuseExport.start(options, {}, fakeCore());
   await again.stop();
@@ -167,6 +181,8 @@ test('bad options are refused before anything is touched', async (t) => {
   const options = scratch(t);
   await t.throwsAsync(FuseExport.start({ ...options, threads: 0 }, {}, core), { message: /threads must be a whole number/ });
   await t.throwsAsync(FuseExport.start({ ...options, growable: true }, {}, core), { message: /--growable needs --writable/ });
+  // JavaScript callers get no type check: the value is checked at run time too.
+  // @ts-expect-error -- not a Switch, on purpose
   await t.throwsAsync(FuseExport.start({ ...options, ioUring: 'maybe' }, {}, core), { message: /io-uring must be one of/ });
   t.deepEqual(core.calls, []);
 });
@@ -175,16 +191,16 @@ test('set-up warnings reach onWarning before start() resolves, or come as events
   const core = fakeCore();
   const original = core.startExport;
   core.startExport = async (...args) => {
-    const handle = await original(...args);
+    const handle = await original.apply(core, args);
     return { ...handle, info: () => ({ ...handle.info(), warnings: ['allow_other is not permitted'] }) };
   };
-  const seen = [];
+  const seen: string[] = [];
   const exp = await FuseExport.start(scratch(t), { onWarning: (w) => seen.push(w.message) }, core);
   t.deepEqual(seen, ['allow_other is not permitted']);
   await exp.stop();
 
   const later = await FuseExport.start(scratch(t), {}, core);
-  const warning = await new Promise((r) => later.once('warning', r));
+  const warning = await new Promise<ExportWarning>((r) => later.once('warning', r));
   t.is(warning.message, 'allow_other is not permitted');
   await later.stop();
 });
