@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3
 ensure_rust
 ensure_build
+check_generated_loader
 cargo test --workspace --quiet
 # A type error in a spec (or a core interface the fake core no longer fits) fails here.
 npm run --silent typecheck:test
