@@ -18,19 +18,23 @@ export declare class NativeExport {
   halt(reason: string): void
   /**
    * Ends the connection from the kernel's side (waiting callers get
-   * ENOTCONN).
+   * ENOTCONN). Throws when the kernel refuses.
    */
   abort(): void
   unmount(): void
-  /** Joins the I/O threads and releases everything; safe to call twice. */
-  stop(): Promise<void>
+  /**
+   * Tells the I/O threads to finish, waits at most `waitMs` for them and
+   * releases what they left; resolves with how many are still running
+   * (left to end on their own, their memory kept). Safe to call twice.
+   */
+  stop(waitMs: number): Promise<number>
 }
 
 /** Lazily unmounts whatever is mounted on `path` (a dead export). */
 export declare function detachMount(path: string): void
 
 /**
- * `kind` is "unmounted", "halted" (with `reason`) or "warning" (with
+ * `kind` is "disconnected" (the kernel connection ended), "halted" (with `reason`) or "warning" (with
  * `reason` and `name`, which names the warning for scripts).
  */
 export interface NativeEvent {
@@ -77,6 +81,6 @@ export interface NativeStats {
 
 /**
  * Mounts `options.mountpoint` and serves it; resolves once the kernel's
- * INIT was answered. `onEvent` hears "unmounted" and "halted".
+ * INIT was answered. `onEvent` hears "disconnected", "halted" and "warning".
  */
 export declare function startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<NativeExport>

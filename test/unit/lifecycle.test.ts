@@ -41,7 +41,10 @@ function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
         },
         unmount: () => void calls.push('unmount'),
         abort: () => void calls.push('abort'),
-        stop: async () => void calls.push('stop'),
+        stop: async () => {
+          calls.push('stop');
+          return 0;
+        },
       };
     },
     detachMount: (path) => void calls.push(`detach:${path}`),
@@ -150,7 +153,7 @@ test('an unmount from outside is a clean stop', async (t) => {
   const core = fakeCore();
   const exp = await FuseExport.start(scratch(t), {}, core);
   const stopped = new Promise<StoppedEvent>((r) => exp.once('stopped', r));
-  core.emit({ kind: 'unmounted' });
+  core.emit({ kind: 'disconnected' });
   t.is((await stopped).reason, 'unmounted');
   t.is(exp.state, 'stopped');
 });

@@ -66,6 +66,8 @@ export interface Core {
 export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'resume' | 'halt' | 'unmount' | 'abort' | 'stop'>;
 
 const DRAIN_POLL_MS = 2;
+/** How long the I/O threads get to finish once told to stop. */
+const STOP_GRACE_MS = 2000;
 const OWNER = 'owner';
 const CONNECTION = 'connection';
 
@@ -202,8 +204,13 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
    * the file get ENOTCONN. For a second signal, or a drain that never ends.
    */
   abort(): void {
+    if (this.#aborted || this.#machine.is('stopped')) return;
     this.#aborted = true;
-    if (!this.#machine.is('stopped')) this.#core.abort();
+    try {
+      this.#core.abort();
+    } catch (error) {
+      this.emit('warning', { message: (error as Error).message, event: 'abort-failed' });
+    }
   }
 
   /** Stops taking requests for good (the reason is reported), then stops. */
@@ -219,7 +226,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       this.#machine.move('halted');
       this.emit('halted', { reason });
       void this.stop('halted');
-    } else if (event.kind === 'unmounted') {
+    } else if (event.kind === 'disconnected') {
       this.#dropConnection();
       void this.stop('unmounted');
     } else if (event.kind === 'warning') {
@@ -248,7 +255,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     this.#dropOwner();
     await this.#released;
     this.stats();
-    await this.#core.stop();
+    await this.#core.stop(STOP_GRACE_MS);
     releaseMountpoint(this.info.mountpoint);
     this.#machine.move('stopped');
     const stopped: StoppedEvent = { ...this.#lastStats, reason: this.#haltReason ? 'halted' : reason, abandoned };

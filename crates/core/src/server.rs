@@ -67,9 +67,6 @@ pub struct Server {
     info: StartInfo,
 }
 
-/// How long a stop waits for parked ring entries to come back after the
-/// unmount before it aborts the connection (someone still holds the file).
-const PARKED_GRACE: Duration = Duration::from_secs(2);
 /// How long `start()` waits for the ring queues to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -272,26 +269,37 @@ impl Server {
         mount::unmount(&self.mountpoint, true)
     }
 
-    /// Ends the threads after their requests finished; the descriptors close
-    /// with them, which ends the connection for anyone still holding it.
-    pub fn stop(&mut self) {
+    /// Tells the I/O threads to finish what they hold and waits at most
+    /// `wait` for them. Returns how many are still running: those keep their
+    /// memory (the kernel may still write into it) and are left to end on
+    /// their own. How long to wait, and whether to abort first, is the
+    /// caller's policy.
+    pub fn stop(&mut self, wait: Duration) -> usize {
         self.control.stop();
-        let deadline = std::time::Instant::now() + PARKED_GRACE;
+        let deadline = std::time::Instant::now() + wait;
         while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if self.threads.iter().any(|t| !t.is_finished()) {
-            self.abort_connection();
+        let (finished, running): (Vec<_>, Vec<_>) = self.threads.drain(..).partition(|t| t.is_finished());
+        for handle in finished {
+            let _ = handle.join();
         }
-        self.join();
+        running.len()
     }
 
     /// Ends the connection from the kernel's side: parked ring entries and
     /// waiting callers get ENOTCONN.
-    pub fn abort_connection(&self) {
-        if let Some(connection) = self.connection {
-            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{connection}/abort"), "1");
-        }
+    pub fn abort_connection(&self) -> Result<(), String> {
+        let connection = self.connection.ok_or("the connection's number is unknown, so it cannot be aborted")?;
+        let control = format!("/sys/fs/fuse/connections/{connection}/abort");
+        std::fs::write(&control, "1").map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (is the fusectl file system mounted? mount -t fusectl none /sys/fs/fuse/connections)"
+            } else {
+                ""
+            };
+            format!("Failed to abort the FUSE connection through {control}: {}{hint}", crate::image::describe(&e))
+        })
     }
 
     fn join(&mut self) {
@@ -302,8 +310,10 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Threads that are still serving are left running, never joined here:
+    /// joining could wait forever on a connection someone still holds.
     fn drop(&mut self) {
-        self.stop();
+        self.stop(Duration::ZERO);
     }
 }
 

@@ -49,7 +49,7 @@ pub struct NativeStats {
     pub in_flight: f64,
 }
 
-/// `kind` is "unmounted", "halted" (with `reason`) or "warning" (with
+/// `kind` is "disconnected" (the kernel connection ended), "halted" (with `reason`) or "warning" (with
 /// `reason` and `name`, which names the warning for scripts).
 #[napi(object)]
 pub struct NativeEvent {
@@ -104,7 +104,7 @@ impl Task for StartTask {
         let events = self.events.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
         let sink = Box::new(move |event: Event| {
             let event = match event {
-                Event::Unmounted => NativeEvent { kind: "unmounted".into(), reason: None, name: None },
+                Event::Disconnected => NativeEvent { kind: "disconnected".into(), reason: None, name: None },
                 Event::Halted(reason) => NativeEvent { kind: "halted".into(), reason: Some(reason), name: None },
                 Event::Warning { kind, message } => {
                     NativeEvent { kind: "warning".into(), reason: Some(message), name: Some(kind.into()) }
@@ -121,7 +121,7 @@ impl Task for StartTask {
 }
 
 /// Mounts `options.mountpoint` and serves it; resolves once the kernel's
-/// INIT was answered. `onEvent` hears "unmounted" and "halted".
+/// INIT was answered. `onEvent` hears "disconnected", "halted" and "warning".
 #[napi(ts_return_type = "Promise<NativeExport>")]
 pub fn start_export(
     options: NativeOptions,
@@ -144,22 +144,20 @@ pub struct NativeExport {
 
 pub struct StopTask {
     server: Arc<Mutex<Option<Server>>>,
+    wait: std::time::Duration,
 }
 
 impl Task for StopTask {
-    type Output = ();
-    type JsValue = ();
+    type Output = u32;
+    type JsValue = u32;
 
-    fn compute(&mut self) -> Result<()> {
+    fn compute(&mut self) -> Result<u32> {
         let server = self.server.lock().unwrap().take();
-        if let Some(mut server) = server {
-            server.stop();
-        }
-        Ok(())
+        Ok(server.map_or(0, |mut server| server.stop(self.wait) as u32))
     }
 
-    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
-        Ok(())
+    fn resolve(&mut self, _env: Env, left: u32) -> Result<u32> {
+        Ok(left)
     }
 }
 
@@ -223,10 +221,10 @@ impl NativeExport {
     }
 
     /// Ends the connection from the kernel's side (waiting callers get
-    /// ENOTCONN).
+    /// ENOTCONN). Throws when the kernel refuses.
     #[napi]
     pub fn abort(&self) -> Result<()> {
-        self.with(Server::abort_connection)
+        self.with(Server::abort_connection)?.map_err(Error::from_reason)
     }
 
     #[napi]
@@ -234,9 +232,12 @@ impl NativeExport {
         self.with(Server::unmount)?.map_err(Error::from_reason)
     }
 
-    /// Joins the I/O threads and releases everything; safe to call twice.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn stop(&self) -> AsyncTask<StopTask> {
-        AsyncTask::new(StopTask { server: self.server.clone() })
+    /// Tells the I/O threads to finish, waits at most `waitMs` for them and
+    /// releases what they left; resolves with how many are still running
+    /// (left to end on their own, their memory kept). Safe to call twice.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn stop(&self, wait_ms: u32) -> AsyncTask<StopTask> {
+        let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+        AsyncTask::new(StopTask { server: self.server.clone(), wait })
     }
 }

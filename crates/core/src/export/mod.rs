@@ -22,8 +22,9 @@ use std::sync::Mutex;
 /// Something JavaScript must hear about; never a single request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The connection went away (unmounted from outside, or aborted).
-    Unmounted,
+    /// The kernel connection ended: unmounted (from outside, or by us once
+    /// the last user closed the file), or aborted.
+    Disconnected,
     /// A fatal error: no more requests are taken.
     Halted(String),
     /// Something the user should know that does not stop the export;
@@ -143,7 +144,7 @@ impl Export {
     /// The connection is gone; reported once however many threads see it.
     pub fn connection_lost(&self) {
         if !self.unmounted.swap(true, Ordering::AcqRel) {
-            (self.events)(Event::Unmounted);
+            (self.events)(Event::Disconnected);
         }
     }
 

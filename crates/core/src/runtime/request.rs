@@ -31,6 +31,14 @@ pub fn begin(export: &Export, decoded: Result<Request, Malformed>, via_ring: boo
     Some((request.header.unique, step))
 }
 
+/// Answers a request that arrives while stopping with EIO, as the kernel
+/// would at unmount.
+pub fn refuse(export: &Export, decoded: Result<Request, Malformed>, via_ring: bool) -> Option<(u64, Step)> {
+    let request = decoded.ok()?;
+    export.counters.local().request_started(via_ring);
+    Some((request.header.unique, Step::Reply(Reply::error(libc::EIO))))
+}
+
 /// Carries out a step: image I/O goes on the ring, reading into or writing
 /// from `payload`, with `token` as its user_data; `pending` keeps it.
 pub fn drive(

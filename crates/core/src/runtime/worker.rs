@@ -110,9 +110,9 @@ impl Worker {
 
     fn refresh(&mut self) {
         let export = &*self.export;
-        let accept = self.admission() == Admission::Serve && !export.is_halted() && !export.connection_is_lost();
-        self.legacy.refresh(&mut self.queue, accept);
         let admission = self.admission();
+        let accept = admission != Admission::Refuse && !export.connection_is_lost();
+        self.legacy.refresh(&mut self.queue, export, accept, admission);
         for ring in &mut self.rings {
             ring.refresh(&mut self.queue, export, admission);
         }
@@ -158,7 +158,7 @@ impl Worker {
         let queue = &mut self.queue;
         let ring = (channel as usize).wrapping_sub(1);
         match tag {
-            Tag::FuseRead => self.legacy.on_read(queue, export, slot, result),
+            Tag::FuseRead => self.legacy.on_read(queue, export, slot, result, admission),
             Tag::ImageIo if channel == LEGACY_CHANNEL => self.legacy.on_image_io(queue, export, slot, result),
             Tag::ImageIo => self.rings[ring].on_image_io(queue, export, slot, result),
             Tag::Reply => {

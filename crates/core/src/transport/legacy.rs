@@ -1,7 +1,10 @@
 //! The classic transport: requests read from a /dev/fuse descriptor (one
 //! cloned fd per I/O thread), replies written back to the same fd, both as
 //! SQEs on the thread's ring. One read is armed at a time; many requests can
-//! be in flight in the other slots while their image I/O runs.
+//! be in flight in the other slots while their image I/O runs. The read
+//! stays armed while paused (requests are held until resumed) and while
+//! halted (they are answered EIO), so that the end of the connection is
+//! always seen.
 
 use crate::export::io::ImageIo;
 use crate::export::{Export, Step};
@@ -13,6 +16,7 @@ use crate::runtime::request::{self, Outcome};
 use crate::runtime::buffer::{AlignedBuffer, PAGE};
 use crate::runtime::queue::Queue;
 use crate::runtime::token::{encode, Tag};
+use crate::transport::uring::Admission;
 use io_uring::{opcode, types};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -34,6 +38,8 @@ pub const SLOTS_PER_CHANNEL: usize = 32;
 struct Slot {
     buffer: AlignedBuffer,
     unique: u64,
+    /// Bytes of the request read into the buffer.
+    len: usize,
     /// INIT's reply must be written before ring queues may register.
     is_init: bool,
     io: Option<ImageIo>,
@@ -50,6 +56,7 @@ impl Slot {
         Self {
             buffer: AlignedBuffer::new(PAYLOAD_OFFSET + MAX_WRITE as usize),
             unique: 0,
+            len: 0,
             is_init: false,
             io: None,
             reply_head: [0; REPLY_HEAD_LEN],
@@ -71,18 +78,25 @@ pub struct LegacyChannel {
     /// The slot whose read is outstanding.
     armed: Option<u32>,
     cancelling: bool,
+    /// Slots holding a request that arrived while paused.
+    deferred: Vec<u32>,
 }
 
 impl LegacyChannel {
     pub fn new(index: u16, fd: OwnedFd) -> Self {
         let slots = (0..SLOTS_PER_CHANNEL).map(|_| Slot::new()).collect();
         let free = (0..SLOTS_PER_CHANNEL as u32).rev().collect();
-        Self { index, fd, slots, free, armed: None, cancelling: false }
+        Self { index, fd, slots, free, armed: None, cancelling: false, deferred: Vec::new() }
     }
 
-    /// Keeps one read outstanding while requests are wanted, and cancels it
-    /// when they are not.
-    pub fn refresh(&mut self, queue: &mut Queue, accept: bool) {
+    /// Keeps one read outstanding while the connection is read (`accept`),
+    /// cancels it when not, and takes up requests held while paused.
+    pub fn refresh(&mut self, queue: &mut Queue, export: &Export, accept: bool, admission: Admission) {
+        if admission != Admission::Defer {
+            for slot in std::mem::take(&mut self.deferred) {
+                self.admit(queue, export, slot, admission);
+            }
+        }
         match (accept, self.armed) {
             (true, None) => {
                 let Some(slot) = self.free.pop() else { return };
@@ -107,7 +121,7 @@ impl LegacyChannel {
     }
 
     /// A read of /dev/fuse completed.
-    pub fn on_read(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32) {
+    pub fn on_read(&mut self, queue: &mut Queue, export: &Export, slot: u32, result: i32, admission: Admission) {
         self.armed = None;
         self.cancelling = false;
         if result < 0 {
@@ -119,9 +133,19 @@ impl LegacyChannel {
             }
             return;
         }
-        let message = self.slots[slot as usize].buffer.bytes(READ_OFFSET, result as usize);
+        self.slots[slot as usize].len = result as usize;
+        self.admit(queue, export, slot, admission);
+    }
+
+    fn admit(&mut self, queue: &mut Queue, export: &Export, slot: u32, admission: Admission) {
+        let message = self.slots[slot as usize].buffer.bytes(READ_OFFSET, self.slots[slot as usize].len);
         let decoded = decode_message(message);
-        let Some((unique, step)) = request::begin(export, decoded, false) else {
+        let started = match admission {
+            Admission::Defer => return self.deferred.push(slot),
+            Admission::Serve => request::begin(export, decoded, false),
+            Admission::Refuse => request::refuse(export, decoded, false),
+        };
+        let Some((unique, step)) = started else {
             self.free.push(slot);
             return;
         };

@@ -4,7 +4,7 @@
 //! the same ring, straight into or out of the entry's payload buffer.
 
 use crate::export::io::ImageIo;
-use crate::export::{Export, Step};
+use crate::export::Export;
 use crate::image::describe;
 use crate::protocol::abi::*;
 use crate::protocol::request::decode_ring_entry;
@@ -271,10 +271,7 @@ impl RingQueue {
         let step = match admission {
             Admission::Defer => return self.deferred.push(index),
             Admission::Serve => request::begin(export, decoded, true),
-            Admission::Refuse => decoded.ok().map(|r| {
-                export.counters.local().request_started(true);
-                (r.header.unique, Step::Reply(Reply::error(libc::EIO)))
-            }),
+            Admission::Refuse => request::refuse(export, decoded, true),
         };
         let Some((unique, step)) = step else {
             // The header could not be read: the export halted; the entry
