@@ -1,5 +1,6 @@
 // The life cycle against a fake core: states, references, drain, halt,
-// double stop, start failures. No kernel involved.
+// double stop, start failures, and the stop policy (one deadline, one
+// abort, every give-up a warning). No kernel involved.
 import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,18 +12,34 @@ import { FuseExport, SetupError, type ExportOptions, type ExportWarning, type Ex
 import type { Core, CoreExport } from '../../ts/lifecycle/export.js';
 import type { NativeEvent } from '../../ts/native.js';
 
-/** A core that records the calls made to it; the test drives its events and in-flight count. */
+/**
+ * A core that records the calls made to it and behaves as the Rust core
+ * does: the connection ends ('disconnected', a moment later) after the
+ * unmount, unless the file is still open somewhere (`busy`), and after an
+ * abort, unless it fails (`abortError`). The test drives the rest.
+ */
 interface FakeCore extends Core {
   calls: string[];
   inFlight: number;
+  busy: boolean;
+  abortError: string | undefined;
+  /** What stop() resolves with: I/O threads still running. */
+  threadsLeft: number;
+  /** The waitMs each stop() was given. */
+  stopWaits: number[];
   emit: (event: NativeEvent) => void;
 }
 
 function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
   const calls: string[] = [];
+  const disconnectSoon = () => setImmediate(() => core.emit({ kind: 'disconnected' }));
   const core: FakeCore = {
     calls,
     inFlight: 0,
+    busy: false,
+    abortError: undefined,
+    threadsLeft: 0,
+    stopWaits: [],
     emit: () => {
       throw new Error('the export was not started');
     },
@@ -39,17 +56,32 @@ function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
           calls.push(`halt:${reason}`);
           core.emit({ kind: 'halted', reason });
         },
-        unmount: () => void calls.push('unmount'),
-        abort: () => void calls.push('abort'),
-        stop: async () => {
+        unmount: () => {
+          calls.push('unmount');
+          if (!core.busy) disconnectSoon();
+        },
+        abort: () => {
+          calls.push('abort');
+          if (core.abortError !== undefined) throw new Error(core.abortError);
+          disconnectSoon();
+        },
+        stop: async (waitMs) => {
           calls.push('stop');
-          return 0;
+          core.stopWaits.push(waitMs);
+          return core.threadsLeft;
         },
       };
     },
     detachMount: (path) => void calls.push(`detach:${path}`),
   };
   return core;
+}
+
+/** The warnings an export emits, from now on. */
+function warningsOf(exp: FuseExport): ExportWarning[] {
+  const warnings: ExportWarning[] = [];
+  exp.on('warning', (w) => warnings.push(w));
+  return warnings;
 }
 
 function scratch(t: ExecutionContext): ExportOptions {
@@ -68,8 +100,10 @@ test('a stop drains, unmounts and releases, in that order', async (t) => {
   const states: ExportState[] = [];
   exp.on('state', ({ to }) => states.push(to));
   t.is(exp.state, 'serving');
+  const warnings = warningsOf(exp);
   const stopped = await exp.stop();
   t.deepEqual(core.calls, ['start', 'pause', 'unmount', 'stop']);
+  t.deepEqual(warnings, [], 'a clean stop warns of nothing');
   t.deepEqual(states, ['draining', 'stopped']);
   t.is(stopped.reason, 'api');
   t.is(stopped.legacyRequests, 7);
@@ -206,4 +240,111 @@ test('set-up warnings reach onWarning before start() resolves, or come as events
   const warning = await new Promise<ExportWarning>((r) => later.once('warning', r));
   t.is(warning.message, 'allow_other is not permitted');
   await later.stop();
+});
+
+test('the connection reference is dropped when the connection really ends, not at the unmount', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, {}, core);
+  core.busy = true; // someone holds the file: the lazy unmount does not end the connection
+  const stopping = exp.stop();
+  await tick(50);
+  t.true(core.calls.includes('unmount'));
+  t.true(exp.holders().includes('connection'), 'still connected after the lazy unmount');
+  t.false(core.calls.includes('stop'));
+  core.emit({ kind: 'disconnected' });
+  await tick(10);
+  t.false(exp.holders().includes('connection'), "dropped on 'disconnected'");
+  await stopping;
+  t.deepEqual(core.calls, ['start', 'pause', 'unmount', 'stop']);
+});
+
+test('a connection that does not end by the deadline: connection-busy, one abort, then the stop finishes', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), {}, core);
+  const warnings = warningsOf(exp);
+  core.busy = true;
+  const started = Date.now();
+  await exp.stop();
+  const took = Date.now() - started;
+  t.true(took >= 190 && took < 1500, `stop took ${took} ms for a 200 ms shutdown timeout`);
+  t.deepEqual(core.calls, ['start', 'pause', 'unmount', 'abort', 'stop']);
+  t.deepEqual(warnings.map((w) => w.event), ['connection-busy']);
+  t.regex(warnings[0]!.message, /still open somewhere/);
+});
+
+test('abort is called at most once: the drain timeout, a busy connection and a second signal share one', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), {}, core);
+  const warnings = warningsOf(exp);
+  core.inFlight = 2;
+  core.busy = true;
+  core.abortError = 'refused'; // so no 'disconnected' ever comes: every rule would want to abort again
+  const stopped = await exp.stop();
+  exp.abort();
+  t.is(core.calls.filter((c) => c === 'abort').length, 1);
+  t.is(stopped.abandoned, 2);
+  t.deepEqual(warnings.map((w) => w.event), ['drain-timeout', 'abort-failed']);
+
+  const again = fakeCore();
+  const second = await FuseExport.start(scratch(t), {}, again);
+  again.busy = true;
+  again.abortError = 'refused';
+  second.abort(); // a second signal before the stop, and a third
+  second.abort();
+  await second.stop();
+  t.is(again.calls.filter((c) => c === 'abort').length, 1);
+});
+
+test('a failed abort is reported with the core message and the stop still finishes', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), {}, core);
+  const warnings = warningsOf(exp);
+  core.inFlight = 1;
+  core.busy = true;
+  core.abortError = 'Failed to abort the FUSE connection through /sys/fs/fuse/connections/42/abort: No such file';
+  const started = Date.now();
+  const stopped = await exp.stop();
+  t.true(Date.now() - started < 1500, 'within about the shutdown timeout');
+  t.deepEqual(warnings.map((w) => w.event), ['drain-timeout', 'abort-failed']);
+  t.is(warnings[1]!.message, core.abortError);
+  t.is(stopped.reason, 'api');
+  t.is(exp.state, 'stopped');
+  t.is(core.calls.filter((c) => c === 'abort').length, 1);
+  t.true(core.calls.includes('stop'));
+});
+
+test('a reference never released: the stop resolves after about the shutdown timeout, naming the holder', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start(scratch(t), {}, core);
+  const warnings = warningsOf(exp);
+  exp.ref('backup-job');
+  const started = Date.now();
+  const stopped = await exp.stop();
+  const took = Date.now() - started;
+  t.true(took >= 190 && took < 1500, `stop took ${took} ms for a 200 ms shutdown timeout`);
+  t.is(stopped.reason, 'api');
+  t.deepEqual(warnings.map((w) => w.event), ['references-held']);
+  t.regex(warnings[0]!.message, /still held by backup-job/);
+  t.deepEqual(warnings[0]!.holders, ['backup-job']);
+  t.false(core.calls.includes('abort'), 'a reference is no reason to abort');
+  t.deepEqual(core.calls.slice(-2), ['unmount', 'stop']);
+  t.throws(() => exp.ref('late'), { message: /already stopped/ }, 'no new reference once stopped');
+});
+
+test('the I/O threads get the time left until the deadline, at least 1000 ms; threads left are reported', async (t) => {
+  const core = fakeCore();
+  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, {}, core);
+  await exp.stop();
+  t.true(core.stopWaits[0]! > 4000 && core.stopWaits[0]! <= 5000, `waitMs ${core.stopWaits[0]}`);
+
+  const late = fakeCore();
+  late.threadsLeft = 2;
+  const short = await FuseExport.start(scratch(t), {}, late);
+  const warnings = warningsOf(short);
+  short.ref('slow');
+  await short.stop(); // the deadline passes waiting for 'slow'
+  t.is(late.stopWaits[0], 1000, 'at least 1000 ms even past the deadline');
+  t.deepEqual(warnings.map((w) => w.event), ['references-held', 'threads-left']);
+  t.is(warnings[1]!.threads, 2);
+  t.regex(warnings[1]!.message, /2 I\/O thread\(s\) still running/);
 });

@@ -38,7 +38,7 @@ const OPTIONS = {
   'shutdown-timeout': {
     type: 'number',
     default: DEFAULTS.shutdownTimeout / 1000,
-    describe: 'seconds a stop waits for in-flight requests',
+    describe: 'seconds a stop may take (drain, connection, references) before it aborts the connection',
   },
   'log-format': {
     choices: ['json', 'pretty'] as const,
