@@ -84,6 +84,16 @@ function warningsOf(exp: FuseExport): ExportWarning[] {
   return warnings;
 }
 
+/** How the fake core behaves: see FakeCore. */
+type Behaviour = Partial<Pick<FakeCore, 'inFlight' | 'busy' | 'abortError' | 'threadsLeft'>>;
+
+/** A fake core that behaves so, an export started on it, and the export's warnings. */
+async function startFake(t: ExecutionContext, behaviour: Behaviour = {}, options: Partial<ExportOptions> = {}) {
+  const core = Object.assign(fakeCore(), behaviour);
+  const exp = await FuseExport.start({ ...scratch(t), ...options }, {}, core);
+  return { core, exp, warnings: warningsOf(exp) };
+}
+
 function scratch(t: ExecutionContext): ExportOptions {
   const dir = mkdtempSync(join(tmpdir(), 'fuse-export-unit-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -243,9 +253,8 @@ test('set-up warnings reach onWarning before start() resolves, or come as events
 });
 
 test('the connection reference is dropped when the connection really ends, not at the unmount', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, {}, core);
-  core.busy = true; // someone holds the file: the lazy unmount does not end the connection
+  // Someone holds the file: the lazy unmount does not end the connection.
+  const { core, exp } = await startFake(t, { busy: true }, { shutdownTimeout: 5000 });
   const stopping = exp.stop();
   await tick(50);
   t.true(core.calls.includes('unmount'));
@@ -259,10 +268,7 @@ test('the connection reference is dropped when the connection really ends, not a
 });
 
 test('a connection that does not end by the deadline: connection-busy, one abort, then the stop finishes', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), {}, core);
-  const warnings = warningsOf(exp);
-  core.busy = true;
+  const { core, exp, warnings } = await startFake(t, { busy: true });
   const started = Date.now();
   await exp.stop();
   const took = Date.now() - started;
@@ -273,22 +279,15 @@ test('a connection that does not end by the deadline: connection-busy, one abort
 });
 
 test('abort is called at most once: the drain timeout, a busy connection and a second signal share one', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), {}, core);
-  const warnings = warningsOf(exp);
-  core.inFlight = 2;
-  core.busy = true;
-  core.abortError = 'refused'; // so no 'disconnected' ever comes: every rule would want to abort again
+  // A refused abort: no 'disconnected' ever comes, so every rule would want to abort again.
+  const { core, exp, warnings } = await startFake(t, { inFlight: 2, busy: true, abortError: 'refused' });
   const stopped = await exp.stop();
   exp.abort();
   t.is(core.calls.filter((c) => c === 'abort').length, 1);
   t.is(stopped.abandoned, 2);
   t.deepEqual(warnings.map((w) => w.event), ['drain-timeout', 'abort-failed']);
 
-  const again = fakeCore();
-  const second = await FuseExport.start(scratch(t), {}, again);
-  again.busy = true;
-  again.abortError = 'refused';
+  const { core: again, exp: second } = await startFake(t, { busy: true, abortError: 'refused' });
   second.abort(); // a second signal before the stop, and a third
   second.abort();
   await second.stop();
@@ -296,17 +295,13 @@ test('abort is called at most once: the drain timeout, a busy connection and a s
 });
 
 test('a failed abort is reported with the core message and the stop still finishes', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), {}, core);
-  const warnings = warningsOf(exp);
-  core.inFlight = 1;
-  core.busy = true;
-  core.abortError = 'Failed to abort the FUSE connection through /sys/fs/fuse/connections/42/abort: No such file';
+  const abortError = 'Failed to abort the FUSE connection through /sys/fs/fuse/connections/42/abort: No such file';
+  const { core, exp, warnings } = await startFake(t, { inFlight: 1, busy: true, abortError });
   const started = Date.now();
   const stopped = await exp.stop();
   t.true(Date.now() - started < 1500, 'within about the shutdown timeout');
   t.deepEqual(warnings.map((w) => w.event), ['drain-timeout', 'abort-failed']);
-  t.is(warnings[1]!.message, core.abortError);
+  t.is(warnings[1]!.message, abortError);
   t.is(stopped.reason, 'api');
   t.is(exp.state, 'stopped');
   t.is(core.calls.filter((c) => c === 'abort').length, 1);
@@ -314,9 +309,7 @@ test('a failed abort is reported with the core message and the stop still finish
 });
 
 test('a reference never released: the stop resolves after about the shutdown timeout, naming the holder', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start(scratch(t), {}, core);
-  const warnings = warningsOf(exp);
+  const { core, exp, warnings } = await startFake(t);
   exp.ref('backup-job');
   const started = Date.now();
   const stopped = await exp.stop();
@@ -332,15 +325,11 @@ test('a reference never released: the stop resolves after about the shutdown tim
 });
 
 test('the I/O threads get the time left until the deadline, at least 1000 ms; threads left are reported', async (t) => {
-  const core = fakeCore();
-  const exp = await FuseExport.start({ ...scratch(t), shutdownTimeout: 5000 }, {}, core);
+  const { core, exp } = await startFake(t, {}, { shutdownTimeout: 5000 });
   await exp.stop();
   t.true(core.stopWaits[0]! > 4000 && core.stopWaits[0]! <= 5000, `waitMs ${core.stopWaits[0]}`);
 
-  const late = fakeCore();
-  late.threadsLeft = 2;
-  const short = await FuseExport.start(scratch(t), {}, late);
-  const warnings = warningsOf(short);
+  const { core: late, exp: short, warnings } = await startFake(t, { threadsLeft: 2 });
   short.ref('slow');
   await short.stop(); // the deadline passes waiting for 'slow'
   t.is(late.stopWaits[0], 1000, 'at least 1000 ms even past the deadline');
