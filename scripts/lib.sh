@@ -54,3 +54,14 @@ ensure_build() {
     chmod +x dist/cli/main.js
   fi
 }
+
+# The generated loader (native/index.cjs, native/index.d.cts) is committed:
+# fails when it differs from what the last build generated. Only inside a
+# git work tree (an unpacked tarball has nothing to compare with).
+check_generated_loader() {
+  git rev-parse --is-inside-work-tree >/dev/null 2>&1 || return 0
+  if ! git diff --exit-code -- native/index.cjs native/index.d.cts; then
+    echo "native/index.cjs or native/index.d.cts differ from what the build generated: commit the generated files" >&2
+    return 1
+  fi
+}

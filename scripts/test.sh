@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # `npm test`: installs the Debian test tools it uses, builds when needed,
-# then runs the Rust unit tests and the end-to-end suite (which mounts for
-# real: run it as root on Linux with /dev/fuse).
+# then runs the Rust unit tests, type-checks the ava specs (TypeScript, run
+# through tsx) and runs the end-to-end suite (which mounts for real: run it
+# as root on Linux with /dev/fuse).
 source "$(dirname "$0")/lib.sh"
 ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3
 ensure_rust
 ensure_build test-faults
+check_generated_loader
 cargo test --workspace --quiet
+# A type error in a spec (or a core interface the fake core no longer fits) fails here.
+npm run --silent typecheck:test
 npx ava "$@"

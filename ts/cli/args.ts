@@ -1,6 +1,6 @@
 // The command line: `fuse-export [options] <image> <mountpoint>`.
 import { createRequire } from 'node:module';
-import yargs from 'yargs';
+import yargs, { type Options } from 'yargs';
 import { CACHE_MODES, DEFAULTS, SWITCHES, type CacheMode, type ExportOptions, type Switch } from '../options.js';
 import { LOG_LEVELS, type LogFormat, type LogLevel } from './logger.js';
 
@@ -14,55 +14,60 @@ export interface CliArgs {
   quiet: boolean;
 }
 
+/** The options (all of them take a value but the booleans). */
+const OPTIONS = {
+  writable: { type: 'boolean', default: DEFAULTS.writable, describe: 'allow writes' },
+  growable: { type: 'boolean', default: DEFAULTS.growable, describe: 'writes past the end grow the image' },
+  'allow-other': {
+    choices: SWITCHES,
+    default: DEFAULTS.allowOther,
+    describe: 'let other users in (auto: when permitted)',
+  },
+  'io-uring': {
+    choices: SWITCHES,
+    default: DEFAULTS.ioUring,
+    describe: 'serve over FUSE-over-io_uring (auto: when the kernel offers it)',
+  },
+  threads: { type: 'number', default: DEFAULTS.threads, describe: 'I/O threads' },
+  'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
+  cache: {
+    choices: CACHE_MODES,
+    default: DEFAULTS.cache,
+    describe: 'direct: O_DIRECT on the image; writeback: through the page cache',
+  },
+  'shutdown-timeout': {
+    type: 'number',
+    default: DEFAULTS.shutdownTimeout / 1000,
+    describe: 'seconds a stop may take (drain, connection, references) before it aborts the connection',
+  },
+  'log-format': {
+    choices: ['json', 'pretty'] as const,
+    default: process.stderr.isTTY ? 'pretty' : 'json',
+    describe: 'log lines on stderr',
+  },
+  'log-level': { choices: LOG_LEVELS, default: 'info' as LogLevel },
+  pidfile: { type: 'string', describe: 'write the process id here once ready' },
+  'stats-interval': {
+    type: 'number',
+    default: 0,
+    describe: 'log counters (IOPS, bytes, in flight) every S seconds; on a terminal, a live status line',
+  },
+  quiet: { type: 'boolean', default: false, alias: 'q', describe: 'log only warnings and errors' },
+} satisfies Record<string, Options>;
+
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
 /** Parses argv; bad usage goes to `fail` with the message to print. */
 export function parseArgs(argv: string[], fail: (message: string) => never): CliArgs {
+  const unknown = unknownOption(argv);
+  if (unknown !== undefined) fail(`Unknown option: ${unknown}`);
   const parsed = yargs(argv)
     .scriptName('fuse-export')
     .usage('$0 [options] <image> <mountpoint>\n\nPresent a disk image or block device as one regular file through FUSE.')
     .command('$0 <image> <mountpoint>', false)
     .positional('image', { type: 'string', describe: 'disk image file or block device to export' })
     .positional('mountpoint', { type: 'string', describe: 'existing regular file that becomes the image' })
-    .options({
-      writable: { type: 'boolean', default: DEFAULTS.writable, describe: 'allow writes' },
-      growable: { type: 'boolean', default: DEFAULTS.growable, describe: 'writes past the end grow the image' },
-      'allow-other': {
-        choices: SWITCHES,
-        default: DEFAULTS.allowOther,
-        describe: 'let other users in (auto: when permitted)',
-      },
-      'io-uring': {
-        choices: SWITCHES,
-        default: DEFAULTS.ioUring,
-        describe: 'serve over FUSE-over-io_uring (auto: when the kernel offers it)',
-      },
-      threads: { type: 'number', default: DEFAULTS.threads, describe: 'I/O threads' },
-      'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
-      cache: {
-        choices: CACHE_MODES,
-        default: DEFAULTS.cache,
-        describe: 'direct: O_DIRECT on the image; writeback: through the page cache',
-      },
-      'shutdown-timeout': {
-        type: 'number',
-        default: DEFAULTS.shutdownTimeout / 1000,
-        describe: 'seconds a stop waits for in-flight requests',
-      },
-      'log-format': {
-        choices: ['json', 'pretty'] as const,
-        default: process.stderr.isTTY ? 'pretty' : 'json',
-        describe: 'log lines on stderr',
-      },
-      'log-level': { choices: LOG_LEVELS, default: 'info' as LogLevel },
-      pidfile: { type: 'string', describe: 'write the process id here once ready' },
-      'stats-interval': {
-        type: 'number',
-        default: 0,
-        describe: 'log counters (IOPS, bytes, in flight) every S seconds; on a terminal, a live status line',
-      },
-      quiet: { type: 'boolean', default: false, alias: 'q', describe: 'log only warnings and errors' },
-    })
+    .options(OPTIONS)
     .strict()
     .version(version)
     .help()
@@ -92,4 +97,36 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
     statsInterval: number('stats-interval', parsed['stats-interval']),
     quiet: parsed.quiet,
   };
+}
+
+const camel = (name: string): string => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/**
+ * The first option on the command line that is not ours. Checked before
+ * yargs parses: yargs would take `--bogus image mnt` as --bogus=image and
+ * then complain about a missing positional instead.
+ */
+export function unknownOption(argv: readonly string[]): string | undefined {
+  const takesValue = new Set<string>();
+  const known = new Set(['help', 'h', 'version']);
+  for (const [name, option] of Object.entries(OPTIONS) as [string, Options][]) {
+    const names = [name, camel(name), ...[option.alias ?? []].flat()];
+    for (const n of names) {
+      known.add(n);
+      if (option.type === 'boolean') known.add(`no-${n}`);
+      else takesValue.add(n);
+    }
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') break;
+    if (!arg.startsWith('-') || arg === '-' || /^-\d/.test(arg)) continue;
+    const long = arg.startsWith('--');
+    const [name, value] = long ? arg.slice(2).split(/=(.*)/s, 2) : [arg.slice(1), undefined];
+    const names = long ? [name!] : [...name!];
+    for (const n of names) if (!known.has(n)) return long ? `--${n}` : `-${n}`;
+    // Its value is the next argument (which may start with a dash).
+    if (long && value === undefined && takesValue.has(name!)) i++;
+  }
+  return undefined;
 }

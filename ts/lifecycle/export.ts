@@ -66,8 +66,8 @@ export interface Core {
 export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'halt' | 'unmount' | 'abort' | 'stop'>;
 
 const DRAIN_POLL_MS = 2;
-/** How long the I/O threads get to finish once told to stop. */
-const STOP_GRACE_MS = 2000;
+/** The I/O threads get at least this long to finish, even past the deadline. */
+const MIN_THREAD_WAIT_MS = 1000;
 const OWNER = 'owner';
 const CONNECTION = 'connection';
 
@@ -81,6 +81,9 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   readonly #dropOwner: () => void;
   readonly #dropConnection: () => void;
   readonly #released: Promise<void>;
+  /** Settles when the core reports that the kernel connection really ended. */
+  readonly #disconnected: Promise<void>;
+  #onDisconnected!: () => void;
   #stopping: Promise<StoppedEvent> | undefined;
   #haltReason: string | undefined;
   #aborted = false;
@@ -96,6 +99,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     this.#references = new References(release);
     this.#dropOwner = this.#references.take(OWNER);
     this.#dropConnection = this.#references.take(CONNECTION);
+    this.#disconnected = new Promise((r) => (this.#onDisconnected = r));
   }
 
   /** Mounts and serves; resolves when the kernel talks to the export. */
@@ -181,6 +185,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
    * holder let go. Returns the function that drops it.
    */
   ref(holder: string): () => void {
+    if (this.#machine.is('stopped')) throw new Error('the export was already stopped');
     return this.#references.take(holder);
   }
 
@@ -190,9 +195,12 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   }
 
   /**
-   * Drains (no new requests; in-flight ones finish within the shutdown
-   * timeout), unmounts, and releases the export once no reference is left.
-   * Safe to call more than once: every call gets the same result.
+   * Drains (no new requests; in-flight ones finish), unmounts, waits for the
+   * kernel connection to end and for the references to be dropped, then
+   * releases the export. All of it within one deadline, the shutdown
+   * timeout: past it the connection is aborted (once) and a reference still
+   * held is reported and no longer waited for; warnings say what happened.
+   * Never hangs. Safe to call more than once: every call gets the same result.
    */
   stop(reason: StopReason = 'api'): Promise<StoppedEvent> {
     this.#stopping ??= this.#shutdown(reason);
@@ -204,12 +212,13 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
    * the file get ENOTCONN. For a second signal, or a drain that never ends.
    */
   abort(): void {
+    // Once only: a second abort cannot do better than the first.
     if (this.#aborted || this.#machine.is('stopped')) return;
     this.#aborted = true;
     try {
       this.#core.abort();
     } catch (error) {
-      this.emit('warning', { message: (error as Error).message, event: 'abort-failed' });
+      this.#warn('abort-failed', (error as Error).message);
     }
   }
 
@@ -227,6 +236,9 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       this.emit('halted', { reason });
       void this.stop('halted');
     } else if (event.kind === 'disconnected') {
+      // The connection really ended: after our unmount once the last user
+      // closed the file, after an abort, or unmounted from outside.
+      this.#onDisconnected();
       this.#dropConnection();
       void this.stop('unmounted');
     } else if (event.kind === 'warning') {
@@ -234,14 +246,20 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     }
   }
 
+  /**
+   * The stop policy, against one deadline: pause → drain → (abort once if the
+   * drain did not finish) → unmount → wait for the connection to end (abort
+   * once if it does not: the file is still open somewhere) → wait for the
+   * references → stop the I/O threads. Every give-up is a warning.
+   */
   async #shutdown(reason: StopReason): Promise<StoppedEvent> {
+    const timeout = this.options.shutdownTimeout;
+    const deadline = Date.now() + timeout;
     this.#machine.move('draining');
     this.#core.pause();
-    const abandoned = await this.#drain();
+    const abandoned = await this.#drain(deadline);
     if (abandoned > 0 && !this.#aborted) {
-      this.emit('warning', {
-        message: `${abandoned} request(s) still in flight after ${this.options.shutdownTimeout} ms; aborting the connection`,
-        event: 'drain-timeout',
+      this.#warn('drain-timeout', `${abandoned} request(s) still in flight after ${timeout} ms; aborting the connection`, {
         abandoned,
       });
       this.abort();
@@ -249,13 +267,36 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     try {
       this.#core.unmount();
     } catch (error) {
-      this.emit('warning', { message: (error as Error).message, event: 'unmount-failed' });
+      this.#warn('unmount-failed', (error as Error).message);
     }
+    if (!(await settlesBefore(this.#disconnected, deadline)) && !this.#aborted) {
+      this.#warn(
+        'connection-busy',
+        `The kernel connection did not end within ${timeout} ms (the file is still open somewhere); aborting it`,
+      );
+      this.abort();
+    }
+    // Ended, or given up on after the abort.
     this.#dropConnection();
     this.#dropOwner();
-    await this.#released;
+    if (!(await settlesBefore(this.#released, deadline))) {
+      const holders = this.#references.holders();
+      this.#warn(
+        'references-held',
+        `Stopping although the export is still held by ${holders.join(', ')} after ${timeout} ms`,
+        { holders },
+      );
+    }
     this.stats();
-    await this.#core.stop(STOP_GRACE_MS);
+    const threadWait = Math.max(deadline - Date.now(), MIN_THREAD_WAIT_MS);
+    const threadsLeft = await this.#core.stop(threadWait);
+    if (threadsLeft > 0) {
+      this.#warn(
+        'threads-left',
+        `${threadsLeft} I/O thread(s) still running after ${threadWait} ms; left to end on their own, their memory kept`,
+        { threads: threadsLeft },
+      );
+    }
     releaseMountpoint(this.info.mountpoint);
     this.#machine.move('stopped');
     const stopped: StoppedEvent = { ...this.#lastStats, reason: this.#haltReason ? 'halted' : reason, abandoned };
@@ -263,13 +304,27 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     return stopped;
   }
 
-  /** Waits until no request is in flight, the timeout passes, or an abort. */
-  async #drain(): Promise<number> {
-    const deadline = Date.now() + this.options.shutdownTimeout;
+  #warn(event: string, message: string, fields: Record<string, unknown> = {}): void {
+    this.emit('warning', { message, event, ...fields });
+  }
+
+  /** Waits until no request is in flight, the deadline passes, or an abort. */
+  async #drain(deadline: number): Promise<number> {
     for (;;) {
       const { inFlight } = this.#core.stats();
       if (inFlight === 0 || this.#aborted || Date.now() >= deadline) return inFlight;
       await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
     }
+  }
+}
+
+/** Whether `promise` settles before `deadline` (a Date.now() value); never waits past it. */
+async function settlesBefore(promise: Promise<unknown>, deadline: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<false>((r) => (timer = setTimeout(() => r(false), Math.max(deadline - Date.now(), 0))));
+  try {
+    return await Promise.race([promise.then(() => true), timedOut]);
+  } finally {
+    clearTimeout(timer);
   }
 }

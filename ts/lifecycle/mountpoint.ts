@@ -61,6 +61,16 @@ function errnoOf(error: unknown): string | undefined {
   return (error as NodeJS.ErrnoException | undefined)?.code;
 }
 
+/** Node's message without its trailing ", stat '/the/path'" (we name the path ourselves). */
+function withoutPath(error: unknown): string {
+  return (error as Error).message.replace(/, \w+ '.*'$/s, '');
+}
+
+/** The path as a shell word, for a command the user may paste. */
+function shellQuote(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+
 /**
  * Returns the absolute mountpoint once it is fit to mount on. Looks the
  * path up in the mount table *before* touching it: a stat of our own mount
@@ -95,7 +105,13 @@ export async function prepareMountpoint(path: string, hooks: MountpointHooks): P
   try {
     info = await stat(mountpoint);
   } catch (error) {
-    throw new SetupError(`Failed to stat ${mountpoint}: ${(error as Error).message}`);
+    if (errnoOf(error) === 'ENOENT') {
+      throw new SetupError(
+        `Failed to stat ${mountpoint}: the mountpoint does not exist. ` +
+          `Create it as an empty regular file first: touch ${shellQuote(mountpoint)}`,
+      );
+    }
+    throw new SetupError(`Failed to stat ${mountpoint}: ${withoutPath(error)}`);
   }
   if (!info.isFile()) {
     throw new SetupError(`${mountpoint} is not a regular file (the mountpoint must be an existing regular file)`);

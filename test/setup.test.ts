@@ -1,12 +1,15 @@
 // Setting up: bad mountpoints and images fail clearly with exit 1 and leave
 // nothing mounted; a dead mount is recovered; mount options are right.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { chownSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   assertBytes,
   assertUnmounted,
   check,
+  type CliExport,
+  type CliResult,
+  type LogLine,
   errorText,
   exportImage,
   exported,
@@ -32,7 +35,7 @@ import {
 import { kernelHasUring, setUring } from './helpers/uring.js';
 
 /** Asserts a set-up failure: exit 1, the message matches, nothing mounted on `mnt`. */
-function assertSetupFailure(t, result, regex, mnt) {
+function assertSetupFailure(t: ExecutionContext, result: CliResult, regex: RegExp, mnt?: string): void {
   t.is(result.code, 1, `exit status 1:\n${result.stderr}`);
   t.regex(errorText(result), regex);
   t.false(result.lines.some((l) => l.event === 'ready'), 'never ready');
@@ -138,7 +141,7 @@ test.serial('exporting an image over its own path works: reads show its bytes, w
 
 test.serial('mount options: nosuid,nodev,noatime,default_permissions,max_read; ro and allow_other as asked', async (t) => {
   const rw = await exported(t, { size: MiB, writable: true, allowOther: 'on' });
-  let entry = mountOn(rw.mnt);
+  let entry = mountOn(rw.mnt)!;
   for (const option of ['rw', 'nosuid', 'nodev', 'noatime']) t.true(entry.mountOptions.includes(option), option);
   for (const option of ['default_permissions', 'allow_other', 'max_read=1048576']) {
     t.true(entry.superOptions.includes(option), `${option} in ${entry.superOptions}`);
@@ -147,18 +150,18 @@ test.serial('mount options: nosuid,nodev,noatime,default_permissions,max_read; r
   t.is(rw.exp.ready.allowOther, true);
 
   const ro = await exported(t, { size: MiB, allowOther: 'off' });
-  entry = mountOn(ro.mnt);
+  entry = mountOn(ro.mnt)!;
   for (const option of ['ro', 'nosuid', 'nodev', 'noatime']) t.true(entry.mountOptions.includes(option), option);
   t.true(entry.superOptions.includes('default_permissions'));
   t.false(entry.superOptions.includes('allow_other'));
 
   const auto = await exported(t, { size: MiB, allowOther: 'auto' });
-  t.true(mountOn(auto.mnt).superOptions.includes('allow_other'), 'auto as root: allow_other');
+  t.true(mountOn(auto.mnt)!.superOptions.includes('allow_other'), 'auto as root: allow_other');
   t.is(auto.exp.ready.allowOther, true);
 });
 
 /** Kills an exporter with SIGKILL and waits until it is gone. */
-async function killHard(t, exp) {
+async function killHard(t: ExecutionContext, exp: CliExport): Promise<void> {
   exp.signal('SIGKILL');
   const { signal } = await exp.wait();
   t.is(signal, 'SIGKILL');
@@ -172,7 +175,7 @@ test.serial('a dead FUSE mount left by a killed exporter is detected, detached a
   await waitUntil(async () => (await fsop('stat', [mnt])).errno === 'ENOTCONN', { what: 'stat to give ENOTCONN' });
 
   const again = await exportImage(t, { image, mountpoint: mnt });
-  const isDeadMountWarning = (l) => l.level === 'warn' && /dead/i.test(l.message ?? '') && (l.message ?? '').includes(mnt);
+  const isDeadMountWarning = (l: LogLine) => l.level === 'warn' && /dead/i.test(l.message ?? '') && (l.message ?? '').includes(mnt);
   await waitUntil(() => again.lines.some(isDeadMountWarning), { timeout: 5000, what: 'the dead-mount warning' }).catch(() => {});
   t.true(again.lines.some(isDeadMountWarning), `the dead mount is logged as a warning naming the path:\n${again.stderr()}`);
   assertBytes(t, await readVia(mnt, 0, 4096), data.subarray(0, 4096), 'the new export serves');

@@ -1,6 +1,6 @@
 // The life of an export, end to end: a killed exporter's dead mount, SIGTERM
 // under load, a signal during start, two signals, two exports in one
-// process, and the stats events. (A halt: cli.test.js.)
+// process, and the stats events. (A halt: cli.test.ts.)
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import {
@@ -23,7 +23,7 @@ import {
   eachTransport,
 } from './helpers/index.js';
 
-function fioLoad(file, seconds) {
+function fioLoad(file: string, seconds: number) {
   return run(
     ['fio', '--name=load', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=16M', '--numjobs=2',
       '--offset_increment=16M', '--iodepth=16', '--ioengine=io_uring', '--direct=1', '--time_based',
@@ -44,7 +44,7 @@ eachTransport(test, 'kill -9, then a restart on the same mountpoint recovers the
   const again = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
   const warning = again.lines.find((l) => l.event === 'dead-mount');
   t.truthy(warning, 'the dead mount is reported');
-  t.regex(warning.message, /dead FUSE mount/);
+  t.regex(warning!.message, /dead FUSE mount/);
   assertBytes(t, await readVia(mnt, 0, data.length), data, 'acknowledged data is there after the crash');
   t.is(mountOn(mnt)?.fsType, 'fuse.fuse-export');
 });
@@ -59,8 +59,8 @@ eachTransport(test, 'SIGTERM while fio writes: exit 0 within the timeout, nothin
   t.is(code, 0, exp.stderr());
   t.true(Date.now() - signalled < 7000, 'the stop honours --shutdown-timeout');
   const stopped = exp.lines.find((l) => l.event === 'stopped');
-  t.is(stopped.reason, 'signal');
-  t.true(stopped.bytesWritten > 0);
+  t.is(stopped?.reason, 'signal');
+  t.true(stopped?.bytesWritten > 0);
   // fio still holds the file: it sees errors now, but must not hang.
   t.false((await fio).timedOut);
   assertUnmounted(t, mnt);
@@ -117,7 +117,7 @@ test.serial('--stats-interval logs counters as stats events', async (t) => {
       t.is(typeof line[field], 'number', field);
     }
   }
-  t.true(stats.at(-1).requests > 0);
+  t.true(stats.at(-1)!.requests > 0);
 });
 
 test.serial('--quiet keeps info lines out, warnings and errors in', async (t) => {
@@ -132,5 +132,5 @@ test.serial('--quiet keeps info lines out, warnings and errors in', async (t) =>
   t.deepEqual(exp.lines, [], 'nothing but warnings and errors, and there were none');
   const noisy = startCli(t, ['--quiet', image, mnt.replace(/mnt$/, 'missing')]);
   t.is((await noisy.wait()).code, 1);
-  t.is(noisy.lines.at(-1).level, 'error');
+  t.is(noisy.lines.at(-1)?.level, 'error');
 });

@@ -1,10 +1,13 @@
 // A normal user exports an image of their own: the mount goes through the
 // setuid fusermount3 helper. /dev/fuse is 0600 on the test machine, so it
 // is opened up for the duration of these tests and put back afterwards.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { chmodSync, chownSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  type Extent,
+  type LogLine,
+  type User,
   assertBytes,
   assertUnmounted,
   errorText,
@@ -28,14 +31,14 @@ import {
 } from './helpers/index.js';
 
 /** Opens /dev/fuse to everyone for this test; the teardown restores its mode. */
-function openDevFuse(t) {
+function openDevFuse(t: ExecutionContext): void {
   const mode = statSync('/dev/fuse').mode & 0o7777;
   chmodSync('/dev/fuse', 0o666);
   t.teardown(() => chmodSync('/dev/fuse', mode));
 }
 
 /** A directory, image and mountpoint owned by `user`. */
-function userFiles(t, user, extents = []) {
+function userFiles(t: ExecutionContext, user: User, extents: Extent[] = []) {
   const dir = tmpDir(t, { owner: user });
   const image = makeImage(dir, 'disk.img', 4 * MiB, extents);
   const mnt = makeMountpoint(dir);
@@ -52,10 +55,10 @@ test.serial('a normal user exports their own image through fusermount3, reads, w
   const pidfile = join(dir, 'export.pid');
   const exp = await exportImage(t, { image, mountpoint: mnt, writable: true, pidfile, user: NOBODY });
   t.is(exp.ready.writable, true);
-  // (That it already exists when the ready line is read is cli.test.js's business.)
+  // (That it already exists when the ready line is read is cli.test.ts's business.)
   await waitUntil(() => existsSync(pidfile), { timeout: 2000, what: 'the pidfile' });
 
-  const entry = mountOn(mnt);
+  const entry = mountOn(mnt)!;
   t.truthy(entry, 'mounted');
   t.true(entry.superOptions.includes(`user_id=${NOBODY.uid}`), `the mount belongs to the user: ${entry.superOptions}`);
   for (const option of ['nosuid', 'nodev', 'noatime']) t.true(entry.mountOptions.includes(option), option);
@@ -65,7 +68,7 @@ test.serial('a normal user exports their own image through fusermount3, reads, w
     // allow-other auto: fusermount3 refuses allow_other, the export falls back and says so.
     t.false(exp.ready.allowOther);
     t.false(entry.superOptions.includes('allow_other'));
-    const fallback = (l) => l.level === 'warn' && /user_allow_other/.test(l.message);
+    const fallback = (l: LogLine) => l.level === 'warn' && /user_allow_other/.test(l.message);
     await waitUntil(() => exp.lines.some(fallback), { timeout: 5000, what: 'the fallback warning' }).catch(() => {});
     t.true(exp.lines.some(fallback), `the fallback is logged:\n${exp.stderr()}`);
     t.is((await fsop('stat', [mnt])).errno, 'EACCES', 'without allow_other even root is kept out');
@@ -105,8 +108,8 @@ test.serial('a normal user with --allow-other off: no allow_other, no warning; t
   const { image, mnt } = userFiles(t, NOBODY, [[0, Buffer.from('mine')]]);
   const exp = await exportImage(t, { image, mountpoint: mnt, allowOther: 'off', user: NOBODY });
   t.false(exp.ready.allowOther);
-  t.false(mountOn(mnt).superOptions.includes('allow_other'));
-  t.true(mountOn(mnt).mountOptions.includes('ro'), 'read-only export: mounted ro');
+  t.false(mountOn(mnt)!.superOptions.includes('allow_other'));
+  t.true(mountOn(mnt)!.mountOptions.includes('ro'), 'read-only export: mounted ro');
   assertBytes(t, await readVia(mnt, 0, 4, { user: NOBODY }), Buffer.from('mine'));
   const unmount = await run(['fusermount3', '-u', mnt], { user: NOBODY });
   t.is(unmount.code, 0, unmount.stderr);

@@ -1,9 +1,11 @@
 // The `fuse-export` command as a child process: start it, wait for its JSON
 // log events, signal it, and make sure it is gone after the test.
 import { spawn } from 'node:child_process';
+import type { ExecutionContext } from 'ava';
+import type { ExportOptions } from 'fuse-export';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { asUser, killGroup, run } from './proc.js';
+import { asUser, killGroup, run, type Argv, type Exit, type RunResult, type User } from './proc.js';
 import { assertUnmounted } from './mounts.js';
 import { register } from './registry.js';
 
@@ -11,14 +13,21 @@ export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.u
 const READY_TIMEOUT = 20_000;
 const EXIT_TIMEOUT = 20_000;
 
+/**
+ * One stderr line of the CLI: a JSON log object (`level`, `message`,
+ * `timestamp`, `event` and the event's fields), or { raw } for anything else.
+ * (`any`: each event carries its own fields.)
+ */
+export type LogLine = { [field: string]: any };
+
 /** Parses the CLI's stderr: JSON objects, and { raw } for anything else. */
-export function parseLines(text) {
+export function parseLines(text: string): LogLine[] {
   return text
     .split('\n')
     .filter((line) => line.trim() !== '')
     .map((line) => {
       try {
-        return JSON.parse(line);
+        return JSON.parse(line) as LogLine;
       } catch {
         return { raw: line };
       }
@@ -26,8 +35,11 @@ export function parseLines(text) {
 }
 
 /** Builds the option list from camelCase options, as the Node API takes them. */
-export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, pidfile } = {}) {
-  const args = [];
+/** The Node API's options, plus the CLI's --pidfile. */
+export type CliOptions = Omit<ExportOptions, 'image' | 'mountpoint'> & { pidfile?: string };
+
+export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, pidfile }: CliOptions = {}): string[] {
+  const args: string[] = [];
   if (writable) args.push('--writable');
   if (growable) args.push('--growable');
   if (allowOther !== undefined) args.push('--allow-other', allowOther);
@@ -45,15 +57,27 @@ export function cliOptions({ writable, growable, allowOther, ioUring, threads, q
  * `onLine(line)` runs synchronously as each line arrives. The teardown
  * stops it (SIGTERM, then SIGKILL) if the test did not.
  */
-export function startCli(t, args, { user, env, onLine, cwd } = {}) {
+export interface CliStartOptions {
+  user?: User;
+  env?: NodeJS.ProcessEnv;
+  onLine?: (line: LogLine) => void;
+  cwd?: string;
+}
+
+/** A running `fuse-export` started by startCli(). */
+export type CliExport = ReturnType<typeof startCli>;
+/** ... once it logged its ready line. */
+export type ReadyExport = CliExport & { ready: LogLine };
+
+export function startCli(t: ExecutionContext, args: Argv, { user, env, onLine, cwd }: CliStartOptions = {}) {
   const [cmd, ...rest] = asUser(user, [process.execPath, CLI, '--log-format', 'json', ...args]);
   const child = spawn(cmd, rest, { cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   let stdout = '';
-  const lines = [];
-  const waiters = [];
+  const lines: LogLine[] = [];
+  const waiters: { check: (line: LogLine) => void; fail: () => void }[] = [];
   let done = false;
-  const exited = new Promise((resolve) => {
+  const exited = new Promise<Exit>((resolve) => {
     child.on('close', (code, signal) => {
       done = true;
       for (const w of waiters.splice(0)) w.fail();
@@ -61,12 +85,12 @@ export function startCli(t, args, { user, env, onLine, cwd } = {}) {
     });
   });
   let partial = '';
-  child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
-  child.stderr.setEncoding('utf8').on('data', (d) => {
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
     stderr += d;
     partial += d;
     const complete = partial.split('\n');
-    partial = complete.pop();
+    partial = complete.pop() ?? '';
     for (const line of parseLines(complete.join('\n'))) {
       lines.push(line);
       // Synchronously, as the line arrives: what a script sees at that instant.
@@ -77,23 +101,23 @@ export function startCli(t, args, { user, env, onLine, cwd } = {}) {
 
   const handle = {
     child,
-    pid: child.pid,
+    pid: child.pid!,
     /** By convention the last argument. */
     mountpoint: resolve(cwd ?? process.cwd(), String(args.at(-1))),
     lines,
     exited,
-    stderr: () => stderr,
-    stdout: () => stdout,
-    get done() {
+    stderr: (): string => stderr,
+    stdout: (): string => stdout,
+    get done(): boolean {
       return done;
     },
     /** Resolves with the first line whose event is `name`; rejects on exit or timeout. */
-    event(name, timeout = READY_TIMEOUT) {
+    event(name: string, timeout = READY_TIMEOUT): Promise<LogLine> {
       const seen = lines.find((l) => l.event === name);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
         const waiter = {
-          check: (line) => {
+          check: (line: LogLine) => {
             if (line.event !== name) return;
             clearTimeout(timer);
             waiters.splice(waiters.indexOf(waiter), 1);
@@ -115,13 +139,13 @@ export function startCli(t, args, { user, env, onLine, cwd } = {}) {
       });
     },
     /** Sends a signal to the exporter itself (not to its group). */
-    signal(sig = 'SIGTERM') {
-      if (!done) process.kill(child.pid, sig);
+    signal(sig: NodeJS.Signals = 'SIGTERM'): void {
+      if (!done) process.kill(child.pid!, sig);
     },
     /** Waits for the exit; kills the group when it takes longer than `timeout`. */
-    async wait(timeout = EXIT_TIMEOUT) {
-      let timer;
-      const timedOut = new Promise((resolve) => {
+    async wait(timeout = EXIT_TIMEOUT): Promise<Exit> {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), timeout);
       });
       const result = await Promise.race([exited, timedOut]);
@@ -152,17 +176,28 @@ export function startCli(t, args, { user, env, onLine, cwd } = {}) {
  * Options as in the Node API (ioUring defaults to 'off'), plus `args` (extra
  * CLI arguments), `user`, `env` and `onLine`. Resolves to the handle with `.ready` (the ready line).
  */
-export async function exportImage(t, { image, mountpoint, ioUring = 'off', args = [], user, onLine, env, ...options }) {
+export type ExportImageOptions = CliOptions & {
+  image: string;
+  mountpoint: string;
+  args?: string[];
+  user?: User;
+  onLine?: (line: LogLine) => void;
+  env?: NodeJS.ProcessEnv;
+};
+
+export async function exportImage(
+  t: ExecutionContext,
+  { image, mountpoint, ioUring = 'off', args = [], user, onLine, env, ...options }: ExportImageOptions,
+): Promise<ReadyExport> {
   const exp = startCli(t, [...cliOptions({ ioUring, ...options }), ...args, image, mountpoint], { user, onLine, env });
-  exp.ready = await exp.event('ready');
-  return exp;
+  return Object.assign(exp, { ready: await exp.event('ready') });
 }
 
 /**
  * Stops an export with a signal and checks the clean end: exit 0, a
  * "stopped" line, nothing mounted. Returns the stopped line.
  */
-export async function stopExport(t, exp, signal = 'SIGTERM') {
+export async function stopExport(t: ExecutionContext, exp: CliExport, signal: NodeJS.Signals = 'SIGTERM'): Promise<LogLine> {
   if (!exp.mountpoint) throw new Error('stopExport: the handle has no mountpoint');
   exp.signal(signal);
   const { code } = await exp.wait();
@@ -170,18 +205,23 @@ export async function stopExport(t, exp, signal = 'SIGTERM') {
   const stopped = exp.lines.find((l) => l.event === 'stopped');
   t.truthy(stopped, 'a "stopped" line is logged');
   assertUnmounted(t, exp.mountpoint);
-  return stopped;
+  return stopped!;
 }
 
 /** Runs the CLI to completion (set-up failures, --help): { code, lines, stderr, stdout }. */
-export async function runCli(args, { user, timeout = 20_000, json = true } = {}) {
+export type CliResult = RunResult & { lines: LogLine[] };
+
+export async function runCli(
+  args: Argv,
+  { user, timeout = 20_000, json = true }: { user?: User; timeout?: number; json?: boolean } = {},
+): Promise<CliResult> {
   const argv = [process.execPath, CLI, ...(json ? ['--log-format', 'json'] : []), ...args];
   const result = await run(argv, { user, timeout });
   return { ...result, lines: parseLines(result.stderr) };
 }
 
 /** The message of the first error-level line (or the raw stderr). */
-export function errorText(result) {
+export function errorText(result: CliResult): string {
   const error = result.lines.find((l) => l.level === 'error');
-  return error ? error.message : result.stderr;
+  return error?.message ?? result.stderr;
 }

@@ -25,8 +25,8 @@ eachTransport(test, 'GETATTR: ino 1, S_IFREG|0600, nlink 1, our uid/gid, image s
   t.is(st.ino, 1);
   t.is(st.mode, 0o100600);
   t.is(st.nlink, 1);
-  t.is(st.uid, process.getuid(), 'uid of the exporting process');
-  t.is(st.gid, process.getgid(), 'gid of the exporting process');
+  t.is(st.uid, process.getuid!(), 'uid of the exporting process');
+  t.is(st.gid, process.getgid!(), 'gid of the exporting process');
   t.is(st.size, size);
   t.is(st.blocks, fileStat(image).blocks, 'blocks = allocated bytes / 512 of the sparse image');
   t.true(st.blocks >= 2048 && st.blocks < size / 512, `a sparse image: ${st.blocks} blocks`);
@@ -57,7 +57,7 @@ eachTransport(test, 'SETATTR size: truncate grows and shrinks the image', async 
 eachTransport(test, 'SETATTR size on a read-only export fails (EACCES/EROFS) and leaves the image', async (t, ioUring) => {
   const { mnt, image } = await exported(t, { ioUring, size: 4 * MiB });
   const answer = await fsop('truncate', [mnt, MiB]);
-  t.true(['EACCES', 'EROFS'].includes(answer.errno), JSON.stringify(answer));
+  t.true(['EACCES', 'EROFS'].includes(answer.errno ?? ''), JSON.stringify(answer));
   const tr = await run(['truncate', '-s', String(8 * MiB), mnt]);
   t.not(tr.code, 0);
   t.is(fileStat(image).size, 4 * MiB);
@@ -93,7 +93,7 @@ eachTransport(test, 'SETATTR mode on a read-only export: any write bit is EROFS'
 eachTransport(test, 'SETATTR uid/gid: EOPNOTSUPP without allow-other, applied with it', async (t, ioUring) => {
   const without = await exported(t, { ioUring, size: MiB, writable: true, allowOther: 'off' });
   t.is((await fsop('chown', [without.mnt, NOBODY.uid, NOBODY.gid])).errno, 'EOPNOTSUPP');
-  t.is((await fsopOk('stat', [without.mnt])).uid, process.getuid());
+  t.is((await fsopOk('stat', [without.mnt])).uid, process.getuid!());
 
   const withOther = await exported(t, { ioUring, size: MiB, writable: true, allowOther: 'on' });
   t.deepEqual(await fsop('chown', [withOther.mnt, NOBODY.uid, NOBODY.gid]), { ok: true });
@@ -138,7 +138,7 @@ eachTransport(test, 'OPEN with O_TRUNC is ignored on a fixed-size export', async
 eachTransport(test, 'allow-other off: another user gets EACCES, and no mode change lets them in', async (t, ioUring) => {
   const { mnt, exp } = await exported(t, { ioUring, size: MiB, writable: true, allowOther: 'off' });
   t.false(exp.ready.allowOther);
-  t.false(mountOn(mnt).superOptions.includes('allow_other'), 'mounted without allow_other');
+  t.false(mountOn(mnt)!.superOptions.includes('allow_other'), 'mounted without allow_other');
   t.is((await fsop('read', [mnt, 0, 16], { user: NOBODY })).errno, 'EACCES');
   t.is((await fsop('stat', [mnt], { user: NOBODY })).errno, 'EACCES');
   t.is((await fsop('chmod', [mnt, '644'])).errno, 'EPERM');
@@ -150,7 +150,7 @@ eachTransport(test, 'allow-other on: other users follow the file mode', async (t
   const data = pattern(MiB, 8);
   const { mnt, image, exp } = await exported(t, { ioUring, size: MiB, writable: true, allowOther: 'on', extents: [[0, data]] });
   t.true(exp.ready.allowOther);
-  t.true(mountOn(mnt).superOptions.includes('allow_other'), 'mounted with allow_other');
+  t.true(mountOn(mnt)!.superOptions.includes('allow_other'), 'mounted with allow_other');
   t.is((await fsop('read', [mnt, 0, 16], { user: NOBODY })).errno, 'EACCES', 'mode 0600 keeps them out');
 
   t.deepEqual(await fsop('chmod', [mnt, '644']), { ok: true });

@@ -4,6 +4,7 @@ import { closeSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFile
 import { writeSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
 import { forceUnmountUnder } from './mounts.js';
 
 export const KiB = 1024;
@@ -14,7 +15,7 @@ export const MiB = 1024 * 1024;
  * still mounted inside it was detached). `owner` chowns it (for tests that
  * run the exporter as another user); it is always world-traversable.
  */
-export function tmpDir(t, { owner } = {}) {
+export function tmpDir(t: ExecutionContext, { owner }: { owner?: { uid: number; gid: number } } = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'fuse-export-test-'));
   chmodSync(dir, 0o755);
   if (owner) chownSync(dir, owner.uid, owner.gid);
@@ -26,7 +27,7 @@ export function tmpDir(t, { owner } = {}) {
 }
 
 /** Deterministic, position-dependent bytes: pattern(n, seed) never repeats a 4 KiB block. */
-export function pattern(length, seed = 1) {
+export function pattern(length: number, seed = 1): Buffer {
   const buf = Buffer.alloc(length);
   let x = (seed * 2654435761) >>> 0 || 1;
   for (let i = 0; i < length; i++) {
@@ -45,7 +46,16 @@ export function pattern(length, seed = 1) {
  * Creates a sparse image of `size` bytes with `extents`: [[offset, Buffer], ...]
  * written at their offsets (everything else a hole). Returns its path.
  */
-export function makeImage(dir, name, size, extents = [], { mode } = {}) {
+/** [offset, bytes] to write into an image. */
+export type Extent = [number, Buffer];
+
+export function makeImage(
+  dir: string,
+  name: string,
+  size: number,
+  extents: Extent[] = [],
+  { mode }: { mode?: number } = {},
+): string {
   const path = join(dir, name);
   const fd = openSync(path, 'w', mode ?? 0o644);
   try {
@@ -59,14 +69,14 @@ export function makeImage(dir, name, size, extents = [], { mode } = {}) {
 }
 
 /** An empty regular file to mount on. */
-export function makeMountpoint(dir, name = 'mnt') {
+export function makeMountpoint(dir: string, name = 'mnt'): string {
   const path = join(dir, name);
   writeFileSync(path, '');
   return path;
 }
 
 /** Bytes of a backing file (not a mount!). */
-export function readFile(path, offset, length) {
+export function readFile(path: string, offset: number, length: number): Buffer {
   const fd = openSync(path, 'r');
   try {
     const buf = Buffer.alloc(length);
@@ -78,7 +88,7 @@ export function readFile(path, offset, length) {
 }
 
 /** size and 512-byte blocks of a backing file. */
-export function fileStat(path) {
+export function fileStat(path: string): { size: number; blocks: number; mode: number } {
   const st = statSync(path);
   return { size: st.size, blocks: st.blocks, mode: st.mode };
 }
@@ -87,14 +97,14 @@ export function fileStat(path) {
  * Asserts two byte buffers are equal (fast for megabytes, unlike deepEqual);
  * on a difference says where the first one is.
  */
-export function assertBytes(t, actual, expected, message = 'bytes match') {
+export function assertBytes(t: ExecutionContext, actual: Buffer, expected: Buffer, message = 'bytes match'): void {
   if (Buffer.compare(actual, expected) === 0) {
     t.pass(message);
     return;
   }
   let at = 0;
   while (at < actual.length && at < expected.length && actual[at] === expected[at]) at++;
-  const show = (b) => b.subarray(at, at + 16).toString('hex');
+  const show = (b: Buffer) => b.subarray(at, at + 16).toString('hex');
   t.fail(
     `${message}: lengths ${actual.length} / ${expected.length}, first difference at offset ${at}: ` +
       `actual ${show(actual)} expected ${show(expected)}`,

@@ -1,13 +1,17 @@
 // The usual test set-up in one call: a temporary directory, an image, an
 // empty mountpoint file, and the export serving it through the CLI.
-import { exportImage } from './cli.js';
-import { makeImage, makeMountpoint, MiB, tmpDir } from './files.js';
+import type { ExecutionContext } from 'ava';
+import { exportImage, type ExportImageOptions, type ReadyExport } from './cli.js';
+import { type Extent, makeImage, makeMountpoint, MiB, tmpDir } from './files.js';
 
 /**
  * { dir, image, mnt, exp }: `size` and `extents` shape the image (sparse
  * elsewhere); every other option goes to exportImage (ioUring 'off' unless given).
  */
-export async function exported(t, { size = 4 * MiB, extents = [], ...options } = {}) {
+export async function exported(
+  t: ExecutionContext,
+  { size = 4 * MiB, extents = [], ...options }: Omit<ExportImageOptions, 'image' | 'mountpoint'> & { size?: number; extents?: Extent[] } = {},
+): Promise<{ dir: string; image: string; mnt: string; exp: ReadyExport }> {
   const dir = tmpDir(t);
   const image = makeImage(dir, 'disk.img', size, extents);
   const mnt = makeMountpoint(dir);

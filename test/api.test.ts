@@ -3,6 +3,7 @@
 // processes, never through this process that also serves the export.
 import test from 'ava';
 import { join } from 'node:path';
+import type { ExportOptions, ExportStats, StoppedEvent } from 'fuse-export';
 import {
   assertBytes,
   assertUnmounted,
@@ -27,7 +28,7 @@ import {
   writeVia,
 } from './helpers/index.js';
 
-const COUNTERS = ['legacyRequests', 'ringRequests', 'bytesRead', 'bytesWritten', 'errors', 'inFlight'];
+const COUNTERS: (keyof ExportStats)[] = ['legacyRequests', 'ringRequests', 'bytesRead', 'bytesWritten', 'errors', 'inFlight'];
 
 eachTransport(test, 'start, info, stats that move with I/O, stop (twice) and the stopped event', async (t, ioUring) => {
   const dir = tmpDir(t);
@@ -57,7 +58,7 @@ eachTransport(test, 'start, info, stats that move with I/O, stop (twice) and the
   t.is(after.errors, 0);
   t.is(after.inFlight, 0, 'nothing in flight when idle');
 
-  const events = [];
+  const events: StoppedEvent[] = [];
   exp.on('stopped', (event) => events.push(event));
   const [first, second] = await within(Promise.all([exp.stop(), exp.stop()]), 20_000, 'stop()');
   t.is(first.reason, 'api');
@@ -78,7 +79,7 @@ eachTransport(test, "unmounted from outside: 'stopped' with reason 'unmounted'",
   const image = makeImage(dir, 'disk.img', MiB);
   const mnt = makeMountpoint(dir);
   const exp = await startApi(t, { image, mountpoint: mnt, ioUring });
-  const stopped = new Promise((resolve) => exp.once('stopped', resolve));
+  const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
   await check(['umount', mnt], { timeout: 20_000 });
   const event = await within(stopped, 20_000, "the 'stopped' event");
   t.is(event.reason, 'unmounted');
@@ -90,7 +91,7 @@ test.serial('set-up errors reject with the contract messages and leave nothing m
   const dir = tmpDir(t);
   const image = makeImage(dir, 'disk.img', MiB, [[0, Buffer.from('first')]]);
   const mnt = makeMountpoint(dir);
-  const start = (options) => within(FuseExport.start({ ioUring: 'off', image, mountpoint: mnt, ...options }), 20_000, 'start()');
+  const start = (options: Partial<ExportOptions>) => within(FuseExport.start({ ioUring: 'off', image, mountpoint: mnt, ...options }), 20_000, 'start()');
 
   const missing = join(dir, 'missing');
   await t.throwsAsync(start({ mountpoint: missing }), { message: new RegExp(`Failed to stat ${missing}`) });
@@ -121,14 +122,14 @@ eachTransport(test, "a halt reaches the API: 'halted' with the reason, then 'sto
   const mnt = makeMountpoint(dir);
   // The core reads its test-only fault knobs from the environment at start.
   process.env.FUSE_EXPORT_TEST_HALT_AFTER_REQUESTS = '30';
-  let exp;
+  let exp: Awaited<ReturnType<typeof startApi>>;
   try {
     exp = await startApi(t, { image, mountpoint: mnt, ioUring });
   } finally {
     delete process.env.FUSE_EXPORT_TEST_HALT_AFTER_REQUESTS;
   }
-  const halted = new Promise((resolve) => exp.once('halted', resolve));
-  const stopped = new Promise((resolve) => exp.once('stopped', resolve));
+  const halted = new Promise<{ reason: string }>((resolve) => exp.once('halted', resolve));
+  const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
   for (let i = 0; i < 100; i++) {
     if ((await fsop('read', [mnt, 0, 4096])).errno) break;
   }

@@ -1,6 +1,6 @@
 // Faults and odd input: a full filesystem, failing storage, a crash after an
 // acknowledged fsync, odd but legal requests, symlinks, a hostile pidfile.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { existsSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -28,7 +28,7 @@ import {
 import { ackedBlocks, lostBlocks } from './helpers/durability.js';
 
 /** A directory on a tmpfs of `size`, unmounted in teardown. */
-async function smallFilesystem(t, size) {
+async function smallFilesystem(t: ExecutionContext, size: string): Promise<{ dir: string; fs: string }> {
   const dir = tmpDir(t);
   const fs = join(dir, 'fs');
   await run(['mkdir', fs]);
@@ -51,7 +51,7 @@ eachTransport(test, 'a full filesystem: writes get ENOSPC, the export serves on,
   t.deepEqual(await writeVia(mnt, 4096, pattern(4096, 3), { how: 'direct' }), { ok: 4096 }, 'allocated blocks still take writes');
   exp.signal('SIGTERM');
   t.is((await exp.wait()).code, 0);
-  t.true(exp.lines.find((l) => l.event === 'stopped').errors >= 1);
+  t.true(exp.lines.find((l) => l.event === 'stopped')!.errors >= 1);
 });
 
 eachTransport(test, 'failing storage: EIO for the request, the export lives, logged once and counted', async (t, ioUring) => {
@@ -67,10 +67,10 @@ eachTransport(test, 'failing storage: EIO for the request, the export lives, log
   t.regex(logged[0].message, /Input\/output error/);
   exp.signal('SIGTERM');
   t.is((await exp.wait()).code, 0);
-  t.is(exp.lines.find((l) => l.event === 'stopped').errors, 6);
+  t.is(exp.lines.find((l) => l.event === 'stopped')!.errors, 6);
 });
 
-for (const cache of ['direct', 'writeback']) {
+for (const cache of ['direct', 'writeback'] as const) {
   eachTransport(test, `kill -9 right after acknowledged fsyncs (cache ${cache}): every acked block is in the image`, async (t, ioUring) => {
     const block = 4096;
     const count = 2048;

@@ -78,7 +78,7 @@ test.serial('bad usage exits 1 with a message naming the problem, nothing mounte
   const dir = tmpDir(t);
   const image = makeImage(dir, 'disk.img', MiB);
   const mnt = makeMountpoint(dir);
-  const cases = [
+  const cases: [string[], RegExp][] = [
     [[], /image|mountpoint|argument/i],
     [[image], /mountpoint|argument/i],
     [['--threads', '0', image, mnt], /threads/],
@@ -101,6 +101,37 @@ test.serial('bad usage exits 1 with a message naming the problem, nothing mounte
     t.false(result.lines.some((l) => l.event === 'ready'), `${args.join(' ')}: never ready`);
   }
   assertUnmounted(t, mnt);
+});
+
+test.serial('an unknown option is refused by name before anything else: exit 1, nothing mounted', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', MiB);
+  const mnt = makeMountpoint(dir);
+  for (const bogus of ['--bogus', '--bogus=1', '-x']) {
+    const name = bogus.split('=')[0];
+    // Before the fix yargs took `--bogus image mnt` as --bogus=image and complained about positionals.
+    const result = await runCli(['--io-uring', 'off', bogus, image, mnt]);
+    t.is(result.code, 1, `${bogus}: exit 1`);
+    t.is(result.stderr, `fuse-export: Unknown option: ${name}\nRun 'fuse-export --help' for usage.\n`, bogus);
+    t.is(result.stdout, '');
+  }
+  assertUnmounted(t, mnt);
+});
+
+test.serial('a mountpoint that does not exist: says so once and how to make one, exit 1, nothing created', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', MiB);
+  const missing = join(dir, 'no such mnt');
+  const result = await runCli(['--io-uring', 'off', image, missing]);
+  t.is(result.code, 1);
+  t.is(result.lines.length, 1, `one line:\n${result.stderr}`);
+  t.is(result.lines[0]!.level, 'error');
+  t.is(
+    result.lines[0]!.message,
+    `Failed to stat ${missing}: the mountpoint does not exist. Create it as an empty regular file first: touch '${missing}'`,
+  );
+  t.notRegex(result.stderr, /ENOENT|no such file or directory/i, "Node's error text is not repeated");
+  t.false(existsSync(missing));
 });
 
 eachTransport(test, 'the ready line carries the contract fields; every JSON line has level, message, timestamp', async (t, ioUring) => {
@@ -337,7 +368,7 @@ test.serial('a set-up failure is logged as an error line in JSON and exits 1', a
   const error = result.lines.find((l) => l.level === 'error');
   t.truthy(error, result.stderr);
   t.regex(errorText(result), /is not a regular file/);
-  t.false(Number.isNaN(Date.parse(error.timestamp)));
+  t.false(Number.isNaN(Date.parse(error!.timestamp)));
   const answer = await fsop('stat', [dir]);
   t.truthy(answer.ok, 'the directory is untouched');
 });

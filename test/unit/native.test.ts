@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 
 const API = fileURLToPath(new URL('../../dist/index.js', import.meta.url));
 
-function startIn(setup, env = {}) {
+function startIn(setup: string, env: NodeJS.ProcessEnv = {}): string {
   const script = `${setup}; const { FuseExport } = await import(${JSON.stringify(API)});
     await FuseExport.start({ image: '/etc/hostname', mountpoint: '/etc/hostname' }).then(
       () => console.log('started'), (e) => console.log(e.message));`;

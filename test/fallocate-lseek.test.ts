@@ -24,10 +24,10 @@ const FALLOC_FL_COLLAPSE_RANGE = 0x08;
 const FALLOC_FL_ZERO_RANGE = 0x10;
 const FALLOC_FL_INSERT_RANGE = 0x20;
 
-const fallocate = (path, mode, offset, length) => fsop('fallocate', [path, `0x${mode.toString(16)}`, offset, length]);
+const fallocate = (path: string, mode: number, offset: number, length: number) => fsop('fallocate', [path, `0x${mode.toString(16)}`, offset, length]);
 
 /** Makes sure the image's blocks are really allocated before counting them. */
-function syncFile(path) {
+function syncFile(path: string): void {
   const fd = openSync(path, 'r+');
   fsyncSync(fd);
   closeSync(fd);
@@ -87,7 +87,7 @@ eachTransport(test, 'PUNCH_HOLE without KEEP_SIZE is refused and punches nothing
   const answer = await fallocate(mnt, FALLOC_FL_PUNCH_HOLE, 0, MiB);
   // The export answers EINVAL; Linux's vfs_fallocate() refuses this mode with
   // EOPNOTSUPP before the request is sent, so either is what a caller sees.
-  t.true(['EINVAL', 'EOPNOTSUPP'].includes(answer.errno), JSON.stringify(answer));
+  t.true(['EINVAL', 'EOPNOTSUPP'].includes(answer.errno ?? ''), JSON.stringify(answer));
   assertBytes(t, readFile(image, 0, 2 * MiB), data);
   t.is(fileStat(image).size, 2 * MiB);
 });
@@ -132,7 +132,7 @@ eachTransport(test, 'SEEK_DATA / SEEK_HOLE follow the image holes; ENXIO past th
     ],
   });
   syncFile(image);
-  const cases = [
+  const cases: [number, 'data' | 'hole', number | string][] = [
     [0, 'data', MiB],
     [0, 'hole', 0],
     [MiB, 'data', MiB],

@@ -1,4 +1,5 @@
 // The kernel's FUSE-over-io_uring switch, set for a test and put back after.
+import type { ExecutionContext } from 'ava';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 
 export const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
@@ -7,7 +8,7 @@ export const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
 export const kernelHasUring = existsSync(ENABLE_URING);
 
 /** Sets enable_uring to 'Y' or 'N' until the test ends. */
-export function setUring(t, value) {
+export function setUring(t: ExecutionContext, value: 'Y' | 'N'): void {
   const previous = readFileSync(ENABLE_URING, 'utf8').trim();
   writeFileSync(ENABLE_URING, value);
   t.teardown(() => writeFileSync(ENABLE_URING, previous));

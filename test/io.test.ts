@@ -59,10 +59,10 @@ eachTransport(test, 'a read-only export is mode 0400, mounted ro, and refuses wr
 
   const st = await fsopOk('stat', [mnt]);
   t.is(st.mode, 0o100400, 'S_IFREG | 0400');
-  t.true(mountOn(mnt).mountOptions.includes('ro'), 'mounted read-only');
+  t.true(mountOn(mnt)!.mountOptions.includes('ro'), 'mounted read-only');
   for (const how of ['rw', 'w']) {
     const answer = await writeVia(mnt, 0, Buffer.from('x'), { how });
-    t.true(['EROFS', 'EACCES'].includes(answer.errno), `open(${how}) + write: ${JSON.stringify(answer)}`);
+    t.true(['EROFS', 'EACCES'].includes(answer.errno ?? ''), `open(${how}) + write: ${JSON.stringify(answer)}`);
   }
   const q = await qemuIo(mnt, ['write -P 0xab 0 4k']);
   t.false(q.ok, 'qemu-io cannot write');
@@ -171,7 +171,7 @@ eachTransport(test, 'FSYNC, FDATASYNC and FLUSH succeed and the data is in the i
 eachTransport(test, 'fio: 2 jobs x iodepth 16, direct 4k random writes, crc32c verify', async (t, ioUring) => {
   const perJob = 16 * MiB;
   const { mnt, image, exp } = await exported(t, { ioUring, size: 2 * perJob, writable: true });
-  const job = (filename, engine, extra = []) => [
+  const job = (filename: string, engine: string, extra: string[] = []) => [
     'fio',
     '--name=verify',
     `--filename=${filename}`,

@@ -23,7 +23,7 @@ import {
 const uringTest = kernelHasUring ? test.serial : test.serial.skip;
 
 /** fio with crc32c verification: 2 jobs at iodepth 16, each its own range. */
-function fioVerify(file, { seconds = 3, size = '8M' } = {}) {
+function fioVerify(file: string, { seconds = 3, size = '8M' } = {}) {
   return run(
     [
       'fio', '--name=verify', `--filename=${file}`, '--rw=randwrite', '--bs=4k', `--size=${size}`,
@@ -39,7 +39,7 @@ uringTest('--io-uring auto with the switch off serves over /dev/fuse and says wh
   const { exp } = await exported(t, { ioUring: 'auto', writable: true });
   t.is(exp.ready.transport, 'legacy');
   const transport = exp.lines.find((l) => l.event === 'transport');
-  t.regex(transport.reason, /switched off/);
+  t.regex(transport?.reason, /switched off/);
 });
 
 uringTest('--io-uring auto with the switch on serves over the ring: every request but INIT', async (t) => {
@@ -53,7 +53,7 @@ uringTest('--io-uring auto with the switch on serves over the ring: every reques
   assertBytes(t, await readVia(mnt, MiB, MiB), data);
   exp.signal('SIGTERM');
   t.is((await exp.wait()).code, 0);
-  const stopped = exp.lines.find((l) => l.event === 'stopped');
+  const stopped = exp.lines.find((l) => l.event === 'stopped')!;
   t.true(stopped.ringRequests > 10, `ringRequests ${stopped.ringRequests}`);
   t.true(stopped.legacyRequests <= 3, `legacyRequests ${stopped.legacyRequests}: only INIT and the like`);
   assertBytes(t, readFile(image, MiB, MiB), data, 'the image holds the bytes');
