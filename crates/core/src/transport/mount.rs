@@ -424,10 +424,10 @@ mod tests {
     fn paths_with_a_nul_byte_are_refused_before_anything_is_mounted() {
         let request =
             MountRequest { mountpoint: Path::new("/tmp/a\0b"), fsname: "disk.img", allow_other: false, read_only: true };
-        let refused = mount(&request, &Faults::default()).err().unwrap().to_string();
+        let refused = mount(&request, &Faults::from_env()).err().unwrap().to_string();
         assert!(refused.contains("NUL byte"), "{refused}");
         let request = MountRequest { mountpoint: Path::new("/tmp/x"), fsname: "a\0b", allow_other: false, read_only: true };
-        assert!(mount(&request, &Faults::default()).err().unwrap().to_string().contains("Image path"));
+        assert!(mount(&request, &Faults::from_env()).err().unwrap().to_string().contains("Image path"));
     }
 
     #[test]
