@@ -51,6 +51,8 @@ export interface NativeOptions {
   allowOther: string
   /** "on" | "off" | "auto" */
   ioUring: string
+  /** "on" | "off" | "auto" */
+  passthrough: string
   threads: number
   queueDepth: number
   /** "direct" | "writeback" */
@@ -66,6 +68,8 @@ export interface NativeStartInfo {
   queueDepth: number
   allowOther: boolean
   directIo: boolean
+  passthrough: boolean
+  passthroughReason: string
   warnings: Array<string>
 }
 

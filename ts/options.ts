@@ -14,6 +14,8 @@ export interface ExportOptions {
   growable?: boolean;
   allowOther?: Switch;
   ioUring?: Switch;
+  /** FUSE passthrough: the kernel reads and writes the image itself. */
+  passthrough?: Switch;
   threads?: number;
   queueDepth?: number;
   cache?: CacheMode;
@@ -43,6 +45,7 @@ export const DEFAULTS = {
   growable: false,
   allowOther: 'auto' as Switch,
   ioUring: 'auto' as Switch,
+  passthrough: 'auto' as Switch,
   threads: availableParallelism(),
   queueDepth: 64,
   cache: 'direct' as CacheMode,
@@ -80,6 +83,7 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   }
   oneOf('allow-other', merged.allowOther, SWITCHES);
   oneOf('io-uring', merged.ioUring, SWITCHES);
+  oneOf('passthrough', merged.passthrough, SWITCHES);
   oneOf('cache', merged.cache, CACHE_MODES);
   integerIn('threads', merged.threads, 1, MAX_THREADS);
   integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);

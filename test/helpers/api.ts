@@ -17,9 +17,9 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** FuseExport.start() with ioUring 'off' unless given; stopped in teardown. */
+/** FuseExport.start() with ioUring and passthrough 'off' unless given; stopped in teardown. */
 export async function startApi(t: ExecutionContext, options: ExportOptions): Promise<FuseExport> {
-  const exp = await within(FuseExport.start({ ioUring: 'off', ...options }), 20_000, 'FuseExport.start()');
+  const exp = await within(FuseExport.start({ ioUring: 'off', passthrough: 'off', ...options }), 20_000, 'FuseExport.start()');
   register(t, async (tt) => {
     await within(exp.stop(), 20_000, 'FuseExport.stop()');
     assertUnmounted(tt, exp.info.mountpoint);

@@ -38,8 +38,22 @@ export function parseLines(text: string): LogLine[] {
 /** The Node API's options, plus the CLI's --pidfile. */
 export type CliOptions = Omit<ExportOptions, 'image' | 'mountpoint'> & { pidfile?: string };
 
-export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, pidfile }: CliOptions = {}): string[] {
-  const args: string[] = [];
+/**
+ * Passthrough is 'off' unless a test asks for it: with it the kernel serves
+ * reads and writes itself, and the FUSE path under test would see none.
+ */
+export function cliOptions({
+  writable,
+  growable,
+  allowOther,
+  ioUring,
+  passthrough = 'off',
+  threads,
+  queueDepth,
+  cache,
+  pidfile,
+}: CliOptions = {}): string[] {
+  const args: string[] = ['--passthrough', passthrough];
   if (writable) args.push('--writable');
   if (growable) args.push('--growable');
   if (allowOther !== undefined) args.push('--allow-other', allowOther);

@@ -28,6 +28,11 @@ const OPTIONS = {
     default: DEFAULTS.ioUring,
     describe: 'serve over FUSE-over-io_uring (auto: when the kernel offers it)',
   },
+  passthrough: {
+    choices: SWITCHES,
+    default: DEFAULTS.passthrough,
+    describe: 'let the kernel read and write the image itself (auto: as root, for read-only or growable raw images)',
+  },
   threads: { type: 'number', default: DEFAULTS.threads, describe: 'I/O threads' },
   'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
   cache: {
@@ -86,6 +91,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       growable: parsed.growable,
       allowOther: parsed['allow-other'] as Switch,
       ioUring: parsed['io-uring'] as Switch,
+      passthrough: parsed.passthrough as Switch,
       threads: number('threads', parsed.threads),
       queueDepth: number('queue-depth', parsed['queue-depth']),
       cache: parsed.cache as CacheMode,

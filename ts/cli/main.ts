@@ -39,10 +39,13 @@ function handleSignals(log: winston.Logger, target: () => FuseExport | undefined
 
 function logReady(log: winston.Logger, exp: FuseExport): void {
   const { info } = exp;
-  log.info(`Transport: ${info.transport} (${info.transportReason})`, {
+  const passthrough = `passthrough ${info.passthrough ? 'on' : 'off'} (${info.passthroughReason})`;
+  log.info(`Transport: ${info.transport} (${info.transportReason}); ${passthrough}`, {
     event: 'transport',
     transport: info.transport,
     reason: info.transportReason,
+    passthrough: info.passthrough,
+    passthroughReason: info.passthroughReason,
   });
   log.info(`Exporting ${info.image} on ${info.mountpoint} (${info.transport})`, {
     event: 'ready',
@@ -57,6 +60,7 @@ function logReady(log: winston.Logger, exp: FuseExport): void {
     ...(info.transport === 'io_uring' ? { queueDepth: info.queueDepth } : {}),
     allowOther: info.allowOther,
     directIo: info.directIo,
+    passthrough: info.passthrough,
   });
 }
 

@@ -13,13 +13,22 @@ export type { ExportState } from './state.js';
 export type Transport = 'io_uring' | 'legacy';
 export type StopReason = 'api' | 'signal' | 'unmounted' | 'halted' | (string & {});
 
-export interface ExportStats {
+/** The core's counters: requests that reached the export. */
+export interface CoreStats {
   legacyRequests: number;
   ringRequests: number;
   bytesRead: number;
   bytesWritten: number;
   errors: number;
   inFlight: number;
+}
+
+export interface ExportStats extends CoreStats {
+  /**
+   * The kernel carried reads and writes itself (FUSE passthrough): they
+   * never reached the export, so the request and byte counters leave them out.
+   */
+  passthrough: boolean;
 }
 
 export interface ExportInfo {
@@ -36,6 +45,10 @@ export interface ExportInfo {
   queueDepth: number;
   allowOther: boolean;
   directIo: boolean;
+  /** The kernel reads and writes the image itself (FUSE passthrough). */
+  passthrough: boolean;
+  /** Why passthrough is used or not. */
+  passthroughReason: string;
 }
 
 export interface StoppedEvent extends ExportStats {
@@ -87,7 +100,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   #stopping: Promise<StoppedEvent> | undefined;
   #haltReason: string | undefined;
   #aborted = false;
-  #lastStats: ExportStats = { legacyRequests: 0, ringRequests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, inFlight: 0 };
+  #lastStats: CoreStats = { legacyRequests: 0, ringRequests: 0, bytesRead: 0, bytesWritten: 0, errors: 0, inFlight: 0 };
 
   private constructor(options: ResolvedOptions, info: ExportInfo, core: CoreExport) {
     super();
@@ -126,6 +139,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           growable: resolved.growable,
           allowOther: resolved.allowOther,
           ioUring: resolved.ioUring,
+          passthrough: resolved.passthrough,
           threads: resolved.threads,
           queueDepth: resolved.queueDepth,
           cache: resolved.cache,
@@ -153,6 +167,8 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
         queueDepth: info.queueDepth,
         allowOther: info.allowOther,
         directIo: info.directIo,
+        passthrough: info.passthrough,
+        passthroughReason: info.passthroughReason,
       },
       handle,
     );
@@ -177,7 +193,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   /** Counters of the Rust core; the last values once stopped. */
   stats(): ExportStats {
     if (!this.#machine.is('stopped')) this.#lastStats = this.#core.stats();
-    return { ...this.#lastStats };
+    return { ...this.#lastStats, passthrough: this.info.passthrough };
   }
 
   /**
@@ -299,7 +315,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
     }
     releaseMountpoint(this.info.mountpoint);
     this.#machine.move('stopped');
-    const stopped: StoppedEvent = { ...this.#lastStats, reason: this.#haltReason ? 'halted' : reason, abandoned };
+    const stopped: StoppedEvent = { ...this.stats(), reason: this.#haltReason ? 'halted' : reason, abandoned };
     this.emit('stopped', stopped);
     return stopped;
   }

@@ -29,6 +29,7 @@ fn main() {
         mountpoint: mountpoint.into(),
         allow_other: Switch::Off,
         io_uring: Switch::Auto,
+        passthrough: Switch::Auto,
         threads: 2,
         queue_depth: 64,
     };

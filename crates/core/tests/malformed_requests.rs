@@ -37,7 +37,15 @@ impl Harness {
         let sink = events.clone();
         let status = Arc::new(Status::new(Box::new(move |e| sink.lock().unwrap().push(e))));
         let settings =
-            Settings { allow_other: false, ring_wanted: false, uid: 0, gid: 0, faults: Default::default(), threads: 1 };
+            Settings {
+            allow_other: false,
+            ring_wanted: false,
+            passthrough: None,
+            uid: 0,
+            gid: 0,
+            faults: Default::default(),
+            threads: 1,
+        };
         let core = RequestCore::new(image, settings, status);
         let ring = Ring::new(64).unwrap();
         Self { core, events, path, ring, buffer: AlignedBuffer::zeroed((1 << 20) + 4096), io: None }

@@ -20,6 +20,8 @@ pub struct NativeOptions {
     pub allow_other: String,
     /// "on" | "off" | "auto"
     pub io_uring: String,
+    /// "on" | "off" | "auto"
+    pub passthrough: String,
     pub threads: u32,
     pub queue_depth: u32,
     /// "direct" | "writeback"
@@ -36,6 +38,8 @@ pub struct NativeStartInfo {
     pub queue_depth: u32,
     pub allow_other: bool,
     pub direct_io: bool,
+    pub passthrough: bool,
+    pub passthrough_reason: String,
     pub warnings: Vec<String>,
 }
 
@@ -85,6 +89,7 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         mountpoint: options.mountpoint.clone().into(),
         allow_other: switch("allowOther", &options.allow_other)?,
         io_uring: switch("ioUring", &options.io_uring)?,
+        passthrough: switch("passthrough", &options.passthrough)?,
         threads: options.threads as usize,
         queue_depth: options.queue_depth,
     })
@@ -184,6 +189,8 @@ impl NativeExport {
                 queue_depth: info.queue_depth,
                 allow_other: info.allow_other,
                 direct_io: info.direct_io,
+                passthrough: info.passthrough,
+                passthrough_reason: info.passthrough_reason.clone(),
                 warnings: info.warnings.clone(),
             }
         })

@@ -18,6 +18,7 @@ mod raw;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
@@ -131,6 +132,12 @@ pub trait ImageBackend: Send + Sync {
     fn resize(&self, size: u64) -> io::Result<()>;
     /// SEEK_DATA / SEEK_HOLE from `offset`. Rare: synchronous.
     fn seek(&self, offset: u64, what: Seek) -> io::Result<u64>;
+    /// The descriptor the kernel may read and write itself (FUSE
+    /// passthrough) while keeping the contract, or why it may not.
+    fn passthrough_fd(&self) -> Result<RawFd, String>;
+    /// Reads the size again from the storage: with passthrough the kernel
+    /// writes (and grows the image) without asking us.
+    fn sync_size(&self);
     /// Starts `io`.
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32>;
     /// A completion arrived on `io`'s token: done, or more work queued.

@@ -329,6 +329,23 @@ impl ImageBackend for RawImage {
         Ok((found as u64).min(size))
     }
 
+    fn passthrough_fd(&self) -> Result<RawFd, String> {
+        // The kernel would write past the end of a fixed-size file and grow
+        // it, where the contract says such a write is short.
+        if self.kind == Kind::File && self.writable && !self.growable {
+            return Err("a fixed-size writable image must refuse writes past its end, which passthrough would let \
+                        through: export it read-only or --growable to use passthrough"
+                .into());
+        }
+        Ok(self.file.as_raw_fd())
+    }
+
+    fn sync_size(&self) {
+        if let (Kind::File, Ok(meta)) = (self.kind, self.file.metadata()) {
+            self.size.store(meta.len(), Ordering::Release);
+        }
+    }
+
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
         if io.op == ImageOp::WriteZeroes && self.zero_range_refused.load(Ordering::Relaxed) {
             io.stage = WRITING_ZEROES;

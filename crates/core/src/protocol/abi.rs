@@ -38,11 +38,14 @@ pub mod init_flag {
     pub const MAX_PAGES: u64 = FsOptions::MAX_PAGES.bits();
     pub const INIT_EXT: u64 = FsOptions::INIT_EXT.bits();
     pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
+    pub const PASSTHROUGH: u64 = 1 << 37;
     pub const OVER_IO_URING: u64 = 1 << 41;
 }
 
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 pub const FOPEN_PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
+/// The kernel serves reads, writes and mmap from the backing file itself.
+pub const FOPEN_PASSTHROUGH: u32 = 1 << 7;
 
 pub mod fattr {
     pub const MODE: u32 = 1 << 0;

@@ -12,6 +12,10 @@ impl Negotiated {
     pub fn over_io_uring(&self) -> bool {
         self.flags & init_flag::OVER_IO_URING != 0
     }
+
+    pub fn passthrough(&self) -> bool {
+        self.flags & init_flag::PASSTHROUGH != 0
+    }
 }
 
 const WANTED: u64 = init_flag::ASYNC_READ
@@ -26,15 +30,29 @@ const WANTED: u64 = init_flag::ASYNC_READ
 /// a low limit would serialise them in the kernel.
 const MAX_BACKGROUND: u16 = 512;
 
-/// Builds the INIT reply. `ring_wanted`: ask for FUSE_OVER_IO_URING if offered.
-pub fn negotiate(arg: &InitIn, offered: u64, ring_wanted: bool) -> Result<(InitOut, Negotiated), i32> {
+/// What we ask for beyond the basics, when the kernel offers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub io_uring: bool,
+    pub passthrough: bool,
+}
+
+/// Backing files stacked under ours: the image's own file system is one
+/// level (0 or 3 leave passthrough silently off).
+const MAX_STACK_DEPTH: u32 = 1;
+
+/// Builds the INIT reply, asking for what `wanted` names if it is offered.
+pub fn negotiate(arg: &InitIn, offered: u64, extras: Wanted) -> Result<(InitOut, Negotiated), i32> {
     if arg.major != KERNEL_MAJOR {
         return Err(libc::EPROTO);
     }
     let minor = arg.minor.min(KERNEL_MINOR);
     let mut wanted = WANTED;
-    if ring_wanted {
+    if extras.io_uring {
         wanted |= init_flag::OVER_IO_URING;
+    }
+    if extras.passthrough {
+        wanted |= init_flag::PASSTHROUGH;
     }
     if minor < MINOR_WITH_INIT_EXT {
         wanted &= u64::from(u32::MAX);
@@ -52,7 +70,8 @@ pub fn negotiate(arg: &InitIn, offered: u64, ring_wanted: bool) -> Result<(InitO
         max_pages: MAX_PAGES,
         map_alignment: 0,
         flags2: (flags >> 32) as u32,
-        unused: [0; 7],
+        // The first of these is max_stack_depth.
+        unused: [if flags & init_flag::PASSTHROUGH != 0 { MAX_STACK_DEPTH } else { 0 }, 0, 0, 0, 0, 0, 0],
     };
     Ok((out, Negotiated { flags }))
 }
@@ -62,6 +81,8 @@ mod tests {
     use super::*;
     use vm_memory::ByteValued;
 
+    const RING: Wanted = Wanted { io_uring: true, passthrough: false };
+
     fn init_in(minor: u32) -> InitIn {
         InitIn { major: 7, minor, max_readahead: 128 << 10, flags: 0 }
     }
@@ -69,21 +90,21 @@ mod tests {
     #[test]
     fn only_offered_flags_are_echoed_and_the_ring_only_when_wanted() {
         let offered = u64::MAX;
-        let (out, negotiated) = negotiate(&init_in(45), offered, false).unwrap();
+        let (out, negotiated) = negotiate(&init_in(45), offered, Wanted::default()).unwrap();
         assert_eq!(negotiated.flags, WANTED);
         assert_eq!(out.flags2 & (1 << 9), 0);
         assert_eq!(out.flags2 & (1 << 4), 1 << 4, "DIRECT_IO_ALLOW_MMAP");
-        let (out, negotiated) = negotiate(&init_in(45), offered, true).unwrap();
+        let (out, negotiated) = negotiate(&init_in(45), offered, RING).unwrap();
         assert!(negotiated.over_io_uring());
         assert_eq!(out.flags2 & (1 << 9), 1 << 9);
-        let (_, negotiated) = negotiate(&init_in(45), WANTED, true).unwrap();
+        let (_, negotiated) = negotiate(&init_in(45), WANTED, RING).unwrap();
         assert!(!negotiated.over_io_uring(), "not offered, not taken");
     }
 
     #[test]
     fn the_reply_encodes_byte_for_byte() {
         let offered = init_flag::ASYNC_READ | init_flag::MAX_PAGES | init_flag::INIT_EXT | init_flag::OVER_IO_URING;
-        let (out, _) = negotiate(&init_in(45), offered, true).unwrap();
+        let (out, _) = negotiate(&init_in(45), offered, RING).unwrap();
         let bytes = out.as_slice();
         assert_eq!(&bytes[0..4], &7u32.to_ne_bytes());
         assert_eq!(&bytes[4..8], &45u32.to_ne_bytes());
@@ -94,11 +115,26 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_asks_for_one_stacking_level_only_when_offered_and_wanted() {
+        let wanted = Wanted { io_uring: false, passthrough: true };
+        let (out, negotiated) = negotiate(&init_in(45), u64::MAX, wanted).unwrap();
+        assert!(negotiated.passthrough());
+        let bytes = out.as_slice();
+        assert_eq!(&bytes[32..36], &((1u32 << 5) | (1 << 4)).to_ne_bytes(), "flags2: PASSTHROUGH, DIRECT_IO_ALLOW_MMAP");
+        assert_eq!(&bytes[36..40], &1u32.to_ne_bytes(), "max_stack_depth");
+        let (out, negotiated) = negotiate(&init_in(45), WANTED, wanted).unwrap();
+        assert!(!negotiated.passthrough(), "not offered, not taken");
+        assert_eq!(out.unused[0], 0);
+        let (_, negotiated) = negotiate(&init_in(45), u64::MAX, Wanted::default()).unwrap();
+        assert!(!negotiated.passthrough(), "offered, not wanted");
+    }
+
+    #[test]
     fn old_kernels_get_no_flags2_and_wrong_majors_eproto() {
-        let (out, _) = negotiate(&init_in(31), u64::MAX, true).unwrap();
+        let (out, _) = negotiate(&init_in(31), u64::MAX, RING).unwrap();
         assert_eq!(out.flags2, 0);
         assert_eq!(out.minor, 31);
         let wrong = InitIn { major: 8, ..init_in(45) };
-        assert_eq!(negotiate(&wrong, 0, false).unwrap_err(), libc::EPROTO);
+        assert_eq!(negotiate(&wrong, 0, Wanted::default()).unwrap_err(), libc::EPROTO);
     }
 }

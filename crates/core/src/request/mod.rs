@@ -8,6 +8,7 @@ pub mod attributes;
 pub mod counters;
 pub mod init;
 mod operations;
+pub mod passthrough;
 
 use crate::faults::Faults;
 use crate::image::{ImageBackend, ImageIo, ImageOp, IoContext};
@@ -21,6 +22,7 @@ use crate::status::Status;
 use attributes::Attributes;
 use counters::Counters;
 use init::Negotiated;
+use passthrough::Passthrough;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -58,6 +60,8 @@ pub struct Carrier<'a> {
 pub struct Settings {
     pub allow_other: bool,
     pub ring_wanted: bool,
+    /// Present when passthrough is wanted and the backend allows it.
+    pub passthrough: Option<Passthrough>,
     pub uid: u32,
     pub gid: u32,
     pub faults: Faults,
@@ -69,11 +73,15 @@ pub struct RequestCore {
     image: Arc<dyn ImageBackend>,
     attributes: Attributes,
     ring_wanted: bool,
+    passthrough: Option<Passthrough>,
     faults: Faults,
     pub counters: Counters,
     pub status: Arc<Status>,
     /// Set when INIT was answered; a second INIT is a protocol violation.
     pub init: Latch<Negotiated>,
+    /// Set once INIT's reply was written, so the kernel processed it: ring
+    /// entries may register and the image may be registered for passthrough.
+    pub init_replied: Latch<()>,
     /// (warning, errno) pairs reported already.
     reported: Mutex<Vec<(&'static str, i32)>>,
 }
@@ -85,16 +93,25 @@ impl RequestCore {
             image,
             attributes,
             ring_wanted: settings.ring_wanted,
+            passthrough: settings.passthrough,
             faults: settings.faults,
             counters: Counters::new(settings.threads),
             status,
             init: Latch::default(),
+            init_replied: Latch::default(),
             reported: Mutex::new(Vec::new()),
         }
     }
 
     pub fn negotiated(&self) -> Option<Negotiated> {
         self.init.get()
+    }
+
+    /// The backing id OPEN hands out when the kernel serves the data
+    /// itself: passthrough wanted, negotiated, and the image registered.
+    pub fn passthrough_backing(&self) -> Option<Result<u32, String>> {
+        let passthrough = self.passthrough.as_ref()?;
+        self.negotiated()?.passthrough().then(|| passthrough.backing_id())
     }
 
     /// A request that just arrived. Returns its `unique` and what to do, or

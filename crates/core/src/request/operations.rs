@@ -1,6 +1,7 @@
 //! Each opcode of the behaviour contract: what it does to the export.
 
-use super::{init, Carrier, Outcome, RequestCore};
+use super::init::{self, Wanted};
+use super::{Carrier, Outcome, RequestCore};
 use crate::image::{ImageIo, ImageOp, Seek};
 use crate::protocol::abi::*;
 use crate::protocol::{Operation, Reply, Request};
@@ -26,6 +27,15 @@ impl RequestCore {
                 return reply(Reply::error(libc::EIO));
             }
         }
+        let kernel_writes_the_image = self.passthrough_backing().is_some_and(|backing| backing.is_ok());
+        if kernel_writes_the_image
+            && matches!(
+                request.operation,
+                Operation::Getattr | Operation::Setattr(_) | Operation::Fallocate(_) | Operation::Lseek(_)
+            )
+        {
+            self.image.sync_size();
+        }
         match request.operation {
             Operation::Init { arg, flags } => reply(self.init(&arg, flags)),
             Operation::Lookup => reply(Reply::error(libc::ENOENT)),
@@ -44,7 +54,8 @@ impl RequestCore {
     }
 
     fn init(&self, arg: &InitIn, offered: u64) -> Reply {
-        match init::negotiate(arg, offered, self.ring_wanted) {
+        let wanted = Wanted { io_uring: self.ring_wanted, passthrough: self.passthrough.is_some() };
+        match init::negotiate(arg, offered, wanted) {
             Err(errno) => {
                 self.status
                     .halt(format!("the kernel speaks FUSE {}.{}, which this export does not", arg.major, arg.minor));
@@ -78,6 +89,10 @@ impl RequestCore {
             if let Err(e) = self.image.resize(0) {
                 return errno_of(e);
             }
+        }
+        if let Some(Ok(backing_id)) = self.passthrough_backing() {
+            // No DIRECT_IO: with it the kernel would still send READ and WRITE.
+            return Reply::with_args(&OpenOut { fh: 0, open_flags: FOPEN_PASSTHROUGH, passthrough: backing_id });
         }
         Reply::with_args(&OpenOut { fh: 0, open_flags: FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES, passthrough: 0 })
     }

@@ -17,6 +17,10 @@
 //!    entries to the kernel (`transport/fuse_queue.rs`,
 //!    `transport/uring_setup.rs`); `settle_transport` says which transport
 //!    serves, and why.
+//!    With passthrough wanted, `settle_passthrough` registers the image
+//!    with the kernel (`transport/mount.rs` `backing_open`); OPEN then
+//!    hands out its backing id (`request/passthrough.rs`) and reads and
+//!    writes go from the kernel straight to the image.
 //! 6. **serve**: requests arrive in legacy slots or ring entries, go to the
 //!    request core (`request/`), whose image I/O runs on the same ring; the
 //!    reply leaves by the way the request came.
@@ -37,6 +41,8 @@ use crate::faults::Faults;
 use crate::image::{self, ImageOptions};
 use crate::latch::Latch;
 use crate::request::counters::Snapshot;
+use crate::os_error::describe;
+use crate::request::passthrough::Passthrough;
 use crate::request::{RequestCore, Settings};
 use crate::runtime::control::Control;
 use crate::status::{EventSink, Status};
@@ -62,6 +68,7 @@ pub struct StartOptions {
     pub mountpoint: PathBuf,
     pub allow_other: Switch,
     pub io_uring: Switch,
+    pub passthrough: Switch,
     pub threads: usize,
     pub queue_depth: u32,
 }
@@ -78,6 +85,10 @@ pub struct StartInfo {
     pub queue_depth: u32,
     pub allow_other: bool,
     pub direct_io: bool,
+    /// The kernel reads and writes the image itself (FUSE passthrough).
+    pub passthrough: bool,
+    /// Why passthrough is used or not.
+    pub passthrough_reason: String,
     /// Things the user should know (fallbacks taken).
     pub warnings: Vec<String>,
 }
@@ -87,6 +98,9 @@ pub struct Server {
     control: Arc<Control>,
     ring_setup: Option<Arc<RingSetup>>,
     ring_required: bool,
+    /// Passthrough is to be tried once INIT is through.
+    passthrough_wanted: bool,
+    passthrough_required: bool,
     threads: Vec<JoinHandle<()>>,
     mountpoint: PathBuf,
     /// The connection's number under /sys/fs/fuse/connections.
@@ -106,6 +120,7 @@ impl Server {
         }
         let (ring_wanted, transport_reason) = transport_choice::ring_decision(options.io_uring)?;
         let (image, mut warnings) = image::open(&options.image).map_err(|e| e.0)?;
+        let passthrough_fd = transport_choice::passthrough_decision(options.passthrough, &*image)?;
         let faults = Faults::from_env();
         let fsname = options.image.path.to_string_lossy().into_owned();
         let (mounted, allow_other) = mount_with_policy(&options, &fsname, image.writable(), &faults, &mut warnings)?;
@@ -120,11 +135,35 @@ impl Server {
             queue_depth: options.queue_depth,
             allow_other,
             direct_io: image.uses_direct_io(),
+            passthrough: false,
+            passthrough_reason: passthrough_fd.clone().err().unwrap_or_default(),
             warnings,
         };
+        let passthrough = match passthrough_fd {
+            Ok(image_fd) => {
+                // A descriptor of our own on the connection, for the
+                // registration that follows INIT.
+                let session = mount::clone_session(&mounted.session)
+                    .map_err(|e| format!("Failed to clone /dev/fuse: {}", describe(&e)))?;
+                Some(Passthrough::new(Box::new(move || {
+                    mount::backing_open(&session, image_fd).map_err(|e| {
+                        format!("the kernel refused to register the image for passthrough: {}", describe(&e))
+                    })
+                })))
+            }
+            Err(_) => None,
+        };
         let status = Arc::new(Status::new(events));
-        let settings =
-            Settings { allow_other, ring_wanted, uid, gid, faults: faults.clone(), threads: options.threads };
+        let passthrough_wanted = passthrough.is_some();
+        let settings = Settings {
+            allow_other,
+            ring_wanted,
+            passthrough,
+            uid,
+            gid,
+            faults: faults.clone(),
+            threads: options.threads,
+        };
         let core = Arc::new(RequestCore::new(image, settings, status));
         let control =
             Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
@@ -137,6 +176,8 @@ impl Server {
             control,
             ring_setup,
             ring_required: options.io_uring == Switch::On,
+            passthrough_wanted,
+            passthrough_required: options.passthrough == Switch::On,
             threads: Vec::new(),
             mountpoint: options.mountpoint.clone(),
             connection: mounted.connection,
@@ -154,7 +195,8 @@ impl Server {
         let started = threads::spawn(plan, mounted.session)
             .map(|handles| server.threads = handles)
             .and_then(|_| server.await_init())
-            .and_then(|_| server.settle_transport());
+            .and_then(|_| server.settle_transport())
+            .and_then(|_| server.settle_passthrough());
         if let Err(e) = started {
             server.abandon();
             return Err(e);
@@ -200,6 +242,39 @@ impl Server {
             }
             Some(Err(reason)) => Err(format!("FUSE-over-io_uring failed: {reason}")),
             None => Err("the ring queues did not register in time".into()),
+        }
+    }
+
+    /// Registers the image for passthrough once the kernel processed INIT's
+    /// reply, so that the ready event says what serves the data.
+    fn settle_passthrough(&mut self) -> Result<(), String> {
+        if !self.passthrough_wanted {
+            return Ok(());
+        }
+        if !self.core.negotiated().is_some_and(|n| n.passthrough()) {
+            self.info.passthrough_reason =
+                format!("the kernel did not offer FUSE passthrough in INIT ({})", transport_choice::PASSTHROUGH_KERNEL);
+            if self.passthrough_required {
+                return Err(format!("--passthrough on, but {}", self.info.passthrough_reason));
+            }
+            return Ok(());
+        }
+        if self.core.init_replied.wait(INIT_TIMEOUT).is_none() {
+            return Err("INIT's reply was not written in time".into());
+        }
+        match self.core.passthrough_backing() {
+            Some(Ok(_)) => {
+                self.info.passthrough = true;
+                self.info.passthrough_reason = "the kernel reads and writes the image itself".into();
+                Ok(())
+            }
+            Some(Err(why)) if !self.passthrough_required => {
+                self.info.passthrough_reason = why.clone();
+                self.info.warnings.push(format!("FUSE passthrough is off: {why}"));
+                Ok(())
+            }
+            Some(Err(why)) => Err(format!("--passthrough on, but {why}")),
+            None => Ok(()),
         }
     }
 

@@ -1,8 +1,33 @@
-//! Which transport serves, and why: asked before mounting (the switch and
-//! the kernel's offer), settled after INIT and REGISTER (what really happened).
+//! Which transport serves, and whether the kernel serves the data itself
+//! (passthrough), and why: asked before mounting (the switches, the
+//! kernel's offer, the image), settled after INIT (what really happened).
 
 use super::Switch;
+use crate::image::ImageBackend;
+use crate::transport::mount::running_as_root;
 use crate::transport::uring_setup::{self, HOW_TO_ENABLE};
+use std::os::fd::RawFd;
+
+pub const PASSTHROUGH_KERNEL: &str = "Linux >= 6.9 built with CONFIG_FUSE_PASSTHROUGH";
+
+/// The image descriptor to register for passthrough, if it is to be
+/// tried; otherwise why not (`--passthrough on` fails with that reason).
+pub fn passthrough_decision(switch: Switch, image: &dyn ImageBackend) -> Result<Result<RawFd, String>, String> {
+    let refused = |why: String| match switch {
+        Switch::On => Err(format!("--passthrough on, but {why}")),
+        _ => Ok(Err(why)),
+    };
+    if switch == Switch::Off {
+        return Ok(Err("--passthrough off".into()));
+    }
+    if !running_as_root() {
+        return refused("FUSE passthrough needs CAP_SYS_ADMIN (run as root)".into());
+    }
+    match image.passthrough_fd() {
+        Ok(fd) => Ok(Ok(fd)),
+        Err(why) => refused(why),
+    }
+}
 
 /// Whether to ask for FUSE-over-io_uring, and why.
 pub fn ring_decision(switch: Switch) -> Result<(bool, String), String> {

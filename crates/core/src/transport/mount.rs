@@ -387,6 +387,29 @@ pub fn clone_session(session: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(clone)
 }
 
+/// `_IOW(229, 1, struct fuse_backing_map)`: registers a backing file.
+const FUSE_DEV_IOC_BACKING_OPEN: libc::Ioctl = 0x4010_e501_u32 as libc::Ioctl;
+
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+/// Registers `file` with the connection for FUSE passthrough; returns the
+/// backing id an OPEN reply names. Needs CAP_SYS_ADMIN, and INIT's reply
+/// processed with passthrough negotiated.
+pub fn backing_open(session: &OwnedFd, file: RawFd) -> io::Result<u32> {
+    let map = BackingMap { fd: file, flags: 0, padding: 0 };
+    // SAFETY: the ioctl reads one fuse_backing_map.
+    let id = unsafe { libc::ioctl(session.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, &map) };
+    if id < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id as u32)
+}
+
 /// Replies and reads never block a thread: io_uring polls a non-blocking fd.
 pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own.

@@ -100,8 +100,11 @@ impl Owner for ThreadTransports {
             (kind::IMAGE_IO, _) => self.queues[queue].on_image_io(ring, core, slot, result),
             (kind::REPLY, _) => {
                 let was_init = self.legacy.on_reply(core, slot, result);
-                if let (true, Some(setup)) = (was_init, &self.ring_setup) {
-                    setup.init_replied();
+                // Written, so the kernel has processed INIT's reply.
+                if was_init && core.init_replied.set(()) {
+                    if let Some(setup) = &self.ring_setup {
+                        setup.wake_to_register();
+                    }
                 }
             }
             (kind::RING_COMMAND, _) => match self.queues[queue].on_command(ring, core, slot, result, phase) {

@@ -57,7 +57,6 @@ pub fn payload_size(max_write: u32, max_pages: u16) -> usize {
 pub struct RingSetup {
     /// `--io-uring on`: a failure halts instead of falling back.
     required: bool,
-    init_replied: AtomicBool,
     threads_left: AtomicUsize,
     failed: AtomicBool,
     /// Wakes the threads to register once INIT's reply is out.
@@ -70,7 +69,6 @@ impl RingSetup {
     pub fn new(required: bool, threads_with_queues: usize, control: Arc<Control>) -> Self {
         Self {
             required,
-            init_replied: AtomicBool::new(false),
             threads_left: AtomicUsize::new(threads_with_queues),
             failed: AtomicBool::new(false),
             control,
@@ -78,14 +76,14 @@ impl RingSetup {
         }
     }
 
-    pub fn init_replied(&self) {
-        self.init_replied.store(true, Ordering::Release);
+    /// INIT's reply is out: every thread may register its queues now.
+    pub fn wake_to_register(&self) {
         self.control.wake_all();
     }
 
     /// Whether REGISTER may go out now.
     pub fn may_register(&self, core: &RequestCore) -> bool {
-        self.init_replied.load(Ordering::Acquire) && core.negotiated().is_some_and(|n| n.over_io_uring())
+        core.init_replied.get().is_some() && core.negotiated().is_some_and(|n| n.over_io_uring())
     }
 
     pub fn thread_registered(&self) {
