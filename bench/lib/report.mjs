@@ -6,6 +6,12 @@ export const TARGETS = [
   { id: 'file', label: 'file', color: '#7f8c8d', what: 'fio on the image file itself (the limit)' },
   { id: 'io_uring', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on' },
   { id: 'legacy', label: 'legacy', color: '#e67e22', what: 'fuse-export --io-uring off (/dev/fuse read/write)' },
+  {
+    id: 'passthrough',
+    label: 'passthrough',
+    color: '#27ae60',
+    what: 'fuse-export --passthrough on --growable (the kernel reads and writes the image itself)',
+  },
   { id: 'qsd', label: 'qsd', color: '#c0392b', what: "qemu-storage-daemon's FUSE export" },
 ];
 
@@ -105,6 +111,12 @@ export function evaluateTargets(summary, servers, images) {
     for (const w of ['read-1m-qd4', 'write-1m-qd4']) {
       const what = w.startsWith('read') ? 'read' : 'write';
       ratioTarget(`io_uring-seq${what}-vs-file-${image}`, image, w, 'io_uring', 'file', 0.6, `io_uring 1 MiB sequential ${what} (${image}) >= 0.6x file`);
+    }
+  }
+  for (const image of images) {
+    const limit = image === 'tmpfs' ? 0.9 : 0.95;
+    for (const w of ['randread-4k-qd16x2', 'randwrite-4k-qd16x2', 'read-1m-qd4', 'write-1m-qd4']) {
+      ratioTarget(`passthrough-${w}-vs-file-${image}`, image, w, 'passthrough', 'file', limit, `passthrough ${w} (${image}) >= ${limit}x file`);
     }
   }
   for (const server of servers.filter((s) => s.target === 'io_uring')) {

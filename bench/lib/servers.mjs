@@ -1,4 +1,4 @@
-// The FUSE servers under test: fuse-export (io_uring or legacy transport)
+// The FUSE servers under test: fuse-export (io_uring, legacy, passthrough)
 // and qemu-storage-daemon's FUSE export. Each is started once per image and
 // stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
 import { spawn } from 'node:child_process';
@@ -87,9 +87,15 @@ class Server {
  * cleaning up) when it logs "failed", exits, or takes too long.
  */
 export async function startFuseExport({ cli, target, image, mountpoint, transport, threads, cache, queueDepth, timeout = 30_000 }) {
+  // The FUSE path with passthrough off; passthrough on a growable export,
+  // the kind it serves (fio stays inside the image).
+  const passthrough = transport === 'passthrough';
   const args = [
     cli,
     '--writable',
+    ...(passthrough ? ['--growable'] : []),
+    '--passthrough',
+    passthrough ? 'on' : 'off',
     '--io-uring',
     transport === 'io_uring' ? 'on' : 'off',
     '--threads',
