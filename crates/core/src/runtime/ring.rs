@@ -10,6 +10,9 @@ pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     /// SQEs whose completion has not been seen yet.
     outstanding: usize,
+    /// Where the thread's wake-up read lands. Kept with the ring, not on
+    /// the loop's stack, so that it lives (or is leaked) with the ring.
+    wake_target: Box<u64>,
 }
 
 impl Ring {
@@ -17,7 +20,7 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
         let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
-        Ok(Self { ring, outstanding: 0 })
+        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0) })
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
@@ -37,6 +40,11 @@ impl Ring {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// The 8 bytes the wake-up read writes into.
+    pub(super) fn wake_target(&mut self) -> *mut u8 {
+        (&mut *self.wake_target as *mut u64).cast()
     }
 
     /// Counts a completion that arrives without an SQE of ours (posted by

@@ -34,7 +34,6 @@ const CANCEL_WAKE: Token = Token::new(2, RUNTIME_CHANNEL, 0);
 /// kernel may write into is released while an SQE still points at it.
 pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize) {
     let waker = types::Fd(control.waker(thread).as_raw_fd());
-    let mut wake_buffer = Box::new(0u64);
     let (mut wake_armed, mut wake_cancelled) = (false, false);
     let mut completions = Vec::with_capacity(256);
     loop {
@@ -42,7 +41,8 @@ pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: 
         let next = owner.prepare(ring, phase);
         let stopping = phase == Phase::Stopping;
         if !wake_armed && !stopping {
-            ring.push(opcode::Read::new(waker, (&mut *wake_buffer as *mut u64).cast(), 8).build(), WAKE);
+            let target = ring.wake_target();
+            ring.push(opcode::Read::new(waker, target, 8).build(), WAKE);
             wake_armed = true;
         } else if wake_armed && stopping && !wake_cancelled {
             ring.push(opcode::AsyncCancel::new(WAKE.user_data()).build(), CANCEL_WAKE);
