@@ -38,7 +38,7 @@ export function parseLines(text: string): LogLine[] {
 /** The Node API's options, plus the CLI's --pidfile. */
 export type CliOptions = Omit<ExportOptions, 'image' | 'mountpoint'> & { pidfile?: string };
 
-export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, pidfile }: CliOptions = {}): string[] {
+export function cliOptions({ writable, growable, allowOther, ioUring, threads, queueDepth, cache, format, pidfile }: CliOptions = {}): string[] {
   const args: string[] = [];
   if (writable) args.push('--writable');
   if (growable) args.push('--growable');
@@ -47,6 +47,7 @@ export function cliOptions({ writable, growable, allowOther, ioUring, threads, q
   if (threads !== undefined) args.push('--threads', String(threads));
   if (queueDepth !== undefined) args.push('--queue-depth', String(queueDepth));
   if (cache !== undefined) args.push('--cache', cache);
+  if (format !== undefined) args.push('--format', format);
   if (pidfile !== undefined) args.push('--pidfile', pidfile);
   return args;
 }

@@ -25,6 +25,9 @@ export interface ExportStats {
 export interface ExportInfo {
   mountpoint: string;
   image: string;
+  /** `raw` or `qcow2`: the format the image was opened in. */
+  format: 'raw' | 'qcow2';
+  /** The virtual size (what the exported file holds). */
   size: number;
   writable: boolean;
   growable: boolean;
@@ -129,6 +132,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           threads: resolved.threads,
           queueDepth: resolved.queueDepth,
           cache: resolved.cache,
+          format: resolved.format,
         },
         onEvent,
       );
@@ -143,6 +147,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       {
         mountpoint,
         image: resolved.image,
+        format: info.format as ExportInfo['format'],
         size: info.size,
         writable: resolved.writable,
         growable: resolved.growable,
