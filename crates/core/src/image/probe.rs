@@ -40,6 +40,26 @@ pub struct Qcow2Header {
     /// Virtual size in bytes.
     pub size: u64,
     pub backing_file: Option<String>,
+    /// (offset, bytes) of the L1 table and of the refcount table.
+    pub l1_table: (u64, u64),
+    pub refcount_table: (u64, u64),
+}
+
+impl Qcow2Header {
+    /// The first table that lies past `file_size` (a truncated image), named.
+    pub fn table_past_end(&self, file_size: u64) -> Option<String> {
+        [("L1 table", self.l1_table), ("refcount table", self.refcount_table)].into_iter().find_map(
+            |(name, (offset, len))| {
+                let end = offset.saturating_add(len);
+                (end > file_size).then(|| {
+                    format!(
+                        "its {name} ({len} bytes at offset {offset}) lies past the end of the file \
+                         ({file_size} bytes): the file is truncated or the header is corrupt"
+                    )
+                })
+            },
+        )
+    }
 }
 
 fn be32(bytes: &[u8], at: usize) -> u32 {
@@ -83,7 +103,9 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
             None => return Err("its backing file name lies past any file's end".into()),
         }
     };
-    Ok(Qcow2Header { version, cluster_bits, size: be64(bytes, 24), backing_file })
+    let l1_table = (be64(bytes, 40), u64::from(be32(bytes, 36)) * 8);
+    let refcount_table = (be64(bytes, 48), u64::from(be32(bytes, 56)) << cluster_bits);
+    Ok(Qcow2Header { version, cluster_bits, size: be64(bytes, 24), backing_file, l1_table, refcount_table })
 }
 
 #[cfg(test)]
@@ -102,6 +124,11 @@ mod tests {
         }
         bytes[20..24].copy_from_slice(&cluster_bits.to_be_bytes());
         bytes[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+        // 2 L1 entries at 0x30000, a one-cluster refcount table at 0x10000.
+        bytes[36..40].copy_from_slice(&2u32.to_be_bytes());
+        bytes[40..48].copy_from_slice(&0x30000u64.to_be_bytes());
+        bytes[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+        bytes[56..60].copy_from_slice(&1u32.to_be_bytes());
         bytes
     }
 
@@ -118,7 +145,14 @@ mod tests {
         let parsed = parse_qcow2_header(&header(3, 16, "base.qcow2")).unwrap();
         assert_eq!(
             parsed,
-            Qcow2Header { version: 3, cluster_bits: 16, size: 1 << 30, backing_file: Some("base.qcow2".into()) }
+            Qcow2Header {
+                version: 3,
+                cluster_bits: 16,
+                size: 1 << 30,
+                backing_file: Some("base.qcow2".into()),
+                l1_table: (0x30000, 16),
+                refcount_table: (0x10000, 0x10000),
+            }
         );
         assert_eq!(parse_qcow2_header(&header(2, 12, "")).unwrap().backing_file, None);
     }
@@ -132,6 +166,17 @@ mod tests {
         let mut long_name = header(3, 16, "b");
         long_name[16..20].copy_from_slice(&4096u32.to_be_bytes());
         assert!(parse_qcow2_header(&long_name).unwrap_err().contains("backing file name"));
+    }
+
+    #[test]
+    fn tables_past_the_end_of_the_file_are_named() {
+        let parsed = parse_qcow2_header(&header(3, 16, "")).unwrap();
+        assert_eq!(parsed.table_past_end(0x30010), None);
+        assert!(parsed.table_past_end(0x30008).unwrap().contains("L1 table"));
+        let mut refcount_far = header(3, 16, "");
+        refcount_far[48..56].copy_from_slice(&0x40000u64.to_be_bytes());
+        let parsed = parse_qcow2_header(&refcount_far).unwrap();
+        assert!(parsed.table_past_end(0x30010).unwrap().contains("refcount table"));
     }
 
     #[test]

@@ -97,8 +97,12 @@ impl Qcow2Image {
         if options.growable && !options.writable {
             return Err(ImageError("--growable needs --writable".into()));
         }
-        parse_qcow2_header(first_bytes)
-            .map_err(|problem| ImageError(format!("Image {shown} is not a usable qcow2 image: {problem}")))?;
+        let unusable = |problem: String| ImageError(format!("Image {shown} is not a usable qcow2 image: {problem}"));
+        let header = parse_qcow2_header(first_bytes).map_err(unusable)?;
+        let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+        if let Some(problem) = header.table_past_end(file_size) {
+            return Err(unusable(problem));
+        }
         let direct = options.cache == CacheMode::Direct;
         let top = HostFile::open_path(path, options.writable, direct).map_err(|e| {
             let hint = match (e.raw_os_error(), options.writable) {

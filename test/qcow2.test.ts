@@ -1,0 +1,318 @@
+// qcow2 images: format probing and --format, backing chains read and
+// written with copy-on-write, every request of the contract checked against
+// QEMU's own tools (qemu-img convert / check / compare / map), locks,
+// QEMU's probing rule, bad images.
+import test from 'ava';
+import { rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  assertBytes,
+  digest,
+  eachTransport,
+  errorText,
+  exportImage,
+  fileStat,
+  fsop,
+  fsopOk,
+  KiB,
+  makeImage,
+  makeMountpoint,
+  makeQcow2,
+  MiB,
+  pattern,
+  qemuCheck,
+  qemuCompare,
+  qemuInfo,
+  qemuMap,
+  qemuWrite,
+  readFile,
+  readVia,
+  run,
+  runCli,
+  stopExport,
+  tmpDir,
+  toRaw,
+  writeVia,
+} from './helpers/index.js';
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** Writes `data` at `offset` into a plain file (a raw reference). */
+function writeAt(path: string, offset: number, data: Buffer): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * base.qcow2 (data, a zeroed range) <- mid.qcow2 (data, a compressed
+ * cluster) <- top.qcow2 (data): 64 MiB with 64 KiB clusters.
+ */
+async function chain(dir: string): Promise<{ base: string; mid: string; top: string }> {
+  const base = await makeQcow2(dir, 'base.qcow2', 64 * MiB);
+  await qemuWrite(base, ['write -P 0x11 0 2M', 'write -P 0x22 3M 100k', 'write -P 0x23 40M 1M', 'write -z 40M 64k']);
+  const mid = await makeQcow2(dir, 'mid.qcow2', 64 * MiB, { backing: 'base.qcow2' });
+  await qemuWrite(mid, ['write -P 0x33 1M 8k', 'write -c -P 0x44 8M 64k', 'write -P 0x45 20M 3M']);
+  const top = await makeQcow2(dir, 'top.qcow2', 64 * MiB, { backing: 'mid.qcow2' });
+  await qemuWrite(top, ['write -P 0x55 512k 4k', 'write -P 0x56 21M 100k']);
+  return { base, mid, top };
+}
+
+eachTransport(test, 'a qcow2 chain reads as qemu-img convert -O raw sees it; a read-only export changes no file', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const { base, mid, top } = await chain(dir);
+  const reference = await toRaw(top, dir);
+  const before = [digest(base), digest(mid), digest(top)];
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring });
+  t.is(exp.ready.format, 'qcow2');
+  t.is(exp.ready.size, 64 * MiB, 'size is the virtual size');
+  t.is(fileStat(mnt).size, 64 * MiB);
+  const cmp = await run(['cmp', mnt, reference]);
+  t.is(cmp.code, 0, `exported bytes differ from qemu-img convert: ${cmp.stdout}${cmp.stderr}`);
+  assertBytes(t, await readVia(mnt, 8 * MiB + 4 * KiB, 4 * KiB, { how: 'rdirect' }), Buffer.alloc(4 * KiB, 0x44), 'compressed');
+  assertBytes(t, await readVia(mnt, 40 * MiB, 4 * KiB), Buffer.alloc(4 * KiB), 'zero cluster in the base');
+  assertBytes(t, await readVia(mnt, 40 * MiB + 64 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x23), 'base data');
+  t.regex((await writeVia(mnt, 0, 'x')).errno ?? '', /^(EACCES|EROFS)$/, 'read-only');
+  await stopExport(t, exp);
+  t.deepEqual([digest(base), digest(mid), digest(top)], before, 'no file of the chain was modified');
+});
+
+eachTransport(test, 'writes go to the top image with copy-on-write; qemu-img check and compare agree; backing files unchanged', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const { base, mid, top } = await chain(dir);
+  const reference = await toRaw(top, dir);
+  const before = [digest(base), digest(mid)];
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true });
+  // Unaligned and cluster-spanning writes over backing data, zeroes,
+  // compressed data, top data and unallocated space; O_DIRECT and not.
+  const writes: [number, number, number, string?][] = [
+    [1, 1, 1],
+    [64 * KiB - 100, 300, 2],
+    [1 * MiB + 4 * KiB, 4 * KiB, 3, 'direct'],
+    [3 * MiB + 50 * KiB, 200 * KiB, 4],
+    [8 * MiB + 8 * KiB, 8 * KiB, 5, 'direct'],
+    [20 * MiB - 12 * KiB, 1 * MiB + 24 * KiB, 6],
+    [40 * MiB + 32 * KiB, 64 * KiB, 7, 'direct'],
+    [50 * MiB + 123, 777 * KiB, 8],
+    [64 * MiB - 4 * KiB, 4 * KiB, 9, 'direct'],
+  ];
+  for (const [offset, length, seed, how] of writes) {
+    const data = pattern(length, seed);
+    const answer = await writeVia(mnt, offset, data, { how });
+    t.deepEqual(answer, { ok: length }, `write of ${length} at ${offset}`);
+    writeAt(reference, offset, data);
+  }
+  const cmp = await run(['cmp', mnt, reference]);
+  t.is(cmp.code, 0, `read back through the export: ${cmp.stdout}${cmp.stderr}`);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+  const compared = await qemuCompare(top, reference);
+  t.is(compared.code, 0, compared.out);
+  t.deepEqual([digest(base), digest(mid)], before, 'the backing files are unchanged');
+});
+
+eachTransport(test, 'fio: 2 jobs x iodepth 16 random 4k writes with crc32c verify on a fresh, unallocated qcow2', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const perJob = 16 * MiB;
+  const image = await makeQcow2(dir, 'fresh.qcow2', 2 * perJob);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
+  const fio = await run(
+    [
+      'fio', '--name=verify', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=randwrite',
+      '--verify=crc32c', '--verify_fatal=1', `--size=${perJob}`, `--offset_increment=${perJob}`, '--numjobs=2',
+      '--iodepth=16', '--randrepeat=1', '--group_reporting',
+    ],
+    { timeout: 180_000 },
+  );
+  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
+  t.regex(fio.stdout, /err= 0/);
+  t.notRegex(fio.stdout + fio.stderr, /verify: bad|crc32c: verify failed/);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+});
+
+eachTransport(test, 'concurrent writes into the same unallocated clusters lose nothing', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'race.qcow2', 8 * MiB, { options: 'cluster_size=65536' });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
+  // 4 KiB writes, 16 per 64 KiB cluster, all in flight at once, from 2 jobs on distinct blocks.
+  const fio = await run(
+    [
+      'fio', '--name=race', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=write:4k',
+      '--verify=crc32c', '--verify_fatal=1', '--size=4M', '--offset_increment=4k', '--numjobs=2', '--iodepth=32',
+      '--group_reporting',
+    ],
+    { timeout: 120_000 },
+  );
+  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
+  t.notRegex(fio.stdout + fio.stderr, /verify: bad|verify failed/);
+  await stopExport(t, exp);
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+});
+
+eachTransport(test, 'punch hole discards, zero range zeroes, SEEK_DATA / SEEK_HOLE follow the chain', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const base = await makeQcow2(dir, 'base.qcow2', 16 * MiB);
+  await qemuWrite(base, ['write -P 0x11 2M 1M']);
+  const top = await makeQcow2(dir, 'top.qcow2', 16 * MiB, { backing: 'base.qcow2' });
+  await qemuWrite(top, ['write -P 0x22 8M 1M', 'write -P 0x23 12M 64k']);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true });
+  t.is(await fsopOk('lseek', [mnt, 0, 'data']), 2 * MiB, 'data in the base');
+  t.is(await fsopOk('lseek', [mnt, 2 * MiB, 'hole']), 3 * MiB);
+  t.is(await fsopOk('lseek', [mnt, 3 * MiB, 'data']), 8 * MiB, 'data in the top');
+  t.is(await fsopOk('lseek', [mnt, 13 * MiB, 'hole']), 13 * MiB);
+  t.is((await fsop('lseek', [mnt, 13 * MiB, 'data'])).errno, 'ENXIO', 'no data after the last');
+  t.is((await fsop('lseek', [mnt, 16 * MiB, 'hole'])).errno, 'ENXIO', 'past the end');
+
+  const fallocate = (mode: number, offset: number, length: number) =>
+    fsop('fallocate', [mnt, `0x${mode.toString(16)}`, offset, length]);
+  t.deepEqual(await fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 8 * MiB, 512 * KiB), { ok: true });
+  t.deepEqual(await fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MiB, 256 * KiB), { ok: true }, 'over backing data');
+  t.deepEqual(await fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 12 * MiB + 4 * KiB, 8 * KiB), { ok: true }, 'part of a cluster');
+  assertBytes(t, await readVia(mnt, 8 * MiB, 512 * KiB), Buffer.alloc(512 * KiB), 'the hole reads zero');
+  assertBytes(t, await readVia(mnt, 8 * MiB + 512 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x22), 'data after it stays');
+  assertBytes(t, await readVia(mnt, 2 * MiB, 256 * KiB), Buffer.alloc(256 * KiB), 'the backing data no longer shows');
+  assertBytes(t, await readVia(mnt, 2 * MiB + 256 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x11));
+  const zeroed = await readVia(mnt, 12 * MiB, 64 * KiB);
+  const expected = Buffer.alloc(64 * KiB, 0x23);
+  expected.fill(0, 4 * KiB, 12 * KiB);
+  assertBytes(t, zeroed, expected, 'zero range inside a cluster');
+  t.is(await fsopOk('lseek', [mnt, 8 * MiB, 'data']), 8 * MiB + 512 * KiB, 'SEEK_DATA skips the discarded clusters');
+  await stopExport(t, exp);
+  const map = await qemuMap(top);
+  const hole = map.find((e) => e.start <= 8 * MiB && 8 * MiB < e.start + e.length);
+  t.is(hole?.data, false, `qemu-img map shows the hole: ${JSON.stringify(hole)}`);
+  t.is(hole?.zero, true);
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+});
+
+eachTransport(test, '--growable: a write past the end grows the virtual size; truncate grows; shrinking is EOPNOTSUPP', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'grow.qcow2', 4 * MiB);
+  await qemuWrite(image, ['write -P 0x31 0 4M']);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true, growable: true });
+  const data = pattern(64 * KiB, 3);
+  t.deepEqual(await writeVia(mnt, 5 * MiB, data), { ok: data.length });
+  t.is((await fsopOk('stat', [mnt])).size, 5 * MiB + 64 * KiB);
+  assertBytes(t, await readVia(mnt, 4 * MiB, MiB), Buffer.alloc(MiB), 'the gap reads as zeroes');
+  t.deepEqual(await fsop('truncate', [mnt, 8 * MiB]), { ok: true });
+  t.is((await fsopOk('stat', [mnt])).size, 8 * MiB);
+  t.is((await fsop('truncate', [mnt, 2 * MiB])).errno, 'EOPNOTSUPP');
+  await stopExport(t, exp);
+  t.is((await qemuInfo(image))['virtual-size'], 8 * MiB, 'the header says so');
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+  const raw = await toRaw(image, dir);
+  assertBytes(t, readFile(raw, 5 * MiB, data.length), data);
+});
+
+test.serial('--format: auto probes, qcow2 on a raw file is refused by name, raw shows the qcow2 file itself', async (t) => {
+  const dir = tmpDir(t);
+  const qcow2 = await makeQcow2(dir, 'disk.qcow2', 4 * MiB);
+  const raw = makeImage(dir, 'disk.img', MiB, [[0, pattern(4096, 1)]]);
+  const mnt = makeMountpoint(dir);
+  const refused = await runCli(['--format', 'qcow2', raw, mnt]);
+  t.is(refused.code, 1);
+  t.regex(errorText(refused), /disk\.img.*not a qcow2 image/);
+  const bad = await runCli(['--format', 'vmdk', raw, mnt]);
+  t.is(bad.code, 1);
+  const asRaw = await exportImage(t, { image: qcow2, mountpoint: mnt, format: 'raw' });
+  t.is(asRaw.ready.format, 'raw');
+  t.is(asRaw.ready.size, fileStat(qcow2).size, 'the file as it is');
+  assertBytes(t, await readVia(mnt, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+  await stopExport(t, asRaw);
+  const auto = await exportImage(t, { image: raw, mountpoint: mnt });
+  t.is(auto.ready.format, 'raw');
+  await stopExport(t, auto);
+});
+
+test.serial('an image probed as raw refuses a write that plants a qcow2 header (EPERM); --format raw allows it', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', MiB);
+  const mnt = makeMountpoint(dir);
+  const header = Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(508)]);
+  const probed = await exportImage(t, { image, mountpoint: mnt, writable: true });
+  t.is((await writeVia(mnt, 0, header)).errno, 'EPERM');
+  t.is((await writeVia(mnt, 0, Buffer.from('QF'))).ok, 2, 'half of it is fine');
+  t.is((await writeVia(mnt, 2, Buffer.from('I\xfb', 'latin1'))).errno, 'EPERM', 'completing it is not');
+  t.is((await writeVia(mnt, 4096, header)).ok, 512, 'elsewhere it is data');
+  await stopExport(t, probed);
+  t.notDeepEqual(readFile(image, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+  const named = await exportImage(t, { image, mountpoint: mnt, writable: true, format: 'raw' });
+  t.is((await writeVia(mnt, 0, header)).ok, 512);
+  await stopExport(t, named);
+  assertBytes(t, readFile(image, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+});
+
+test.serial('locks: a second writer (export or qemu-img) is refused by name; read-only exports share', async (t) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'disk.qcow2', 4 * MiB);
+  const [first, second] = [makeMountpoint(dir, 'a'), makeMountpoint(dir, 'b')];
+  const writer = await exportImage(t, { image, mountpoint: first, writable: true });
+  const again = await runCli(['--writable', image, second]);
+  t.is(again.code, 1);
+  t.regex(errorText(again), /disk\.qcow2 is in use.*write/);
+  const reader = await runCli([image, second]);
+  t.is(reader.code, 1, 'a reader wants no writer either');
+  const qemu = await run(['qemu-img', 'info', image]);
+  t.not(qemu.code, 0, 'qemu-img is refused too');
+  t.regex(qemu.stderr, /lock/);
+  await stopExport(t, writer);
+  const one = await exportImage(t, { image, mountpoint: first });
+  const two = await exportImage(t, { image, mountpoint: second });
+  t.is((await run(['qemu-img', 'info', image])).code, 0, 'qemu-img reads alongside');
+  const qemuWriter = await run(['qemu-io', '-c', 'write 0 4k', image]);
+  t.not(qemuWriter.code, 0, 'a QEMU writer is refused while we read');
+  await stopExport(t, one);
+  await stopExport(t, two);
+});
+
+test.serial('bad images end in exit 1 naming the file and the problem', async (t) => {
+  const dir = tmpDir(t);
+  const mnt = makeMountpoint(dir);
+  const expectFailure = async (image: string, problem: RegExp, format = 'auto') => {
+    const result = await runCli(['--format', format, image, mnt]);
+    t.is(result.code, 1, `${image}: ${result.stderr}`);
+    t.regex(errorText(result), problem);
+  };
+  const version = await makeQcow2(dir, 'version.qcow2', MiB);
+  writeAt(version, 4, Buffer.from([0, 0, 0, 9]));
+  await expectFailure(version, /version\.qcow2.*version is 9/);
+
+  const gone = await makeQcow2(dir, 'gone.qcow2', MiB);
+  const orphan = await makeQcow2(dir, 'orphan.qcow2', MiB, { backing: 'gone.qcow2' });
+  rmSync(gone);
+  await expectFailure(orphan, /orphan\.qcow2.*gone\.qcow2/);
+
+  const a = await makeQcow2(dir, 'a.qcow2', MiB);
+  await makeQcow2(dir, 'b.qcow2', MiB, { backing: 'a.qcow2' });
+  await run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', a]);
+  await expectFailure(a, /a\.qcow2.*loop/);
+
+  const truncated = await makeQcow2(dir, 'truncated.qcow2', 64 * MiB);
+  const fd = openSync(truncated, 'r+');
+  ftruncateSync(fd, 1024);
+  closeSync(fd);
+  await expectFailure(truncated, /truncated\.qcow2/);
+
+  const short = join(dir, 'short.qcow2');
+  writeFileSync(short, Buffer.from('QFI\xfb\0\0\0\x03', 'latin1'));
+  await expectFailure(short, /short\.qcow2.*truncated/);
+});
