@@ -2,11 +2,15 @@
 # Proves the npm packages work without a Rust toolchain: packs the main
 # package and this platform's binary package, installs both into an empty
 # directory with cargo hidden from PATH, then runs `npx fuse-export
-# --version` and a real export (root needed for the export part).
+# --version` and a real export (root needed for the export part). The addon
+# is the product build: it must not contain the test-only fault knobs.
 source "$(dirname "$0")/lib.sh"
 ensure_build
 
 platform=linux-x64-gnu
+if grep -a -q FUSE_EXPORT_TEST_ "native/fuse-export.$platform.node"; then
+  echo "FAIL: the addon to ship contains the test suite's FUSE_EXPORT_TEST_ knobs" >&2; exit 1
+fi
 work="$(mktemp -d /tmp/fuse-export-pack.XXXXXX)"
 pid=""
 original_path="$PATH"

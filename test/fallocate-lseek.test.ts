@@ -1,7 +1,7 @@
 // FALLOCATE (preallocate, punch hole, zero range) and LSEEK (SEEK_DATA /
 // SEEK_HOLE) against the image's own allocation.
 import test from 'ava';
-import { closeSync, fsyncSync, openSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, writeFileSync } from 'node:fs';
 import {
   assertBytes,
   eachTransport,
@@ -110,6 +110,23 @@ eachTransport(test, 'ZERO_RANGE zeroes; it grows the image only without KEEP_SIZ
   t.deepEqual(await fallocate(mnt, FALLOC_FL_ZERO_RANGE, 2 * MiB - 4096, MiB), { ok: true });
   t.is(fileStat(image).size, 3 * MiB - 4096, 'without KEEP_SIZE the image grows');
   t.is((await fsopOk('stat', [mnt])).size, 3 * MiB - 4096);
+});
+
+eachTransport(test, 'ZERO_RANGE on tmpfs, which refuses it, writes zeroes instead', async (t, ioUring) => {
+  const data = pattern(4 * MiB, 17);
+  const { dir, mnt, image } = await exported(t, { ioUring, under: '/dev/shm', size: 4 * MiB, writable: true, growable: true, extents: [[0, data]] });
+  const scratch = `${dir}/scratch`;
+  writeFileSync(scratch, Buffer.alloc(8192));
+  t.is((await fallocate(scratch, FALLOC_FL_ZERO_RANGE, 0, 4096)).errno, 'EOPNOTSUPP', 'the premise: tmpfs itself refuses ZERO_RANGE');
+
+  // 3 MiB at an unaligned offset: more than one chunk of written zeroes.
+  t.deepEqual(await fallocate(mnt, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 4096 + 512, 3 * MiB), { ok: true });
+  const expected = Buffer.from(data);
+  expected.fill(0, 4096 + 512, 4096 + 512 + 3 * MiB);
+  assertBytes(t, readFile(image, 0, 4 * MiB), expected, 'zeroed exactly there, nothing else touched');
+  t.deepEqual(await fallocate(mnt, FALLOC_FL_ZERO_RANGE, 4 * MiB - 4096, MiB), { ok: true }, 'again, now that the fallback is known');
+  t.is(fileStat(image).size, 5 * MiB - 4096, 'without KEEP_SIZE the image grows');
+  assertBytes(t, await readVia(mnt, 4 * MiB - 4096, MiB), Buffer.alloc(MiB));
 });
 
 eachTransport(test, 'other FALLOCATE modes are EOPNOTSUPP', async (t, ioUring) => {

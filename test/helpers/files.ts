@@ -14,9 +14,13 @@ export const MiB = 1024 * 1024;
  * A fresh directory under os.tmpdir(), removed in teardown (after anything
  * still mounted inside it was detached). `owner` chowns it (for tests that
  * run the exporter as another user); it is always world-traversable.
+ * `under` picks the file system (/dev/shm for tmpfs).
  */
-export function tmpDir(t: ExecutionContext, { owner }: { owner?: { uid: number; gid: number } } = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), 'fuse-export-test-'));
+export function tmpDir(
+  t: ExecutionContext,
+  { owner, under = tmpdir() }: { owner?: { uid: number; gid: number }; under?: string } = {},
+): string {
+  const dir = mkdtempSync(join(under, 'fuse-export-test-'));
   chmodSync(dir, 0o755);
   if (owner) chownSync(dir, owner.uid, owner.gid);
   t.teardown(() => {

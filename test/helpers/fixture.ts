@@ -6,13 +6,19 @@ import { type Extent, makeImage, makeMountpoint, MiB, tmpDir } from './files.js'
 
 /**
  * { dir, image, mnt, exp }: `size` and `extents` shape the image (sparse
- * elsewhere); every other option goes to exportImage (ioUring 'off' unless given).
+ * elsewhere), `under` picks its file system; every other option goes to
+ * exportImage (ioUring 'off' unless given).
  */
 export async function exported(
   t: ExecutionContext,
-  { size = 4 * MiB, extents = [], ...options }: Omit<ExportImageOptions, 'image' | 'mountpoint'> & { size?: number; extents?: Extent[] } = {},
+  {
+    size = 4 * MiB,
+    extents = [],
+    under,
+    ...options
+  }: Omit<ExportImageOptions, 'image' | 'mountpoint'> & { size?: number; extents?: Extent[]; under?: string } = {},
 ): Promise<{ dir: string; image: string; mnt: string; exp: ReadyExport }> {
-  const dir = tmpDir(t);
+  const dir = tmpDir(t, { under });
   const image = makeImage(dir, 'disk.img', size, extents);
   const mnt = makeMountpoint(dir);
   const exp = await exportImage(t, { image, mountpoint: mnt, ...options });

@@ -5,8 +5,10 @@
 //! - at once (`Poll::Ready`): a copy from memory, a cached answer;
 //! - as SQEs on the I/O thread's own ring, reading into or writing from the
 //!   request's own buffer (no copy), completed through the token;
-//! - as work done elsewhere (a metadata lookup, a network round trip) that
-//!   completes later on the same token.
+//! - as work done elsewhere (a metadata lookup, a network round trip):
+//!   `context.ring.hand_off(context.token)` gives a `Remote` that the
+//!   worker finishes with `runtime::remote::Poster::post`, which puts the
+//!   completion on the I/O thread's ring with the same token.
 //!
 //! Until its completion arrives the request's buffer stays put and belongs
 //! to the backend. A new backend (qcow2, NBD) is a new module here.

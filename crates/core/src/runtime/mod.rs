@@ -4,6 +4,7 @@
 
 pub mod buffer;
 pub mod control;
+pub mod remote;
 pub mod ring;
 pub mod thread;
 pub mod token;

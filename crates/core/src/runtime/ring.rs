@@ -4,6 +4,7 @@
 use super::token::Token;
 use io_uring::{cqueue, squeue, IoUring};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
@@ -38,6 +39,12 @@ impl Ring {
         self.outstanding
     }
 
+    /// Counts a completion that arrives without an SQE of ours (posted by
+    /// another thread).
+    pub(super) fn expect_completion(&mut self) {
+        self.outstanding += 1;
+    }
+
     /// Submits what is queued and waits for `want` completions. A full
     /// completion queue (EBUSY) returns at once: the thread's loop reaps next.
     pub fn submit(&mut self, want: usize) {
@@ -56,5 +63,11 @@ impl Ring {
         into.clear();
         into.extend(self.ring.completion().map(|cqe| (Token::from_user_data(cqe.user_data()), cqe.result())));
         self.outstanding -= into.len();
+    }
+}
+
+impl AsRawFd for Ring {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
     }
 }

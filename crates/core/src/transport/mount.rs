@@ -404,6 +404,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_mountpoint_that_is_a_symlink_or_not_a_file_is_refused_by_its_descriptor() {
+        let dir = std::env::temp_dir().join(format!("fuse-export-mountpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, b"").unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(open_mountpoint(&file).is_ok());
+        let refused = open_mountpoint(&link).err().unwrap().to_string();
+        assert!(refused.contains("symbolic link"), "{refused}");
+        let refused = open_mountpoint(&dir).err().unwrap().to_string();
+        assert!(refused.contains("not a regular file"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn paths_with_a_nul_byte_are_refused_before_anything_is_mounted() {
+        let request =
+            MountRequest { mountpoint: Path::new("/tmp/a\0b"), fsname: "disk.img", allow_other: false, read_only: true };
+        let refused = mount(&request, &Faults::from_env()).err().unwrap().to_string();
+        assert!(refused.contains("NUL byte"), "{refused}");
+        let request = MountRequest { mountpoint: Path::new("/tmp/x"), fsname: "a\0b", allow_other: false, read_only: true };
+        assert!(mount(&request, &Faults::from_env()).err().unwrap().to_string().contains("Image path"));
+    }
+
+    #[test]
     fn fusermount_option_values_are_escaped() {
         assert_eq!(escape_option("/img/a,b\\c"), "/img/a\\,b\\\\c");
     }

@@ -1,0 +1,73 @@
+//! Work that another thread finishes (a metadata lookup, a network round
+//! trip): its completion is posted straight into the I/O thread's ring
+//! (IORING_OP_MSG_RING) with the request's token, so it comes back to its
+//! owner like any other completion, and the I/O thread never polls for it.
+
+use super::ring::Ring;
+use super::token::Token;
+use io_uring::{opcode, types, IoUring};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// A promise to complete `token` on one I/O thread's ring. Post it exactly
+/// once: that thread counts it as outstanding and does not end before.
+#[must_use = "an unposted Remote keeps its I/O thread from ever finishing"]
+#[derive(Debug)]
+pub struct Remote {
+    ring_fd: RawFd,
+    token: Token,
+}
+
+impl Ring {
+    /// Hands the work of `token` to another thread, which finishes it with
+    /// `Poster::post`. The ring outlives it: its thread ends only once every
+    /// outstanding completion, this one included, has come back.
+    pub fn hand_off(&mut self, token: Token) -> Remote {
+        self.expect_completion();
+        Remote { ring_fd: self.as_raw_fd(), token }
+    }
+}
+
+/// What a worker thread posts completions with: a small ring of its own.
+pub struct Poster {
+    ring: IoUring,
+}
+
+impl Poster {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self { ring: IoUring::new(4)? })
+    }
+
+    /// Delivers `result` as the completion of `remote`'s token.
+    pub fn post(&mut self, remote: Remote, result: i32) -> io::Result<()> {
+        let message =
+            opcode::MsgRingData::new(types::Fd(remote.ring_fd), result, remote.token.user_data(), None).build();
+        // SAFETY: the message points at no memory of ours.
+        unsafe { self.ring.submission().push(&message) }.map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
+        self.ring.submit_and_wait(1)?;
+        let sent = self.ring.completion().next().map_or(-libc::EIO, |cqe| cqe.result());
+        if sent < 0 {
+            return Err(io::Error::from_raw_os_error(-sent));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_posted_completion_arrives_on_the_owners_ring_with_its_token() {
+        let mut ring = Ring::new(8).unwrap();
+        let token = Token::new(3, 2, 7);
+        let remote = ring.hand_off(token);
+        assert_eq!(ring.outstanding(), 1);
+        std::thread::spawn(move || Poster::new().unwrap().post(remote, 4096).unwrap()).join().unwrap();
+        ring.submit(1);
+        let mut completions = Vec::new();
+        ring.reap(&mut completions);
+        assert_eq!(completions, [(token, 4096)]);
+        assert_eq!(ring.outstanding(), 0);
+    }
+}
