@@ -12,11 +12,15 @@
 //! is an allocation: prepare the mapping, write the data, commit; imago
 //! copies the rest of the cluster from below.
 //!
-//! imago blocks its calling thread on cache misses and allocations; those
-//! run on the I/O thread for now (see docs/DESIGN.md).
+//! imago blocks its calling thread on cache misses, allocations,
+//! decompression, flushes: the I/O thread asks for mappings with metadata
+//! reads refused (`storage::without_blocking_reads`), so that a hit answers
+//! at once and a miss, like every other blocking call, is handed to a
+//! worker (`workers.rs`) that completes later on the request's token.
 
 mod gate;
 mod storage;
+mod workers;
 
 use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
@@ -31,20 +35,36 @@ use imago::{FormatAccess, Mapping};
 use io_uring::{opcode, types};
 use std::io;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use storage::HostFile;
+use storage::{is_miss, without_blocking_reads, HostFile};
+use workers::{Job, Lent, Workers};
 
-/// `ImageIo::stage`: a piece is on the ring.
+/// `ImageIo::stage`: a piece is on the ring (`ImageIo::piece` bytes).
 const ON_RING: u8 = 1;
+/// A worker loads the metadata a lookup missed.
+const WARMING: u8 = 2;
+/// The lookup after a warm-up: it may block (it will not, but it must end).
+const WARMED: u8 = 3;
+/// A worker does the work (an allocation, a compressed read, a flush...).
+const HANDED_OFF: u8 = 4;
+
+/// Threads for blocking metadata work, shared by all I/O threads.
+const WORKERS: usize = 2;
 
 /// Zeroes written per call where the image cannot record zeroes itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
 pub struct Qcow2Image {
+    shared: Arc<Shared>,
+    workers: Workers<Shared>,
+}
+
+/// What the I/O threads and the workers share.
+struct Shared {
     access: FormatAccess<HostFile>,
     /// The top image's file (a duplicate descriptor): fsync, stat.
     top: File,
@@ -65,17 +85,21 @@ fn errno(error: &io::Error) -> i32 {
     }
 }
 
+fn result_of(result: io::Result<u64>) -> i32 {
+    result.map_or_else(|e| -errno(&e), |n| n as i32)
+}
+
 /// The request's buffer from `done` on, `len` bytes of it.
 ///
 /// # Safety
-/// The buffer holds at least `io.len` bytes and belongs to this request
+/// The buffer holds at least `done + len` bytes and belongs to this request
 /// until it completes (`IoContext::buffer`'s contract).
 unsafe fn piece_of<'a>(buffer: *mut u8, done: u64, len: u64) -> &'a mut [u8] {
-    // SAFETY: see above; `done + len <= io.len`.
+    // SAFETY: see above.
     unsafe { std::slice::from_raw_parts_mut(buffer.add(done as usize), len as usize) }
 }
 
-/// Whether the first bytes of `path` are a qcow2 header; for probing.
+/// The first bytes of `path`, for probing.
 pub fn read_first_bytes(path: &Path) -> io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     let mut bytes = vec![0u8; PROBE_BYTES];
@@ -119,7 +143,8 @@ impl Qcow2Image {
             }
         })?;
         let memory_backed = is_memory_filesystem(top.file());
-        let top_file = top.file().try_clone().map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
+        let top_file =
+            top.file().try_clone().map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
         let mut warnings = Vec::new();
         if direct && !memory_backed && top.direct_fd().is_none() {
             warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
@@ -128,21 +153,103 @@ impl Qcow2Image {
         let gate = ChainGate::new(path.clone(), direct && !memory_backed);
         let qcow2 = Qcow2::<HostFile>::builder(top)
             .write(options.writable)
-            .open(gate.clone())
+            .open(gate)
             .map_err(|e| ImageError(format!("Failed to open qcow2 image {shown}: {}", chain_message(&e))))?;
-        let access = FormatAccess::new(qcow2);
-        let image = Qcow2Image {
-            access,
+        let shared = Arc::new(Shared {
+            access: FormatAccess::new(qcow2),
             top: top_file,
             writable: options.writable,
             growable: options.growable,
             memory_backed,
             direct: uses_direct,
             growing: Mutex::new(()),
-        };
-        Ok((image, warnings))
+        });
+        let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
+            .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
+        Ok((Qcow2Image { shared, workers }, warnings))
     }
 
+    /// Hands `job` to a worker; its result completes the request's token.
+    fn hand_off(&self, io: &mut ImageIo, stage: u8, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
+        io.stage = stage;
+        self.workers.run(context.ring.hand_off(context.token), job);
+        Poll::Pending
+    }
+
+    /// The next pieces of a read or write: done inline, put on the ring, or
+    /// handed to a worker.
+    fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
+        let image = &*self.shared;
+        while io.done < io.len {
+            let offset = io.offset + io.done;
+            let remaining = io.len - io.done;
+            let lookup = if io.stage == WARMED {
+                io.stage = 0;
+                image.access.get_mapping(offset, remaining)
+            } else {
+                without_blocking_reads(|| image.access.get_mapping(offset, remaining))
+            };
+            let (mapping, len) = match lookup {
+                Ok(found) => found,
+                Err(e) if is_miss(&e) => {
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
+                    return self.hand_off(io, WARMING, context, job);
+                }
+                Err(e) => return Poll::Ready(-errno(&e)),
+            };
+            let len = len.min(remaining);
+            let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
+            let moved = match (io.op, mapping) {
+                (_, Mapping::Raw { storage, offset: host, writable, .. })
+                    if io.op == ImageOp::Read || (writable && len > 0) =>
+                {
+                    if image.memory_backed {
+                        image.copy_in_memory(io.op, storage, host, len, buffer.0)
+                    } else {
+                        let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
+                        let entry = if io.op == ImageOp::Read {
+                            opcode::Read::new(fd, buffer.0, len as u32).offset(host).build()
+                        } else {
+                            opcode::Write::new(fd, buffer.0, len as u32).offset(host).build()
+                        };
+                        io.piece = len;
+                        io.stage = ON_RING;
+                        context.ring.push(entry, context.token);
+                        return Poll::Pending;
+                    }
+                }
+                (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
+                    let len = if len == 0 { remaining } else { len };
+                    // SAFETY: the request's buffer, `done + len <= io.len`.
+                    unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
+                    Ok(len)
+                }
+                (ImageOp::Read, _) => {
+                    // Compressed (or anything else imago must decode): read by imago.
+                    let job: Job<Shared> = Box::new(move |image| {
+                        // SAFETY: the request's buffer, lent until this job's result is posted.
+                        let piece = unsafe { piece_of(buffer.get(), 0, len) };
+                        let mut vector = IoVectorMut::new();
+                        vector.push(piece);
+                        result_of(image.access.readv(vector, offset).map(|()| len))
+                    });
+                    return self.hand_off(io, HANDED_OFF, context, job);
+                }
+                _ => {
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
+                    return self.hand_off(io, HANDED_OFF, context, job);
+                }
+            };
+            match moved {
+                Ok(moved) => io.done += moved,
+                Err(e) => return Poll::Ready(-errno(&e)),
+            }
+        }
+        Poll::Ready(io.done as i32)
+    }
+}
+
+impl Shared {
     fn fd_for(&self, storage: &HostFile, host_offset: u64, len: u64, buffer: *const u8) -> RawFd {
         let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
         match storage.direct_fd() {
@@ -164,64 +271,10 @@ impl Qcow2Image {
         }
     }
 
-    /// The next piece of a read or write: done inline, or put on the ring.
-    fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
-        while io.done < io.len {
-            let offset = io.offset + io.done;
-            let remaining = io.len - io.done;
-            let (mapping, len) = match self.access.get_mapping(offset, remaining) {
-                Ok(found) => found,
-                Err(e) => return Poll::Ready(-errno(&e)),
-            };
-            let len = len.min(remaining);
-            let result = match (io.op, mapping) {
-                (_, Mapping::Raw { storage, offset: host, writable, .. })
-                    if io.op == ImageOp::Read || (writable && len > 0) =>
-                {
-                    if self.memory_backed {
-                        self.copy_in_memory(io, storage, host, len, context.buffer)
-                    } else {
-                        let buffer = context.buffer.wrapping_add(io.done as usize);
-                        let fd = types::Fd(self.fd_for(storage, host, len, buffer));
-                        let entry = if io.op == ImageOp::Read {
-                            opcode::Read::new(fd, buffer, len as u32).offset(host).build()
-                        } else {
-                            opcode::Write::new(fd, buffer, len as u32).offset(host).build()
-                        };
-                        io.piece = len;
-                        io.stage = ON_RING;
-                        context.ring.push(entry, context.token);
-                        return Poll::Pending;
-                    }
-                }
-                (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
-                    let len = if len == 0 { remaining } else { len };
-                    // SAFETY: the request's buffer, `done + len <= io.len`.
-                    unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
-                    Ok(len)
-                }
-                (ImageOp::Read, Mapping::Special { layer, offset: guest, .. }) => {
-                    // SAFETY: the request's buffer, `done + len <= io.len`.
-                    let piece = unsafe { piece_of(context.buffer, io.done, len) };
-                    let mut vector = IoVectorMut::new();
-                    vector.push(piece);
-                    layer.readv(vector, guest).map(|()| len)
-                }
-                (ImageOp::Read, _) => Err(io::Error::other("an unknown kind of qcow2 mapping")),
-                _ => self.allocate(io, context.buffer),
-            };
-            match result {
-                Ok(moved) => io.done += moved,
-                Err(e) => return Poll::Ready(-errno(&e)),
-            }
-        }
-        Poll::Ready(io.done as i32)
-    }
-
-    fn copy_in_memory(&self, io: &ImageIo, storage: &HostFile, host: u64, len: u64, buffer: *mut u8) -> io::Result<u64> {
-        // SAFETY: the request's buffer, `done + len <= io.len`.
-        let piece = unsafe { piece_of(buffer, io.done, len) };
-        if io.op == ImageOp::Read {
+    fn copy_in_memory(&self, op: ImageOp, storage: &HostFile, host: u64, len: u64, buffer: *mut u8) -> io::Result<u64> {
+        // SAFETY: the request's buffer at the piece, `len` bytes of it.
+        let piece = unsafe { piece_of(buffer, 0, len) };
+        if op == ImageOp::Read {
             let mut filled = 0;
             while filled < piece.len() {
                 match storage.file().read_at(&mut piece[filled..], host + filled as u64)? {
@@ -238,17 +291,16 @@ impl Qcow2Image {
 
     /// A write where the top image has no writable cluster yet: imago
     /// allocates (copying the rest of the cluster from below), the data is
-    /// written, then the mapping is committed. One prepared mapping at a
-    /// time per thread, released before anything else is prepared.
-    fn allocate(&self, io: &ImageIo, buffer: *mut u8) -> io::Result<u64> {
-        let offset = io.offset + io.done;
-        let mapping = self.access.prepare_data_mapping(offset, io.len - io.done, true)?;
-        let len = mapping.length();
-        // SAFETY: the request's buffer, `done + len <= io.len`.
-        let data = unsafe { piece_of(buffer, io.done, len) };
+    /// written, then the mapping is committed. On a worker, one prepared
+    /// mapping at a time, released before the next is prepared.
+    fn allocate(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
+        let mapping = self.access.prepare_data_mapping(offset, len, true)?;
+        let mapped = mapping.length();
+        // SAFETY: the request's buffer at the piece, `mapped <= len` bytes.
+        let data = unsafe { piece_of(data, 0, mapped) };
         mapping.storage().write_all_at(data, mapping.offset())?;
         self.access.commit_data_mapping(mapping)?;
-        Ok(len)
+        Ok(mapped)
     }
 
     /// Zeroes through imago where the format can record them, by writing
@@ -279,26 +331,28 @@ impl Qcow2Image {
         }
     }
 
-    /// Everything but reads and writes: rare, done inline.
-    fn other(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
-        let end = io.offset + io.len;
-        let result = match io.op {
-            ImageOp::Flush => match self.access.flush() {
-                // Metadata written back; the file's fdatasync goes on the ring.
-                Ok(()) => {
-                    let fd = types::Fd(self.top.as_raw_fd());
-                    io.stage = ON_RING;
-                    context.ring.push(opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(), context.token);
-                    return Poll::Pending;
-                }
-                Err(e) => Err(e),
-            },
-            ImageOp::Discard => self.zero(io.offset, io.len.min(self.access.size().saturating_sub(io.offset)), true),
-            ImageOp::WriteZeroes => self.grow_to(end).and_then(|()| self.zero(io.offset, io.len, false)),
+    /// Flush, discard, zeroes, preallocation: on a worker.
+    fn other(&self, op: ImageOp, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        match op {
+            // Metadata written back after the data it points to (allocations
+            // commit only once their data is written), then one fdatasync.
+            ImageOp::Flush => self.access.flush().and_then(|()| self.top.sync_data()),
+            ImageOp::Discard => self.zero(offset, len.min(self.access.size().saturating_sub(offset)), true),
+            ImageOp::WriteZeroes => self.grow_to(end).and_then(|()| self.zero(offset, len, false)),
             ImageOp::Allocate => self.grow_to(end),
-            ImageOp::Read | ImageOp::Write => unreachable!("reads and writes go through step()"),
-        };
-        Poll::Ready(result.map_or_else(|e| -errno(&e), |()| 0))
+            ImageOp::Read | ImageOp::Write => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+}
+
+impl Drop for Qcow2Image {
+    fn drop(&mut self) {
+        // Metadata caches written back when the export ends (imago does it
+        // when the last handle goes too; this does it before the workers end).
+        if self.shared.writable {
+            let _ = self.shared.access.flush();
+        }
     }
 }
 
@@ -322,23 +376,23 @@ impl ImageBackend for Qcow2Image {
     }
 
     fn size(&self) -> u64 {
-        self.access.size()
+        self.shared.access.size()
     }
 
     fn writable(&self) -> bool {
-        self.writable
+        self.shared.writable
     }
 
     fn growable(&self) -> bool {
-        self.growable
+        self.shared.growable
     }
 
     fn allocated_bytes(&self) -> u64 {
-        self.top.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+        self.shared.top.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
     }
 
     fn times(&self) -> Times {
-        match self.top.metadata() {
+        match self.shared.top.metadata() {
             Ok(m) => [
                 (m.atime() as u64, m.atime_nsec() as u32),
                 (m.mtime() as u64, m.mtime_nsec() as u32),
@@ -349,26 +403,27 @@ impl ImageBackend for Qcow2Image {
     }
 
     fn uses_direct_io(&self) -> bool {
-        self.direct
+        self.shared.direct
     }
 
     fn resize(&self, size: u64) -> io::Result<()> {
-        match size.cmp(&self.access.size()) {
+        match size.cmp(&self.shared.access.size()) {
             std::cmp::Ordering::Equal => Ok(()),
-            std::cmp::Ordering::Greater => self.grow_to(size),
+            std::cmp::Ordering::Greater => self.shared.grow_to(size),
             // Shrinking needs every mapping quiesced (imago wants `&mut`).
             std::cmp::Ordering::Less => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
         }
     }
 
     fn seek(&self, offset: u64, what: Seek) -> io::Result<u64> {
-        let size = self.access.size();
+        let access = &self.shared.access;
+        let size = access.size();
         if offset >= size {
             return Err(io::Error::from_raw_os_error(libc::ENXIO));
         }
         let mut at = offset;
         while at < size {
-            let (mapping, len) = self.access.get_mapping(at, size - at)?;
+            let (mapping, len) = access.get_mapping(at, size - at)?;
             let data = matches!(mapping, Mapping::Raw { .. } | Mapping::Special { .. });
             if matches!(mapping, Mapping::Eof { .. }) || len == 0 {
                 break;
@@ -389,24 +444,33 @@ impl ImageBackend for Qcow2Image {
             ImageOp::Read => self.step(io, &mut context),
             ImageOp::Write => {
                 let end = io.offset + io.len;
-                if end > self.access.size() {
-                    if let Err(e) = self.grow_to(end) {
+                if end > self.shared.access.size() {
+                    if let Err(e) = self.shared.grow_to(end) {
                         return Poll::Ready(-errno(&e));
                     }
                 }
                 self.step(io, &mut context)
             }
-            _ => self.other(io, &mut context),
+            op => {
+                let (offset, len) = (io.offset, io.len);
+                let job: Job<Shared> = Box::new(move |image| result_of(image.other(op, offset, len).map(|()| 0)));
+                self.hand_off(io, HANDED_OFF, &mut context, job)
+            }
         }
     }
 
     fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
-        io.stage = 0;
+        let stage = std::mem::replace(&mut io.stage, 0);
         if result < 0 {
             return Poll::Ready(result);
         }
-        match io.op {
-            ImageOp::Read => {
+        match (stage, io.op) {
+            (_, ImageOp::Flush | ImageOp::Discard | ImageOp::WriteZeroes | ImageOp::Allocate) => {
+                return Poll::Ready(result)
+            }
+            (WARMING, _) => io.stage = WARMED,
+            (HANDED_OFF, _) => io.done += result as u64,
+            (_, ImageOp::Read) => {
                 // Short: the file ends inside the cluster; the rest reads as zeroes.
                 let read = result as u64;
                 if read < io.piece {
@@ -415,9 +479,8 @@ impl ImageBackend for Qcow2Image {
                 }
                 io.done += io.piece;
             }
-            ImageOp::Write if result == 0 => return Poll::Ready(-libc::EIO),
-            ImageOp::Write => io.done += (result as u64).min(io.piece),
-            _ => return Poll::Ready(0),
+            (_, ImageOp::Write) if result == 0 => return Poll::Ready(-libc::EIO),
+            (_, ImageOp::Write) => io.done += (result as u64).min(io.piece),
         }
         self.step(io, &mut context)
     }

@@ -13,6 +13,27 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+thread_local! {
+    /// Set on an I/O thread while it asks imago for a mapping: a metadata
+    /// read (a cache miss) then fails with WouldBlock instead of blocking
+    /// the thread's ring, and the lookup is handed to a worker. imago's
+    /// cache inserts nothing for a failed load, so nothing is left behind.
+    static INLINE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `lookup` with metadata reads refused (see `INLINE_ONLY`).
+pub fn without_blocking_reads<T>(lookup: impl FnOnce() -> T) -> T {
+    INLINE_ONLY.with(|flag| flag.set(true));
+    let result = lookup();
+    INLINE_ONLY.with(|flag| flag.set(false));
+    result
+}
+
+/// Whether `error` is a refused metadata read: a cache miss to hand off.
+pub fn is_miss(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+}
+
 #[derive(Debug)]
 pub struct HostFile {
     path: PathBuf,
@@ -98,6 +119,9 @@ impl Storage for HostFile {
     }
 
     unsafe fn pure_readv(&self, mut bufv: IoVectorMut<'_>, mut offset: u64) -> io::Result<()> {
+        if INLINE_ONLY.with(|flag| flag.get()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         while !bufv.is_empty() {
             // SAFETY: the iovecs describe `bufv`'s buffers, alive for the call.
             let iovec = unsafe { bufv.as_iovec() };
@@ -163,5 +187,29 @@ impl Storage for HostFile {
 
     fn resize(&self, new_size: u64, _prealloc_mode: imago::storage::PreallocateMode) -> io::Result<()> {
         self.file.set_len(new_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_reads_are_refused_while_a_lookup_must_not_block() {
+        let path = std::env::temp_dir().join(format!("fuse-export-hostfile-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 4096]).unwrap();
+        let file = HostFile::open_path(&path, false, false).unwrap();
+        let read = |file: &HostFile| {
+            let mut buffer = vec![0u8; 512];
+            let mut vector = IoVectorMut::new();
+            vector.push(&mut buffer[..]);
+            // SAFETY: a plain buffer of ours.
+            unsafe { file.pure_readv(vector, 0) }.map(|()| buffer[0])
+        };
+        let refused = without_blocking_reads(|| read(&file)).unwrap_err();
+        assert!(is_miss(&refused));
+        assert_eq!(read(&file).unwrap(), 7, "outside a lookup the read is done");
+        drop(file);
+        std::fs::remove_file(path).unwrap();
     }
 }
