@@ -215,8 +215,11 @@ eachTransport(test, '--growable: a write past the end grows the virtual size; tr
   t.deepEqual(await fsop('truncate', [mnt, 8 * MiB]), { ok: true });
   t.is((await fsopOk('stat', [mnt])).size, 8 * MiB);
   t.is((await fsop('truncate', [mnt, 2 * MiB])).errno, 'EOPNOTSUPP');
+  t.is((await fsop('truncate', [mnt, 9 * MiB + 100])).errno, 'EINVAL', 'qcow2 sizes are whole sectors');
+  t.deepEqual(await writeVia(mnt, 8 * MiB + 1000, 'tail'), { ok: 4 });
+  t.is((await fsopOk('stat', [mnt])).size, 8 * MiB + 1024, 'grown to the next sector boundary');
   await stopExport(t, exp);
-  t.is((await qemuInfo(image))['virtual-size'], 8 * MiB, 'the header says so');
+  t.is((await qemuInfo(image))['virtual-size'], 8 * MiB + 1024, 'the header says so');
   const checked = await qemuCheck(image);
   t.is(checked.code, 0, checked.out);
   const raw = await toRaw(image, dir);

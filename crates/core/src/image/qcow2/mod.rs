@@ -52,6 +52,11 @@ const WARMED: u8 = 3;
 /// A worker does the work (an allocation, a compressed read, a flush...).
 const HANDED_OFF: u8 = 4;
 
+/// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
+/// other size down): a write past the end grows to the next sector
+/// boundary, and a truncate to anything else is EINVAL, as in QEMU.
+const SECTOR: u64 = 512;
+
 /// Threads for blocking metadata work, shared by all I/O threads.
 const WORKERS: usize = 2;
 
@@ -261,6 +266,7 @@ impl Shared {
     /// Grows the virtual size to at least `end`. New space reads as zeroes,
     /// whatever the backing file holds there.
     fn grow_to(&self, end: u64) -> io::Result<()> {
+        let end = end.next_multiple_of(SECTOR);
         let _one_at_a_time = self.growing.lock().unwrap();
         if end <= self.access.size() {
             return Ok(());
@@ -407,6 +413,9 @@ impl ImageBackend for Qcow2Image {
     }
 
     fn resize(&self, size: u64) -> io::Result<()> {
+        if !size.is_multiple_of(SECTOR) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         match size.cmp(&self.shared.access.size()) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Greater => self.shared.grow_to(size),
