@@ -18,6 +18,7 @@
 //! at once and a miss, like every other blocking call, is handed to a
 //! worker (`workers.rs`) that completes later on the request's token.
 
+mod discard_guard;
 mod gate;
 mod storage;
 mod workers;
@@ -26,6 +27,7 @@ use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
 use super::{CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
 use crate::os_error::describe;
+use discard_guard::DiscardGuard;
 use gate::ChainGate;
 use imago::format::builder::FormatDriverBuilder;
 use imago::format::PreallocateMode;
@@ -51,6 +53,8 @@ const WARMING: u8 = 2;
 const WARMED: u8 = 3;
 /// A worker does the work (an allocation, a compressed read, a flush...).
 const HANDED_OFF: u8 = 4;
+/// A write waits on a worker for a discard to finish.
+const WAITING: u8 = 5;
 
 /// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
 /// other size down): a write past the end grows to the next sector
@@ -80,6 +84,8 @@ struct Shared {
     direct: bool,
     /// Growing is one step at a time.
     growing: Mutex<()>,
+    /// Discards wait for writes in flight, and writes for discards.
+    guard: DiscardGuard,
 }
 
 fn errno(error: &io::Error) -> i32 {
@@ -168,6 +174,7 @@ impl Qcow2Image {
             memory_backed,
             direct: uses_direct,
             growing: Mutex::new(()),
+            guard: DiscardGuard::default(),
         });
         let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
             .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
@@ -185,9 +192,24 @@ impl Qcow2Image {
     /// handed to a worker.
     fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
         let image = &*self.shared;
+        let writing = io.op == ImageOp::Write;
         while io.done < io.len {
             let offset = io.offset + io.done;
             let remaining = io.len - io.done;
+            if writing && !image.guard.try_enter_write() {
+                let job: Job<Shared> = Box::new(|image| {
+                    image.guard.wait_for_discards();
+                    0
+                });
+                return self.hand_off(io, WAITING, context, job);
+            }
+            // Counted from here until the data lands (the ring completion),
+            // or until this thread hands the piece on.
+            let leave = |image: &Shared| {
+                if writing {
+                    image.guard.leave_write()
+                }
+            };
             let lookup = if io.stage == WARMED {
                 io.stage = 0;
                 image.access.get_mapping(offset, remaining)
@@ -197,10 +219,14 @@ impl Qcow2Image {
             let (mapping, len) = match lookup {
                 Ok(found) => found,
                 Err(e) if is_miss(&e) => {
+                    leave(image);
                     let job: Job<Shared> = Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
                     return self.hand_off(io, WARMING, context, job);
                 }
-                Err(e) => return Poll::Ready(-errno(&e)),
+                Err(e) => {
+                    leave(image);
+                    return Poll::Ready(-errno(&e));
+                }
             };
             let len = len.min(remaining);
             let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
@@ -209,7 +235,9 @@ impl Qcow2Image {
                     if io.op == ImageOp::Read || (writable && len > 0) =>
                 {
                     if image.memory_backed {
-                        image.copy_in_memory(io.op, storage, host, len, buffer.0)
+                        let copied = image.copy_in_memory(io.op, storage, host, len, buffer.0);
+                        leave(image);
+                        copied
                     } else {
                         let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
                         let entry = if io.op == ImageOp::Read {
@@ -241,6 +269,8 @@ impl Qcow2Image {
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
                 _ => {
+                    // The worker counts its allocation in itself, when it runs.
+                    leave(image);
                     let job: Job<Shared> = Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
@@ -300,6 +330,13 @@ impl Shared {
     /// written, then the mapping is committed. On a worker, one prepared
     /// mapping at a time, released before the next is prepared.
     fn allocate(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
+        self.guard.enter_write_waiting();
+        let allocated = self.allocate_counted(offset, len, data);
+        self.guard.leave_write();
+        allocated
+    }
+
+    fn allocate_counted(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
         let mapping = self.access.prepare_data_mapping(offset, len, true)?;
         let mapped = mapping.length();
         // SAFETY: the request's buffer at the piece, `mapped <= len` bytes.
@@ -313,10 +350,11 @@ impl Shared {
     /// zeroes where it cannot (qcow2 v2).
     fn zero(&self, offset: u64, len: u64, discard: bool) -> io::Result<()> {
         let recorded = if discard {
-            // SAFETY: imago's caveat is that mappings held concurrently may
-            // go stale; ours live only for a piece's transfer, and a discard
-            // racing a write to the same range has no defined outcome.
-            unsafe { self.access.discard_to_zero_unsafe(offset, len) }
+            // SAFETY: imago's caveat is mappings held across the discard.
+            // Ours are held by writes from their lookup until their data
+            // lands, and the guard runs the discard only while none is; a
+            // read racing a discard of its own range may see either data.
+            self.guard.discard(|| unsafe { self.access.discard_to_zero_unsafe(offset, len) })
         } else {
             self.access.write_zeroes(offset, len)
         };
@@ -470,6 +508,9 @@ impl ImageBackend for Qcow2Image {
 
     fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
         let stage = std::mem::replace(&mut io.stage, 0);
+        if stage == ON_RING && io.op == ImageOp::Write {
+            self.shared.guard.leave_write();
+        }
         if result < 0 {
             return Poll::Ready(result);
         }
@@ -478,6 +519,7 @@ impl ImageBackend for Qcow2Image {
                 return Poll::Ready(result)
             }
             (WARMING, _) => io.stage = WARMED,
+            (WAITING, _) => {}
             (HANDED_OFF, _) => io.done += result as u64,
             (_, ImageOp::Read) => {
                 // Short: the file ends inside the cluster; the rest reads as zeroes.
