@@ -3,10 +3,11 @@
 // QEMU's own tools (qemu-img convert / check / compare / map), locks,
 // QEMU's probing rule, bad images.
 import test from 'ava';
-import { rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   assertBytes,
+  check,
   digest,
   eachTransport,
   errorText,
@@ -15,6 +16,8 @@ import {
   fsop,
   fsopOk,
   KiB,
+  loopMount,
+  loopsOf,
   makeImage,
   makeMountpoint,
   makeQcow2,
@@ -32,6 +35,7 @@ import {
   stopExport,
   tmpDir,
   toRaw,
+  waitUntil,
   writeVia,
 } from './helpers/index.js';
 
@@ -224,6 +228,46 @@ eachTransport(test, '--growable: a write past the end grows the virtual size; tr
   t.is(checked.code, 0, checked.out);
   const raw = await toRaw(image, dir);
   assertBytes(t, readFile(raw, 5 * MiB, data.length), data);
+});
+
+eachTransport(test, 'a partitioned ext4 disk as a qcow2 overlay: fdisk, loop mount, files read and written; check clean, base unchanged', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const disk = makeImage(dir, 'disk.raw', 64 * MiB);
+  await check(['sfdisk', '-q', disk], { input: 'label: dos\nstart=2048, type=83\n' });
+  const src = join(dir, 'src');
+  mkdirSync(src);
+  const old = pattern(300_000, 41);
+  writeFileSync(join(src, 'old.bin'), old);
+  // The partition's filesystem, made in place (offset 1 MiB, 63 MiB long), holding old.bin.
+  await check(['mkfs.ext4', '-q', '-F', '-d', src, '-E', `offset=${MiB}`, disk, '64512k'], { timeout: 60_000 });
+  const base = join(dir, 'base.qcow2');
+  await check(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', disk, base]);
+  const overlay = await makeQcow2(dir, 'overlay.qcow2', 64 * MiB, { backing: 'base.qcow2' });
+  const baseDigest = digest(base);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: overlay, mountpoint: mnt, ioUring, writable: true });
+  const fdisk = await check(['fdisk', '-l', mnt]);
+  t.regex(fdisk.stdout, /mnt1\s+2048\s+131071\s+129024/, fdisk.stdout);
+  const fs = join(dir, 'fs');
+  await loopMount(t, mnt, fs, `loop,offset=${MiB}`);
+  assertBytes(t, readFileSync(join(fs, 'old.bin')), old, 'a file from the base');
+  const fresh = pattern(3 * MiB + 123, 42);
+  writeFileSync(join(fs, 'new.bin'), fresh);
+  await check(['umount', fs], { timeout: 60_000 });
+  await waitUntil(async () => (await loopsOf(mnt)).length === 0, { what: 'the loop device to let go' });
+  await stopExport(t, exp);
+  const checked = await qemuCheck(overlay);
+  t.is(checked.code, 0, checked.out);
+  t.is(digest(base), baseDigest, 'the base is unchanged');
+  const raw = await toRaw(overlay, dir, 'after.raw');
+  const partition = join(dir, 'partition.raw');
+  await check(['dd', `if=${raw}`, `of=${partition}`, 'bs=1M', 'skip=1', 'status=none']);
+  const fsck = await run(['e2fsck', '-fn', partition], { timeout: 120_000 });
+  t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  const direct = join(dir, 'direct');
+  await loopMount(t, raw, direct, `loop,ro,offset=${MiB}`);
+  assertBytes(t, readFileSync(join(direct, 'new.bin')), fresh, 'the new file is in the overlay');
+  assertBytes(t, readFileSync(join(direct, 'old.bin')), old);
 });
 
 test.serial('--format: auto probes, qcow2 on a raw file is refused by name, raw shows the qcow2 file itself', async (t) => {

@@ -8,4 +8,5 @@ export * from './transports.js';
 export * from './uring.js';
 export * from './fixture.js';
 export * from './qcow2.js';
+export * from './loop.js';
 export { register, stopLeftovers } from './registry.js';
