@@ -150,6 +150,40 @@ pub trait ImageBackend: Send + Sync {
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32>;
 }
 
+/// The atime, mtime and ctime of an image's file.
+fn times_of(file: &std::fs::File) -> Times {
+    use std::os::unix::fs::MetadataExt;
+    match file.metadata() {
+        Ok(m) => [
+            (m.atime() as u64, m.atime_nsec() as u32),
+            (m.mtime() as u64, m.mtime_nsec() as u32),
+            (m.ctime() as u64, m.ctime_nsec() as u32),
+        ],
+        Err(_) => [(0, 0); 3],
+    }
+}
+
+/// The message for an image file that would not open: the problem and the fix.
+fn open_failed(path: &std::path::Path, writable: bool, error: &io::Error) -> ImageError {
+    let shown = path.display();
+    if error.kind() == io::ErrorKind::ResourceBusy {
+        return in_use(path, error);
+    }
+    let hint = match (error.raw_os_error(), writable) {
+        (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
+            " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
+        }
+        (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
+        _ => "",
+    };
+    ImageError(format!("Failed to open image {shown}: {}{hint}", crate::os_error::describe(error)))
+}
+
+/// The message for an image someone else holds (`lock::acquire` said who).
+fn in_use(path: &std::path::Path, holder: impl std::fmt::Display) -> ImageError {
+    ImageError(format!("Image {} is in use: {holder}; stop that user first, or export a copy", path.display()))
+}
+
 /// Opens the image the options name, in the format `--format` names or its
 /// header shows. Warnings (such as an O_DIRECT fallback) are returned for
 /// the caller to report.

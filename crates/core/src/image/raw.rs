@@ -4,7 +4,7 @@
 
 use super::lock::{self, Access};
 use super::probe::QCOW2_MAGIC;
-use super::{CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use super::{in_use, open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
 use crate::os_error::describe;
 use crate::runtime::buffer::AlignedBuffer;
 use io_uring::{opcode, squeue, types};
@@ -97,20 +97,9 @@ impl RawImage {
     pub fn open(options: &ImageOptions, probed: bool) -> Result<(RawImage, Vec<String>), ImageError> {
         let path = &options.path;
         let shown = path.display();
-        let file = open_file(path, options.writable, 0).map_err(|e| {
-            let hint = match (e.raw_os_error(), options.writable) {
-                (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
-                    " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
-                }
-                (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
-                _ => "",
-            };
-            ImageError(format!("Failed to open image {shown}: {}{hint}", describe(&e)))
-        })?;
+        let file = open_file(path, options.writable, 0).map_err(|e| open_failed(path, options.writable, &e))?;
         let access = if options.writable { Access::ReadWrite } else { Access::ReadOnly };
-        lock::acquire(&file, access).map_err(|e| {
-            ImageError(format!("Image {shown} is in use: {e}; stop that user first, or export a copy"))
-        })?;
+        lock::acquire(&file, access).map_err(|holder| in_use(path, holder))?;
         let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
         let kind = if meta.file_type().is_block_device() {
             Kind::BlockDevice
@@ -322,14 +311,7 @@ impl ImageBackend for RawImage {
     }
 
     fn times(&self) -> Times {
-        match self.file.metadata() {
-            Ok(m) => [
-                (m.atime() as u64, m.atime_nsec() as u32),
-                (m.mtime() as u64, m.mtime_nsec() as u32),
-                (m.ctime() as u64, m.ctime_nsec() as u32),
-            ],
-            Err(_) => [(0, 0); 3],
-        }
+        times_of(&self.file)
     }
 
     fn uses_direct_io(&self) -> bool {

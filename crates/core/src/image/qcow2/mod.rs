@@ -25,7 +25,7 @@ mod workers;
 
 use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
-use super::{CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use super::{open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
 use crate::os_error::describe;
 use discard_guard::DiscardGuard;
 use gate::ChainGate;
@@ -139,20 +139,8 @@ impl Qcow2Image {
             return Err(unusable(problem));
         }
         let direct = options.cache == CacheMode::Direct;
-        let top = HostFile::open_path(path, options.writable, direct).map_err(|e| {
-            let hint = match (e.raw_os_error(), options.writable) {
-                (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
-                    " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
-                }
-                (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
-                _ => "",
-            };
-            if e.kind() == io::ErrorKind::ResourceBusy {
-                ImageError(format!("Image {shown} is in use: {e}; stop that user first, or export a copy"))
-            } else {
-                ImageError(format!("Failed to open image {shown}: {}{hint}", describe(&e)))
-            }
-        })?;
+        let top = HostFile::open_path(path, options.writable, direct)
+            .map_err(|e| open_failed(path, options.writable, &e))?;
         let memory_backed = is_memory_filesystem(top.file());
         let top_file =
             top.file().try_clone().map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
@@ -436,14 +424,7 @@ impl ImageBackend for Qcow2Image {
     }
 
     fn times(&self) -> Times {
-        match self.shared.top.metadata() {
-            Ok(m) => [
-                (m.atime() as u64, m.atime_nsec() as u32),
-                (m.mtime() as u64, m.mtime_nsec() as u32),
-                (m.ctime() as u64, m.ctime_nsec() as u32),
-            ],
-            Err(_) => [(0, 0); 3],
-        }
+        times_of(&self.shared.top)
     }
 
     fn uses_direct_io(&self) -> bool {
