@@ -353,6 +353,11 @@ test.serial('bad images end in exit 1 naming the file and the problem', async (t
   await run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', a]);
   await expectFailure(a, /a\.qcow2.*loop/);
 
+  const l1 = await makeQcow2(dir, 'l1.qcow2', MiB);
+  await qemuWrite(l1, ['write 0 4k']);
+  setEntry(l1, Number(readFile(l1, 40, 8).readBigUInt64BE()), 0x8000_0000_0001_0123n);
+  await expectFailure(l1, /l1\.qcow2.*L1 entry/);
+
   const truncated = await makeQcow2(dir, 'truncated.qcow2', 64 * MiB);
   const fd = openSync(truncated, 'r+');
   ftruncateSync(fd, 1024);
@@ -362,4 +367,35 @@ test.serial('bad images end in exit 1 naming the file and the problem', async (t
   const short = join(dir, 'short.qcow2');
   writeFileSync(short, Buffer.from('QFI\xfb\0\0\0\x03', 'latin1'));
   await expectFailure(short, /short\.qcow2.*truncated/);
+});
+
+/** Sets the 8-byte big-endian table entry at `offset` of an image file. */
+function setEntry(image: string, offset: number, value: bigint): void {
+  const entry = Buffer.alloc(8);
+  entry.writeBigUInt64BE(value);
+  writeAt(image, offset, entry);
+}
+
+/** The file offset of the L2 table the first L1 entry names. */
+function firstL2(image: string): number {
+  const l1 = Number(readFile(image, 40, 8).readBigUInt64BE());
+  return Number(readFile(image, l1, 8).readBigUInt64BE() & 0x00ff_ffff_ffff_fe00n);
+}
+
+eachTransport(test, 'a corrupt table entry gives EIO for the requests it maps, logged once; other requests and the stop go on', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'corrupt.qcow2', 2 * 1024 * MiB);
+  await qemuWrite(image, ['write -P 0x61 0 64k', 'write -P 0x62 1536M 64k']);
+  // The first L2 entry (guest 0 .. 64 KiB) gets reserved bits set.
+  setEntry(image, firstL2(image), 0x8000_0000_0001_0123n);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring });
+  t.is((await fsop('read', [mnt, 0, 4096])).errno, 'EIO');
+  t.is((await fsop('read', [mnt, 4096, 4096])).errno, 'EIO');
+  assertBytes(t, await readVia(mnt, 1536 * MiB, 4096), Buffer.alloc(4096, 0x62), 'the rest of the image serves');
+  const stopped = await stopExport(t, exp);
+  t.true(stopped.errors >= 2);
+  const logged = exp.lines.filter((l) => l.event === 'image-error');
+  t.is(logged.length, 1, 'logged once');
+  t.regex(logged[0]?.message ?? '', /read failed at offset/);
 });
