@@ -147,6 +147,26 @@ eachTransport(test, 'fio: 2 jobs x iodepth 16 random 4k writes with crc32c verif
   t.is(checked.code, 0, checked.out);
 });
 
+eachTransport(test, 'small clusters, 512 L2 tables for a cache of 128: misses and evictions on every path, crc32c verify', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'small-clusters.qcow2', 1024 * MiB, { options: 'cluster_size=4096' });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
+  const fio = await run(
+    [
+      'fio', '--name=spread', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=randwrite',
+      '--verify=crc32c', '--verify_fatal=1', '--size=1G', '--io_size=8M', '--numjobs=1', '--iodepth=16', '--randrepeat=1',
+      '--norandommap=0',
+    ],
+    { timeout: 180_000 },
+  );
+  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
+  t.notRegex(fio.stdout + fio.stderr, /verify: bad|verify failed/);
+  await stopExport(t, exp);
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+});
+
 eachTransport(test, 'concurrent writes into the same unallocated clusters lose nothing', async (t, ioUring) => {
   const dir = tmpDir(t);
   const image = await makeQcow2(dir, 'race.qcow2', 8 * MiB, { options: 'cluster_size=65536' });

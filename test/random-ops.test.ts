@@ -50,26 +50,28 @@ eachTransport(test, `raw: ${STEPS} random writes, reads, holes, zeroes, truncate
   t.is((await run(['cmp', image, copy])).code, 0, 'the image holds what the export served');
 });
 
-eachTransport(test, `qcow2 overlay: ${STEPS} random operations match the model; qemu-img check clean`, async (t, ioUring) => {
-  const dir = tmpDir(t);
-  const base = await makeQcow2(dir, 'base.qcow2', 4 * MiB);
-  await qemuWrite(base, ['write -P 0x5a 0 1M', 'write -P 0x6b 2M 1536k', 'write -c -P 0x7c 3840k 64k']);
-  const top = await makeQcow2(dir, 'top.qcow2', 4 * MiB, { backing: 'base.qcow2' });
-  await qemuWrite(top, ['write -P 0x11 512k 1M']);
-  const mnt = makeMountpoint(dir);
-  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true, growable: true });
-  // qcow2 sizes are whole 512-byte sectors; shrinking is not offered.
-  const counts = await randomOps(t, mnt, 12, 'EOPNOTSUPP', 512);
-  t.true(counts.write! > 500 && counts.punch! > 100, JSON.stringify(counts));
-  const copy = `${dir}/seen.raw`;
-  t.is((await run(['cp', mnt, copy])).code, 0);
-  const stopped = await stopExport(t, exp);
-  t.is(stopped.errors, 0);
-  const checked = await qemuCheck(top);
-  t.is(checked.code, 0, checked.out);
-  const raw = await toRaw(top, dir);
-  t.is((await run(['cmp', raw, copy])).code, 0, 'qemu-img sees what the export served');
-});
+for (const [place, under] of [['', undefined], [' on tmpfs (copies on the I/O thread)', '/dev/shm']] as const) {
+  eachTransport(test, `qcow2 overlay${place}: ${STEPS} random operations match the model; qemu-img check clean`, async (t, ioUring) => {
+    const dir = tmpDir(t, { under });
+    const base = await makeQcow2(dir, 'base.qcow2', 4 * MiB);
+    await qemuWrite(base, ['write -P 0x5a 0 1M', 'write -P 0x6b 2M 1536k', 'write -c -P 0x7c 3840k 64k']);
+    const top = await makeQcow2(dir, 'top.qcow2', 4 * MiB, { backing: 'base.qcow2' });
+    await qemuWrite(top, ['write -P 0x11 512k 1M']);
+    const mnt = makeMountpoint(dir);
+    const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true, growable: true });
+    // qcow2 sizes are whole 512-byte sectors; shrinking is not offered.
+    const counts = await randomOps(t, mnt, 12, 'EOPNOTSUPP', 512);
+    t.true(counts.write! > 500 && counts.punch! > 100, JSON.stringify(counts));
+    const copy = `${dir}/seen.raw`;
+    t.is((await run(['cp', mnt, copy])).code, 0);
+    const stopped = await stopExport(t, exp);
+    t.is(stopped.errors, 0);
+    const checked = await qemuCheck(top);
+    t.is(checked.code, 0, checked.out);
+    const raw = await toRaw(top, dir);
+    t.is((await run(['cmp', raw, copy])).code, 0, 'qemu-img sees what the export served');
+  });
+}
 
 eachTransport(test, 'qcow2: acknowledged fsyncs survive kill -9 of the exporter', async (t, ioUring) => {
   const dir = tmpDir(t);
