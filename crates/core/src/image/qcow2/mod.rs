@@ -53,7 +53,7 @@ const WARMING: u8 = 2;
 const WARMED: u8 = 3;
 /// A worker does the work (an allocation, a compressed read, a flush...).
 const HANDED_OFF: u8 = 4;
-/// A write waits on a worker for a discard to finish.
+/// A write waits on a worker (for a discard to finish, for the image to grow).
 const WAITING: u8 = 5;
 
 /// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
@@ -473,9 +473,9 @@ impl ImageBackend for Qcow2Image {
             ImageOp::Write => {
                 let end = io.offset + io.len;
                 if end > self.shared.access.size() {
-                    if let Err(e) = self.shared.grow_to(end) {
-                        return Poll::Ready(-errno(&e));
-                    }
+                    // Growing writes metadata: on a worker, then the write goes on.
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.grow_to(end).map(|()| 0)));
+                    return self.hand_off(io, WAITING, &mut context, job);
                 }
                 self.step(io, &mut context)
             }
