@@ -2,7 +2,7 @@
 // written with copy-on-write, every request of the contract checked against
 // QEMU's own tools (qemu-img convert / check / compare / map), locks,
 // QEMU's probing rule, bad images.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -15,6 +15,7 @@ import {
   fileStat,
   fsop,
   fsopOk,
+  type IoUring,
   KiB,
   loopMount,
   loopsOf,
@@ -124,68 +125,48 @@ eachTransport(test, 'writes go to the top image with copy-on-write; qemu-img che
   t.deepEqual([digest(base), digest(mid)], before, 'the backing files are unchanged');
 });
 
-eachTransport(test, 'fio: 2 jobs x iodepth 16 random 4k writes with crc32c verify on a fresh, unallocated qcow2', async (t, ioUring) => {
+/**
+ * fio with crc32c verify (4 KiB, O_DIRECT, io_uring) through a writable
+ * export of a fresh qcow2 made with `options`; then the export's counters
+ * and qemu-img check.
+ */
+async function verifyOnFresh(t: ExecutionContext, ioUring: IoUring, size: number, options: string, fio: string[]) {
   const dir = tmpDir(t);
-  const perJob = 16 * MiB;
-  const image = await makeQcow2(dir, 'fresh.qcow2', 2 * perJob);
+  const image = await makeQcow2(dir, 'fresh.qcow2', size, { options });
   const mnt = makeMountpoint(dir);
   const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
-  const fio = await run(
-    [
-      'fio', '--name=verify', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=randwrite',
-      '--verify=crc32c', '--verify_fatal=1', `--size=${perJob}`, `--offset_increment=${perJob}`, '--numjobs=2',
-      '--iodepth=16', '--randrepeat=1', '--group_reporting',
-    ],
+  const result = await run(
+    ['fio', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--verify=crc32c', '--verify_fatal=1', ...fio],
     { timeout: 180_000 },
   );
-  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
-  t.regex(fio.stdout, /err= 0/);
-  t.notRegex(fio.stdout + fio.stderr, /verify: bad|crc32c: verify failed/);
+  t.is(result.code, 0, `${result.stdout}${result.stderr}`);
+  t.regex(result.stdout, /err= 0/);
+  t.notRegex(result.stdout + result.stderr, /verify: bad|verify failed/);
   const stopped = await stopExport(t, exp);
   t.is(stopped.errors, 0);
   const checked = await qemuCheck(image);
   t.is(checked.code, 0, checked.out);
+}
+
+eachTransport(test, 'fio: 2 jobs x iodepth 16 random 4k writes with crc32c verify on a fresh, unallocated qcow2', async (t, ioUring) => {
+  const perJob = 16 * MiB;
+  await verifyOnFresh(t, ioUring, 2 * perJob, 'cluster_size=65536', [
+    '--name=verify', '--rw=randwrite', `--size=${perJob}`, `--offset_increment=${perJob}`, '--numjobs=2', '--iodepth=16',
+    '--randrepeat=1', '--group_reporting',
+  ]);
 });
 
 eachTransport(test, 'small clusters, 512 L2 tables for a cache of 128: misses and evictions on every path, crc32c verify', async (t, ioUring) => {
-  const dir = tmpDir(t);
-  const image = await makeQcow2(dir, 'small-clusters.qcow2', 1024 * MiB, { options: 'cluster_size=4096' });
-  const mnt = makeMountpoint(dir);
-  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
-  const fio = await run(
-    [
-      'fio', '--name=spread', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=randwrite',
-      '--verify=crc32c', '--verify_fatal=1', '--size=1G', '--io_size=8M', '--numjobs=1', '--iodepth=16', '--randrepeat=1',
-      '--norandommap=0',
-    ],
-    { timeout: 180_000 },
-  );
-  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
-  t.notRegex(fio.stdout + fio.stderr, /verify: bad|verify failed/);
-  await stopExport(t, exp);
-  const checked = await qemuCheck(image);
-  t.is(checked.code, 0, checked.out);
+  await verifyOnFresh(t, ioUring, 1024 * MiB, 'cluster_size=4096', [
+    '--name=spread', '--rw=randwrite', '--size=1G', '--io_size=8M', '--iodepth=16', '--randrepeat=1',
+  ]);
 });
 
 eachTransport(test, 'concurrent writes into the same unallocated clusters lose nothing', async (t, ioUring) => {
-  const dir = tmpDir(t);
-  const image = await makeQcow2(dir, 'race.qcow2', 8 * MiB, { options: 'cluster_size=65536' });
-  const mnt = makeMountpoint(dir);
-  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
-  // 4 KiB writes, 16 per 64 KiB cluster, all in flight at once, from 2 jobs on distinct blocks.
-  const fio = await run(
-    [
-      'fio', '--name=race', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=write:4k',
-      '--verify=crc32c', '--verify_fatal=1', '--size=4M', '--offset_increment=4k', '--numjobs=2', '--iodepth=32',
-      '--group_reporting',
-    ],
-    { timeout: 120_000 },
-  );
-  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
-  t.notRegex(fio.stdout + fio.stderr, /verify: bad|verify failed/);
-  await stopExport(t, exp);
-  const checked = await qemuCheck(image);
-  t.is(checked.code, 0, checked.out);
+  // 4 KiB writes, 16 per 64 KiB cluster, all in flight at once, from 2 jobs on interleaved blocks.
+  await verifyOnFresh(t, ioUring, 8 * MiB, 'cluster_size=65536', [
+    '--name=race', '--rw=write:4k', '--size=4M', '--offset_increment=4k', '--numjobs=2', '--iodepth=32', '--group_reporting',
+  ]);
 });
 
 eachTransport(test, 'punch hole discards, zero range zeroes, SEEK_DATA / SEEK_HOLE follow the chain', async (t, ioUring) => {
