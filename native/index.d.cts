@@ -57,9 +57,13 @@ export interface NativeOptions {
   queueDepth: number
   /** "direct" | "writeback" */
   cache: string
+  /** "auto" | "raw" | "qcow2" */
+  format: string
 }
 
 export interface NativeStartInfo {
+  /** "raw" | "qcow2" */
+  format: string
   size: number
   transport: string
   transportReason: string

@@ -1,28 +1,12 @@
 // The "done when" scenario: a filesystem made, loop-mounted and filled
 // through the export is clean and intact in the image afterwards.
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { check, eachTransport, exported, MiB, pattern, run, stopExport, waitUntil } from './helpers/index.js';
+import { check, eachTransport, exported, loopMount, loopsOf, MiB, pattern, run, stopExport, waitUntil } from './helpers/index.js';
 
 const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');
-
-/** Loop devices backed by `file`. */
-async function loopsOf(file: string): Promise<string[]> {
-  const { stdout } = await run(['losetup', '--noheadings', '--output', 'NAME', '--associated', file]);
-  return stdout.split('\n').filter(Boolean);
-}
-
-/** Mounts `source` (a file, through a loop device) on `target`; undone in teardown. */
-async function loopMount(t: ExecutionContext, source: string, target: string, options = 'loop'): Promise<void> {
-  mkdirSync(target, { recursive: true });
-  await check(['mount', '-o', options, source, target], { timeout: 60_000 });
-  t.teardown(async () => {
-    await run(['umount', '-l', target]);
-    for (const loop of await loopsOf(source)) await run(['losetup', '-d', loop]);
-  });
-}
 
 eachTransport(test, 'mkfs.ext4 + loop mount + files through the export: e2fsck -fn clean, files intact', async (t, ioUring) => {
   const { dir, mnt, image, exp } = await exported(t, { ioUring, size: 64 * MiB, writable: true });

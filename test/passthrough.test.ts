@@ -42,7 +42,15 @@ eachTransport(test, 'a read-only export: the kernel reads the image itself, no R
 
 eachTransport(test, 'a growable export: writes, growth, mmap, fsync, truncate, punch hole and SEEK_DATA hold', async (t, ioUring) => {
   const data = pattern(4 * MiB, 22);
-  const { mnt, image, exp } = await exported(t, { ioUring, passthrough: 'on', writable: true, growable: true, size: 4 * MiB, extents: [[0, data]] });
+  const { mnt, image, exp } = await exported(t, {
+    ioUring,
+    passthrough: 'on',
+    format: 'raw',
+    writable: true,
+    growable: true,
+    size: 4 * MiB,
+    extents: [[0, data]],
+  });
   t.true(exp.ready.passthrough);
   const patch = pattern(64 * KiB, 23);
   t.deepEqual(await writeVia(mnt, 128 * KiB, patch), { ok: patch.length });
@@ -70,9 +78,16 @@ eachTransport(test, 'a growable export: writes, growth, mmap, fsync, truncate, p
   t.is(stopped.bytesWritten, 0, 'no WRITE reached the export');
 });
 
+eachTransport(test, 'a writable image probed as raw keeps the FUSE path: auto says why (the qcow2 header rule)', async (t, ioUring) => {
+  const { exp } = await exported(t, { ioUring, passthrough: 'auto', writable: true, growable: true, size: MiB });
+  t.false(exp.ready.passthrough);
+  t.regex(String(exp.lines.find((l) => l.event === 'transport')!.passthroughReason), /probed as raw/);
+  await stopExport(t, exp);
+});
+
 eachTransport(test, 'a fixed-size writable export keeps the FUSE path: auto says why, on refuses', async (t, ioUring) => {
   const data = pattern(MiB, 25);
-  const { mnt, image, exp } = await exported(t, { ioUring, passthrough: 'auto', writable: true, size: MiB, extents: [[0, data]] });
+  const { mnt, image, exp } = await exported(t, { ioUring, passthrough: 'auto', format: 'raw', writable: true, size: MiB, extents: [[0, data]] });
   t.false(exp.ready.passthrough);
   t.regex(String(exp.lines.find((l) => l.event === 'transport')!.passthroughReason), /fixed-size writable image/);
   t.deepEqual(await writeVia(mnt, MiB - 4096, pattern(8192, 26)), { ok: 4096 }, 'a write across the end is still short');
@@ -80,7 +95,7 @@ eachTransport(test, 'a fixed-size writable export keeps the FUSE path: auto says
   await stopExport(t, exp);
 
   const dir = tmpDir(t);
-  const refused = await runCli(['--writable', '--passthrough', 'on', makeImage(dir, 'disk.img', MiB), makeMountpoint(dir)]);
+  const refused = await runCli(['--writable', '--format', 'raw', '--passthrough', 'on', makeImage(dir, 'disk.img', MiB), makeMountpoint(dir)]);
   t.is(refused.code, 1);
   t.regex(errorText(refused), /--passthrough on, but a fixed-size writable image/);
 });

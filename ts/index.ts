@@ -12,4 +12,4 @@ export type {
 } from './lifecycle/export.js';
 export { SetupError } from './lifecycle/mountpoint.js';
 export { OptionError, DEFAULTS } from './options.js';
-export type { CacheMode, ExportOptions, StartHooks, Switch } from './options.js';
+export type { CacheMode, ExportOptions, ImageFormat, StartHooks, Switch } from './options.js';

@@ -4,6 +4,8 @@ import { availableParallelism } from 'node:os';
 
 export type Switch = 'on' | 'off' | 'auto';
 export type CacheMode = 'direct' | 'writeback';
+/** How the image's bytes are laid out; `auto` recognises qcow2 by its header, else raw. */
+export type ImageFormat = 'auto' | 'raw' | 'qcow2';
 
 export interface ExportOptions {
   /** Disk image file or block device to export. */
@@ -19,6 +21,8 @@ export interface ExportOptions {
   threads?: number;
   queueDepth?: number;
   cache?: CacheMode;
+  /** `auto` (default): qcow2 when the header says so, else raw. */
+  format?: ImageFormat;
   /** Milliseconds a stop waits for in-flight requests before it aborts. */
   shutdownTimeout?: number;
 }
@@ -37,6 +41,7 @@ export interface StartHooks {
 
 export const SWITCHES: readonly Switch[] = ['on', 'off', 'auto'];
 export const CACHE_MODES: readonly CacheMode[] = ['direct', 'writeback'];
+export const FORMATS: readonly ImageFormat[] = ['auto', 'raw', 'qcow2'];
 export const MAX_THREADS = 1024;
 export const MAX_QUEUE_DEPTH = 4096;
 
@@ -49,6 +54,7 @@ export const DEFAULTS = {
   threads: availableParallelism(),
   queueDepth: 64,
   cache: 'direct' as CacheMode,
+  format: 'auto' as ImageFormat,
   shutdownTimeout: 10_000,
 };
 
@@ -85,6 +91,7 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   oneOf('io-uring', merged.ioUring, SWITCHES);
   oneOf('passthrough', merged.passthrough, SWITCHES);
   oneOf('cache', merged.cache, CACHE_MODES);
+  oneOf('format', merged.format, FORMATS);
   integerIn('threads', merged.threads, 1, MAX_THREADS);
   integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);
   integerIn('shutdown-timeout', merged.shutdownTimeout, 0, 24 * 3600 * 1000);

@@ -93,6 +93,9 @@ export async function startFuseExport({ cli, target, image, mountpoint, transpor
   const args = [
     cli,
     '--writable',
+    // Named, not probed: a probed raw image keeps writes on the FUSE path.
+    '--format',
+    'raw',
     ...(passthrough ? ['--growable'] : []),
     '--passthrough',
     passthrough ? 'on' : 'off',

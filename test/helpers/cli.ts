@@ -51,6 +51,7 @@ export function cliOptions({
   threads,
   queueDepth,
   cache,
+  format,
   pidfile,
 }: CliOptions = {}): string[] {
   const args: string[] = ['--passthrough', passthrough];
@@ -61,6 +62,7 @@ export function cliOptions({
   if (threads !== undefined) args.push('--threads', String(threads));
   if (queueDepth !== undefined) args.push('--queue-depth', String(queueDepth));
   if (cache !== undefined) args.push('--cache', cache);
+  if (format !== undefined) args.push('--format', format);
   if (pidfile !== undefined) args.push('--pidfile', pidfile);
   return args;
 }

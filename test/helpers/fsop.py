@@ -193,6 +193,92 @@ def op_acked_writes(path, block, count):
     return {'done': done}
 
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+
+
+def op_random_ops(path, seed, steps, shrink, limit, align='1'):
+    """Random writes, reads, punched holes, zeroed ranges, truncates and
+    fsyncs at random offsets and sizes, each answer checked against a model
+    of the file (the whole file compared every 64 steps and at the end).
+    `shrink` is what a smaller truncate must give: 'ok' or an errno name;
+    the file never grows past `limit`; it grows in steps of `align` bytes
+    (qcow2: 512), and a truncate to another size must fail EINVAL. Returns the count of each operation;
+    the first difference raises, naming the step."""
+    import random
+    rng = random.Random(int(seed))
+    steps, limit, align = int(steps), int(limit), int(align)
+    fd = open_(path, 'rw')
+    model = bytearray(os.pread(fd, os.fstat(fd).st_size, 0))
+    counts = {}
+
+    def fail(step, what):
+        raise OSError(errno.EIO, f'step {step} (seed {seed}): {what}')
+
+    def compare(step, offset, length):
+        got = os.pread(fd, length, offset)
+        want = bytes(model[offset:offset + length])
+        if got != want:
+            at = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), min(len(got), len(want)))
+            fail(step, f'read {length} at {offset}: differs from the model at {offset + at} ({len(got)} bytes read)')
+
+    def falloc(mode, offset, length):
+        if libc.fallocate(fd, mode, offset, length) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+    ops = ['write', 'read', 'punch', 'zero', 'truncate', 'fsync']
+    for step in range(steps):
+        op = rng.choices(ops, weights=[40, 25, 10, 10, 5, 10])[0]
+        counts[op] = counts.get(op, 0) + 1
+        size = len(model)
+        length = rng.choice([1, 511, 4096, 65536, rng.randrange(1, 300_000)])
+        offset = rng.randrange(0, max(size, 1))
+        if rng.random() < 0.3:
+            offset -= offset % 4096
+        if op == 'write':
+            offset = min(offset + (rng.randrange(0, 8192) if rng.random() < 0.05 else 0), limit - 1)
+            length = min(length, limit - offset)
+            data = rng.randbytes(length)
+            written = os.pwrite(fd, data, offset)
+            if written != length:
+                fail(step, f'write of {length} at {offset} wrote {written}')
+            if offset + length > size:
+                model.extend(bytes(-(-(offset + length) // align) * align - size))
+            model[offset:offset + length] = data
+            compare(step, offset, length)
+        elif op == 'read':
+            compare(step, offset, length)
+        elif op in ('punch', 'zero'):
+            mode = FALLOC_FL_KEEP_SIZE | (FALLOC_FL_PUNCH_HOLE if op == 'punch' else FALLOC_FL_ZERO_RANGE)
+            falloc(mode, offset, length)
+            end = min(offset + length, size)
+            model[offset:end] = bytes(end - offset)
+            compare(step, max(offset - 100, 0), end - offset + 200)
+        elif op == 'truncate':
+            new = rng.randrange(size // 2, min(size * 3 // 2, limit) + 1)
+            try:
+                os.ftruncate(fd, new)
+                outcome = 'ok'
+            except OSError as e:
+                outcome = errname(e.errno)
+            want = 'EINVAL' if new % align else 'ok' if new >= size else shrink
+            if outcome != want:
+                fail(step, f'truncate {size} -> {new}: {outcome}, expected {want}')
+            if outcome == 'ok':
+                model = model[:new] if new < size else model + bytes(new - size)
+            if os.fstat(fd).st_size != len(model):
+                fail(step, f'size {os.fstat(fd).st_size}, expected {len(model)}')
+        else:
+            os.fsync(fd)
+        if step % 64 == 63:
+            compare(step, 0, len(model) + 4096)
+    compare(steps, 0, len(model) + 4096)
+    if os.fstat(fd).st_size != len(model):
+        fail(steps, f'final size {os.fstat(fd).st_size}, expected {len(model)}')
+    os.close(fd)
+    return counts
+
+
 def main():
     op, args = sys.argv[1], sys.argv[2:]
     try:

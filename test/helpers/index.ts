@@ -7,4 +7,6 @@ export * from './api.js';
 export * from './transports.js';
 export * from './uring.js';
 export * from './fixture.js';
+export * from './qcow2.js';
+export * from './loop.js';
 export { register, stopLeftovers } from './registry.js';

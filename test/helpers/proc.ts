@@ -209,13 +209,13 @@ export function startChild(t: ExecutionContext, argv: Argv, { user }: { user?: U
   };
 }
 
-/** qemu-io -f raw with `commands` on `path`; `ok` when it exited 0 and reported no failure. */
+/** qemu-io -f raw (or `format`) with `commands` on `path`; `ok` when it exited 0 and reported no failure. */
 export async function qemuIo(
   path: string,
   commands: string[],
-  { cache, user, timeout = 60_000 }: { cache?: string; user?: User; timeout?: number } = {},
+  { cache, user, timeout = 60_000, format = 'raw' }: { cache?: string; user?: User; timeout?: number; format?: string } = {},
 ): Promise<RunResult & { out: string; ok: boolean }> {
-  const argv = ['qemu-io', '-f', 'raw', ...(cache ? ['-t', cache] : [])];
+  const argv = ['qemu-io', '-f', format, ...(cache ? ['-t', cache] : [])];
   for (const command of commands) argv.push('-c', command);
   const result = await run([...argv, path], { timeout, user });
   const out = result.stdout + result.stderr;

@@ -1,7 +1,16 @@
 // The command line: `fuse-export [options] <image> <mountpoint>`.
 import { createRequire } from 'node:module';
 import yargs, { type Options } from 'yargs';
-import { CACHE_MODES, DEFAULTS, SWITCHES, type CacheMode, type ExportOptions, type Switch } from '../options.js';
+import {
+  CACHE_MODES,
+  DEFAULTS,
+  FORMATS,
+  SWITCHES,
+  type CacheMode,
+  type ExportOptions,
+  type ImageFormat,
+  type Switch,
+} from '../options.js';
 import { LOG_LEVELS, type LogFormat, type LogLevel } from './logger.js';
 
 export interface CliArgs {
@@ -39,6 +48,13 @@ const OPTIONS = {
     choices: CACHE_MODES,
     default: DEFAULTS.cache,
     describe: 'direct: O_DIRECT on the image; writeback: through the page cache',
+  },
+  format: {
+    choices: FORMATS,
+    default: DEFAULTS.format,
+    describe:
+      'image format: auto recognises qcow2 by its header (backing files followed), else raw; ' +
+      'an image probed as raw refuses writes that would plant a qcow2 header (--format raw lifts that)',
   },
   'shutdown-timeout': {
     type: 'number',
@@ -95,6 +111,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       threads: number('threads', parsed.threads),
       queueDepth: number('queue-depth', parsed['queue-depth']),
       cache: parsed.cache as CacheMode,
+      format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
     },
     logFormat: parsed['log-format'] as LogFormat,

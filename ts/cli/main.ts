@@ -47,10 +47,11 @@ function logReady(log: winston.Logger, exp: FuseExport): void {
     passthrough: info.passthrough,
     passthroughReason: info.passthroughReason,
   });
-  log.info(`Exporting ${info.image} on ${info.mountpoint} (${info.transport})`, {
+  log.info(`Exporting ${info.image} (${info.format}) on ${info.mountpoint} (${info.transport})`, {
     event: 'ready',
     mountpoint: info.mountpoint,
     image: info.image,
+    format: info.format,
     size: info.size,
     writable: info.writable,
     growable: info.growable,

@@ -34,6 +34,9 @@ export interface ExportStats extends CoreStats {
 export interface ExportInfo {
   mountpoint: string;
   image: string;
+  /** `raw` or `qcow2`: the format the image was opened in. */
+  format: 'raw' | 'qcow2';
+  /** The virtual size (what the exported file holds). */
   size: number;
   writable: boolean;
   growable: boolean;
@@ -143,6 +146,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           threads: resolved.threads,
           queueDepth: resolved.queueDepth,
           cache: resolved.cache,
+          format: resolved.format,
         },
         onEvent,
       );
@@ -157,6 +161,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       {
         mountpoint,
         image: resolved.image,
+        format: info.format as ExportInfo['format'],
         size: info.size,
         writable: resolved.writable,
         growable: resolved.growable,

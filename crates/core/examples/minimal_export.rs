@@ -6,7 +6,7 @@
 //! (MOUNTPOINT an existing regular file), then read and write MOUNTPOINT;
 //! Ctrl-C stops.
 
-use fuse_export_core::image::{CacheMode, ImageOptions};
+use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::status::Event;
 use std::sync::mpsc;
@@ -25,7 +25,13 @@ fn main() {
     let signals = block_signals(&[libc::SIGINT, libc::SIGTERM]);
 
     let options = StartOptions {
-        image: ImageOptions { path: image.into(), writable: true, growable: false, cache: CacheMode::Direct },
+        image: ImageOptions {
+            path: image.into(),
+            writable: true,
+            growable: false,
+            cache: CacheMode::Direct,
+            format: FormatChoice::Auto,
+        },
         mountpoint: mountpoint.into(),
         allow_other: Switch::Off,
         io_uring: Switch::Auto,

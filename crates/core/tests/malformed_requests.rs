@@ -2,7 +2,7 @@
 //! decoded into a request, answered with EINVAL, or refused as a broken
 //! stream — and whatever decodes is handled without a panic.
 
-use fuse_export_core::image::{self, CacheMode, ImageIo, ImageOptions};
+use fuse_export_core::image::{self, CacheMode, FormatChoice, ImageIo, ImageOptions};
 use fuse_export_core::protocol::abi::{opcode, InHeader, UringReqHeader, IN_HEADER_SIZE};
 use fuse_export_core::protocol::request::{decode_message, decode_ring_entry};
 use fuse_export_core::protocol::{Malformed, Reply, Request};
@@ -31,7 +31,7 @@ impl Harness {
         let path = std::env::temp_dir()
             .join(format!("fuse-export-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
-        let options = ImageOptions { path: path.clone(), writable: true, growable: false, cache: CacheMode::Writeback };
+        let options = ImageOptions { path: path.clone(), writable: true, growable: false, cache: CacheMode::Writeback, format: FormatChoice::Raw };
         let (image, _) = image::open(&options).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();

@@ -2,7 +2,7 @@
 //! reads its counters; requests never cross this line.
 
 use fuse_export_core::status::Event;
-use fuse_export_core::image::{CacheMode, ImageOptions};
+use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::transport::mount;
 use napi::bindgen_prelude::*;
@@ -26,10 +26,14 @@ pub struct NativeOptions {
     pub queue_depth: u32,
     /// "direct" | "writeback"
     pub cache: String,
+    /// "auto" | "raw" | "qcow2"
+    pub format: String,
 }
 
 #[napi(object)]
 pub struct NativeStartInfo {
+    /// "raw" | "qcow2"
+    pub format: String,
     pub size: f64,
     pub transport: String,
     pub transport_reason: String,
@@ -79,12 +83,16 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         "writeback" => CacheMode::Writeback,
         other => return Err(Error::from_reason(format!("cache must be direct or writeback, not {other:?}"))),
     };
+    let format = FormatChoice::parse(&options.format).ok_or_else(|| {
+        Error::from_reason(format!("format must be auto, raw or qcow2, not {:?}", options.format))
+    })?;
     Ok(StartOptions {
         image: ImageOptions {
             path: options.image.clone().into(),
             writable: options.writable,
             growable: options.growable,
             cache,
+            format,
         },
         mountpoint: options.mountpoint.clone().into(),
         allow_other: switch("allowOther", &options.allow_other)?,
@@ -181,6 +189,7 @@ impl NativeExport {
         self.with(|server| {
             let info = server.info();
             NativeStartInfo {
+                format: info.format.into(),
                 size: info.size as f64,
                 transport: info.transport.to_string(),
                 transport_reason: info.transport_reason.clone(),

@@ -13,6 +13,9 @@
 //! Until its completion arrives the request's buffer stays put and belongs
 //! to the backend. A new backend (qcow2, NBD) is a new module here.
 
+mod lock;
+pub mod probe;
+mod qcow2;
 mod raw;
 
 use crate::runtime::ring::Ring;
@@ -22,6 +25,8 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
+
+pub use probe::FormatChoice;
 
 /// How the image is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub struct ImageOptions {
     pub writable: bool,
     pub growable: bool,
     pub cache: CacheMode,
+    /// `--format`: how the image's bytes are laid out.
+    pub format: FormatChoice,
 }
 
 /// What went wrong while opening: the message names the path and the fix.
@@ -91,11 +98,14 @@ pub struct ImageIo {
     /// Bytes already transferred or zeroed.
     pub done: u64,
     pub stage: u8,
+    /// Bytes of the part now in flight, for backends that split a request
+    /// into parts (qcow2: one mapping's worth at a time).
+    pub piece: u64,
 }
 
 impl ImageIo {
     pub fn new(op: ImageOp, offset: u64, len: u64) -> Self {
-        Self { op, offset, len, done: 0, stage: 0 }
+        Self { op, offset, len, done: 0, stage: 0, piece: 0 }
     }
 }
 
@@ -120,6 +130,9 @@ pub type Times = [(u64, u32); 3];
 
 /// Results are bytes transferred (READ, WRITE) or 0, or a negative errno.
 pub trait ImageBackend: Send + Sync {
+    /// "raw" or "qcow2", for the `ready` event.
+    fn format(&self) -> &'static str;
+    /// The virtual size: what the exported file holds.
     fn size(&self) -> u64;
     fn writable(&self) -> bool;
     fn growable(&self) -> bool;
@@ -144,9 +157,66 @@ pub trait ImageBackend: Send + Sync {
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32>;
 }
 
-/// Opens the image the options name. Warnings (such as an O_DIRECT
-/// fallback) are returned for the caller to report.
+/// The atime, mtime and ctime of an image's file.
+fn times_of(file: &std::fs::File) -> Times {
+    use std::os::unix::fs::MetadataExt;
+    match file.metadata() {
+        Ok(m) => [
+            (m.atime() as u64, m.atime_nsec() as u32),
+            (m.mtime() as u64, m.mtime_nsec() as u32),
+            (m.ctime() as u64, m.ctime_nsec() as u32),
+        ],
+        Err(_) => [(0, 0); 3],
+    }
+}
+
+/// The message for an image file that would not open: the problem and the fix.
+fn open_failed(path: &std::path::Path, writable: bool, error: &io::Error) -> ImageError {
+    let shown = path.display();
+    if error.kind() == io::ErrorKind::ResourceBusy {
+        return in_use(path, error);
+    }
+    let hint = match (error.raw_os_error(), writable) {
+        (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
+            " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
+        }
+        (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
+        _ => "",
+    };
+    ImageError(format!("Failed to open image {shown}: {}{hint}", crate::os_error::describe(error)))
+}
+
+/// The message for an image someone else holds (`lock::acquire` said who).
+fn in_use(path: &std::path::Path, holder: impl std::fmt::Display) -> ImageError {
+    ImageError(format!("Image {} is in use: {holder}; stop that user first, or export a copy", path.display()))
+}
+
+/// Opens the image the options name, in the format `--format` names or its
+/// header shows. Warnings (such as an O_DIRECT fallback) are returned for
+/// the caller to report.
 pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
-    let (image, warnings) = raw::RawImage::open(options)?;
+    let shown = options.path.display();
+    // A block device or a file we may not read fails in the backend's own open, with its hints.
+    let first = qcow2::read_first_bytes(&options.path).unwrap_or_default();
+    let qcow2 = match options.format {
+        FormatChoice::Raw => false,
+        FormatChoice::Auto => probe::is_qcow2(&first),
+        FormatChoice::Qcow2 if probe::is_qcow2(&first) => true,
+        FormatChoice::Qcow2 => {
+            std::fs::metadata(&options.path).map_err(|e| {
+                ImageError(format!("Failed to open image {shown}: {}", crate::os_error::describe(&e)))
+            })?;
+            return Err(ImageError(format!(
+                "Image {shown} is not a qcow2 image (it does not start with the qcow2 magic): \
+                 export it with --format raw, or --format auto to detect the format"
+            )));
+        }
+    };
+    if qcow2 {
+        let (image, warnings) = qcow2::Qcow2Image::open(options, &first)?;
+        return Ok((Arc::new(image), warnings));
+    }
+    let probed = options.format == FormatChoice::Auto;
+    let (image, warnings) = raw::RawImage::open(options, probed)?;
     Ok((Arc::new(image), warnings))
 }

@@ -2,7 +2,9 @@
 //! through the I/O thread's ring straight into and out of the request's
 //! buffer; on tmpfs and ramfs, copied by the thread itself.
 
-use super::{CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use super::lock::{self, Access};
+use super::probe::QCOW2_MAGIC;
+use super::{in_use, open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
 use crate::os_error::describe;
 use crate::runtime::buffer::AlignedBuffer;
 use io_uring::{opcode, squeue, types};
@@ -23,7 +25,7 @@ enum Kind {
 
 /// O_DIRECT wants offsets, lengths and buffers aligned to the logical block
 /// size; 4 KiB covers every device and filesystem we meet.
-const DIRECT_ALIGNMENT: u64 = 4096;
+pub(super) const DIRECT_ALIGNMENT: u64 = 4096;
 
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
@@ -51,6 +53,10 @@ pub struct RawImage {
     /// (tmpfs does): write zeroes from then on, as QEMU does.
     zero_range_refused: AtomicBool,
     zeroes: OnceLock<AlignedBuffer>,
+    /// The format was probed, not named: a write may not plant a qcow2
+    /// header in the first sector (QEMU's rule), or the next probe would
+    /// follow whatever backing file that header names.
+    probed: bool,
 }
 
 /// The ioctl request type is c_ulong on glibc and c_int on musl.
@@ -67,7 +73,7 @@ fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-fn is_memory_filesystem(file: &File) -> bool {
+pub(super) fn is_memory_filesystem(file: &File) -> bool {
     // SAFETY: statfs is plain data filled by fstatfs.
     let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor and a valid out pointer.
@@ -88,19 +94,12 @@ fn block_device_size(file: &File) -> io::Result<u64> {
 }
 
 impl RawImage {
-    pub fn open(options: &ImageOptions) -> Result<(RawImage, Vec<String>), ImageError> {
+    pub fn open(options: &ImageOptions, probed: bool) -> Result<(RawImage, Vec<String>), ImageError> {
         let path = &options.path;
         let shown = path.display();
-        let file = open_file(path, options.writable, 0).map_err(|e| {
-            let hint = match (e.raw_os_error(), options.writable) {
-                (Some(libc::EACCES | libc::EROFS | libc::EPERM), true) => {
-                    " (it cannot be opened for writing: export it without --writable, or fix its permissions)"
-                }
-                (Some(libc::ENOENT), _) => " (no such file: give the path of an existing image)",
-                _ => "",
-            };
-            ImageError(format!("Failed to open image {shown}: {}{hint}", describe(&e)))
-        })?;
+        let file = open_file(path, options.writable, 0).map_err(|e| open_failed(path, options.writable, &e))?;
+        let access = if options.writable { Access::ReadWrite } else { Access::ReadOnly };
+        lock::acquire(&file, access).map_err(|holder| in_use(path, holder))?;
         let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
         let kind = if meta.file_type().is_block_device() {
             Kind::BlockDevice
@@ -148,6 +147,7 @@ impl RawImage {
             growable: options.growable,
             zero_range_refused: AtomicBool::new(false),
             zeroes: OnceLock::new(),
+            probed,
         };
         Ok((image, warnings))
     }
@@ -159,6 +159,24 @@ impl RawImage {
             Some(direct) if aligned(offset) && aligned(len) && aligned(buffer as u64) => direct.as_raw_fd(),
             _ => self.file.as_raw_fd(),
         }
+    }
+
+    /// Whether `io` would make the first bytes of a probed image the qcow2
+    /// magic. The bytes it does not cover are read from the image.
+    fn plants_qcow2_header(&self, io: &ImageIo, buffer: *const u8) -> bool {
+        let magic_len = QCOW2_MAGIC.len() as u64;
+        if !self.probed || io.op != ImageOp::Write || io.offset >= magic_len {
+            return false;
+        }
+        let mut first = [0u8; 4];
+        // A short read leaves zeroes, which are not the magic either.
+        let _ = std::os::unix::fs::FileExt::read_at(&self.file, &mut first, 0);
+        let covered = io.offset..(io.offset + io.len).min(magic_len);
+        for at in covered {
+            // SAFETY: `at - offset < len`, within the request's buffer.
+            first[at as usize] = unsafe { *buffer.add((at - io.offset) as usize) };
+        }
+        first == QCOW2_MAGIC
     }
 
     fn grew_to(&self, end: u64) {
@@ -269,6 +287,10 @@ impl RawImage {
 }
 
 impl ImageBackend for RawImage {
+    fn format(&self) -> &'static str {
+        "raw"
+    }
+
     fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
@@ -289,14 +311,7 @@ impl ImageBackend for RawImage {
     }
 
     fn times(&self) -> Times {
-        match self.file.metadata() {
-            Ok(m) => [
-                (m.atime() as u64, m.atime_nsec() as u32),
-                (m.mtime() as u64, m.mtime_nsec() as u32),
-                (m.ctime() as u64, m.ctime_nsec() as u32),
-            ],
-            Err(_) => [(0, 0); 3],
-        }
+        times_of(&self.file)
     }
 
     fn uses_direct_io(&self) -> bool {
@@ -337,6 +352,12 @@ impl ImageBackend for RawImage {
                         through: export it read-only or --growable to use passthrough"
                 .into());
         }
+        // Nor would it refuse a write that plants a qcow2 header.
+        if self.writable && self.probed {
+            return Err("a writable image probed as raw must refuse writes that would make it look like qcow2, \
+                        which passthrough would let through: name its format with --format raw to use passthrough"
+                .into());
+        }
         Ok(self.file.as_raw_fd())
     }
 
@@ -347,6 +368,9 @@ impl ImageBackend for RawImage {
     }
 
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+        if self.plants_qcow2_header(io, context.buffer) {
+            return Poll::Ready(-libc::EPERM);
+        }
         if io.op == ImageOp::WriteZeroes && self.zero_range_refused.load(Ordering::Relaxed) {
             io.stage = WRITING_ZEROES;
         }
@@ -380,24 +404,25 @@ mod tests {
             writable: false,
             growable: false,
             cache: CacheMode::Writeback,
+            format: crate::image::FormatChoice::Raw,
         };
-        let err = RawImage::open(&options).err().unwrap();
+        let err = RawImage::open(&options, false).err().unwrap();
         assert!(err.0.contains("/nonexistent/disk.img"), "{}", err.0);
     }
 
     #[test]
     fn growable_without_writable_is_refused() {
         let path = temp_image(&[0; 10]);
-        let options = ImageOptions { path: path.clone(), writable: false, growable: true, cache: CacheMode::Writeback };
-        assert!(RawImage::open(&options).err().unwrap().0.contains("--writable"));
+        let options = ImageOptions { path: path.clone(), writable: false, growable: true, cache: CacheMode::Writeback, format: crate::image::FormatChoice::Raw };
+        assert!(RawImage::open(&options, false).err().unwrap().0.contains("--writable"));
         std::fs::remove_file(path).unwrap();
     }
 
     #[test]
     fn seeking_past_the_end_is_enxio_and_holes_stop_at_the_end() {
         let path = temp_image(&[1; 8192]);
-        let options = ImageOptions { path: path.clone(), writable: false, growable: false, cache: CacheMode::Writeback };
-        let (image, _) = RawImage::open(&options).unwrap();
+        let options = ImageOptions { path: path.clone(), writable: false, growable: false, cache: CacheMode::Writeback, format: crate::image::FormatChoice::Raw };
+        let (image, _) = RawImage::open(&options, false).unwrap();
         assert_eq!(image.seek(0, Seek::Data).unwrap(), 0);
         assert_eq!(image.seek(0, Seek::Hole).unwrap(), 8192);
         assert_eq!(image.seek(8192, Seek::Data).unwrap_err().raw_os_error(), Some(libc::ENXIO));

@@ -76,6 +76,9 @@ pub struct StartOptions {
 /// What the export ended up with, for the `ready` event.
 #[derive(Debug, Clone)]
 pub struct StartInfo {
+    /// "raw" or "qcow2".
+    pub format: &'static str,
+    /// The virtual size.
     pub size: u64,
     pub transport: &'static str,
     /// Why that transport: the kernel's offer, the switch, a fallback.
@@ -127,6 +130,7 @@ impl Server {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let info = StartInfo {
+            format: image.format(),
             size: image.size(),
             transport: "legacy",
             transport_reason,

@@ -1,0 +1,525 @@
+//! The qcow2 backend. imago owns the metadata (L1/L2 and refcount tables,
+//! allocation, the backing chain); the data of mapped clusters moves on the
+//! I/O thread's ring straight into and out of the request's buffer, as the
+//! raw backend moves it.
+//!
+//! A request is served piece by piece: each piece is what one mapping
+//! covers (one run of clusters mapped alike). A piece that lies in a file
+//! goes on the ring (`ImageIo::piece` remembers its length until its
+//! completion); zeroes are written into the buffer; compressed clusters are
+//! read (and decompressed) by imago. A write to a cluster that is not yet
+//! writable in the top image (unallocated, backing data, zero, compressed)
+//! is an allocation: prepare the mapping, write the data, commit; imago
+//! copies the rest of the cluster from below.
+//!
+//! imago blocks its calling thread on cache misses, allocations,
+//! decompression, flushes: the I/O thread asks for mappings with metadata
+//! reads refused (`storage::without_blocking_reads`), so that a hit answers
+//! at once and a miss, like every other blocking call, is handed to a
+//! worker (`workers.rs`) that completes later on the request's token.
+
+mod discard_guard;
+mod gate;
+mod storage;
+mod workers;
+
+use super::probe::{parse_qcow2_header, PROBE_BYTES};
+use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
+use super::{open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use crate::os_error::describe;
+use discard_guard::DiscardGuard;
+use gate::ChainGate;
+use imago::format::builder::FormatDriverBuilder;
+use imago::format::PreallocateMode;
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, Mapping};
+use io_uring::{opcode, types};
+use std::io;
+use std::fs::File;
+use std::os::fd::RawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use storage::{is_miss, without_blocking_reads, HostFile};
+use workers::{Job, Lent, Workers};
+
+/// `ImageIo::stage`: a piece is on the ring (`ImageIo::piece` bytes).
+const ON_RING: u8 = 1;
+/// A worker loads the metadata a lookup missed.
+const WARMING: u8 = 2;
+/// The lookup after a warm-up: it may block (it will not, but it must end).
+const WARMED: u8 = 3;
+/// A worker does the work (an allocation, a compressed read, a flush...).
+const HANDED_OFF: u8 = 4;
+/// A write waits on a worker (for a discard to finish, for the image to grow).
+const WAITING: u8 = 5;
+
+/// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
+/// other size down): a write past the end grows to the next sector
+/// boundary, and a truncate to anything else is EINVAL, as in QEMU.
+const SECTOR: u64 = 512;
+
+/// Threads for blocking metadata work, shared by all I/O threads.
+const WORKERS: usize = 2;
+
+/// Zeroes written per call where the image cannot record zeroes itself.
+const ZERO_CHUNK: usize = 1 << 20;
+
+pub struct Qcow2Image {
+    shared: Arc<Shared>,
+    workers: Workers<Shared>,
+}
+
+/// What the I/O threads and the workers share.
+struct Shared {
+    access: FormatAccess<HostFile>,
+    /// The top image's file (a duplicate descriptor): fsync, stat.
+    top: File,
+    writable: bool,
+    growable: bool,
+    /// The top image lives in memory (tmpfs): copies need no ring.
+    memory_backed: bool,
+    direct: bool,
+    /// Growing is one step at a time.
+    growing: Mutex<()>,
+    /// Discards wait for writes in flight, and writes for discards.
+    guard: DiscardGuard,
+}
+
+fn errno(error: &io::Error) -> i32 {
+    match error.raw_os_error() {
+        Some(errno) => errno,
+        None if error.kind() == io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
+        None => libc::EIO,
+    }
+}
+
+fn result_of(result: io::Result<u64>) -> i32 {
+    result.map_or_else(|e| -errno(&e), |n| n as i32)
+}
+
+/// The request's buffer from `done` on, `len` bytes of it.
+///
+/// # Safety
+/// The buffer holds at least `done + len` bytes and belongs to this request
+/// until it completes (`IoContext::buffer`'s contract).
+unsafe fn piece_of<'a>(buffer: *mut u8, done: u64, len: u64) -> &'a mut [u8] {
+    // SAFETY: see above.
+    unsafe { std::slice::from_raw_parts_mut(buffer.add(done as usize), len as usize) }
+}
+
+/// The first bytes of `path`, for probing.
+pub fn read_first_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = vec![0u8; PROBE_BYTES];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    bytes.truncate(filled);
+    Ok(bytes)
+}
+
+impl Qcow2Image {
+    pub fn open(options: &ImageOptions, first_bytes: &[u8]) -> Result<(Qcow2Image, Vec<String>), ImageError> {
+        let path = &options.path;
+        let shown = path.display();
+        if options.growable && !options.writable {
+            return Err(ImageError("--growable needs --writable".into()));
+        }
+        let unusable = |problem: String| ImageError(format!("Image {shown} is not a usable qcow2 image: {problem}"));
+        let header = parse_qcow2_header(first_bytes).map_err(unusable)?;
+        let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+        if let Some(problem) = header.table_past_end(file_size) {
+            return Err(unusable(problem));
+        }
+        let direct = options.cache == CacheMode::Direct;
+        let top = HostFile::open_path(path, options.writable, direct)
+            .map_err(|e| open_failed(path, options.writable, &e))?;
+        let memory_backed = is_memory_filesystem(top.file());
+        let top_file =
+            top.file().try_clone().map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
+        let mut warnings = Vec::new();
+        if direct && !memory_backed && top.direct_fd().is_none() {
+            warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
+        }
+        let uses_direct = top.direct_fd().is_some() && !memory_backed;
+        let gate = ChainGate::new(path.clone(), direct && !memory_backed);
+        let qcow2 = Qcow2::<HostFile>::builder(top)
+            .write(options.writable)
+            .open(gate)
+            .map_err(|e| ImageError(format!("Failed to open qcow2 image {shown}: {}", chain_message(&e))))?;
+        let shared = Arc::new(Shared {
+            access: FormatAccess::new(qcow2),
+            top: top_file,
+            writable: options.writable,
+            growable: options.growable,
+            memory_backed,
+            direct: uses_direct,
+            growing: Mutex::new(()),
+            guard: DiscardGuard::default(),
+        });
+        let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
+            .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
+        Ok((Qcow2Image { shared, workers }, warnings))
+    }
+
+    /// Hands `job` to a worker; its result completes the request's token.
+    fn hand_off(&self, io: &mut ImageIo, stage: u8, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
+        io.stage = stage;
+        self.workers.run(context.ring.hand_off(context.token), job);
+        Poll::Pending
+    }
+
+    /// The next pieces of a read or write: done inline, put on the ring, or
+    /// handed to a worker.
+    fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
+        let image = &*self.shared;
+        let writing = io.op == ImageOp::Write;
+        while io.done < io.len {
+            let offset = io.offset + io.done;
+            let remaining = io.len - io.done;
+            if writing && !image.guard.try_enter_write() {
+                let job: Job<Shared> = Box::new(|image| {
+                    image.guard.wait_for_discards();
+                    0
+                });
+                return self.hand_off(io, WAITING, context, job);
+            }
+            // Counted from here until the data lands (the ring completion),
+            // or until this thread hands the piece on.
+            let leave = |image: &Shared| {
+                if writing {
+                    image.guard.leave_write()
+                }
+            };
+            let lookup = if io.stage == WARMED {
+                io.stage = 0;
+                image.access.get_mapping(offset, remaining)
+            } else {
+                without_blocking_reads(|| image.access.get_mapping(offset, remaining))
+            };
+            let (mapping, len) = match lookup {
+                Ok(found) => found,
+                Err(e) if is_miss(&e) => {
+                    leave(image);
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
+                    return self.hand_off(io, WARMING, context, job);
+                }
+                Err(e) => {
+                    leave(image);
+                    return Poll::Ready(-errno(&e));
+                }
+            };
+            let len = len.min(remaining);
+            let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
+            let moved = match (io.op, mapping) {
+                (_, Mapping::Raw { storage, offset: host, writable, .. })
+                    if io.op == ImageOp::Read || (writable && len > 0) =>
+                {
+                    if image.memory_backed {
+                        let copied = image.copy_in_memory(io.op, storage, host, len, buffer.0);
+                        leave(image);
+                        copied
+                    } else {
+                        let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
+                        let entry = if io.op == ImageOp::Read {
+                            opcode::Read::new(fd, buffer.0, len as u32).offset(host).build()
+                        } else {
+                            opcode::Write::new(fd, buffer.0, len as u32).offset(host).build()
+                        };
+                        io.piece = len;
+                        io.stage = ON_RING;
+                        context.ring.push(entry, context.token);
+                        return Poll::Pending;
+                    }
+                }
+                (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
+                    let len = if len == 0 { remaining } else { len };
+                    // SAFETY: the request's buffer, `done + len <= io.len`.
+                    unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
+                    Ok(len)
+                }
+                (ImageOp::Read, _) => {
+                    // Compressed (or anything else imago must decode): read by imago.
+                    let job: Job<Shared> = Box::new(move |image| {
+                        // SAFETY: the request's buffer, lent until this job's result is posted.
+                        let piece = unsafe { piece_of(buffer.get(), 0, len) };
+                        let mut vector = IoVectorMut::new();
+                        vector.push(piece);
+                        result_of(image.access.readv(vector, offset).map(|()| len))
+                    });
+                    return self.hand_off(io, HANDED_OFF, context, job);
+                }
+                _ => {
+                    // The worker counts its allocation in itself, when it runs.
+                    leave(image);
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
+                    return self.hand_off(io, HANDED_OFF, context, job);
+                }
+            };
+            match moved {
+                Ok(moved) => io.done += moved,
+                Err(e) => return Poll::Ready(-errno(&e)),
+            }
+        }
+        Poll::Ready(io.done as i32)
+    }
+}
+
+impl Shared {
+    fn fd_for(&self, storage: &HostFile, host_offset: u64, len: u64, buffer: *const u8) -> RawFd {
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
+        match storage.direct_fd() {
+            Some(fd) if self.direct && aligned(host_offset) && aligned(len) && aligned(buffer as u64) => fd,
+            _ => storage.fd(),
+        }
+    }
+
+    /// Grows the virtual size to at least `end`. New space reads as zeroes,
+    /// whatever the backing file holds there.
+    fn grow_to(&self, end: u64) -> io::Result<()> {
+        let end = end.next_multiple_of(SECTOR);
+        let _one_at_a_time = self.growing.lock().unwrap();
+        if end <= self.access.size() {
+            return Ok(());
+        }
+        match self.access.resize_grow(end, PreallocateMode::Zero) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => self.access.resize_grow(end, PreallocateMode::None),
+            other => other,
+        }
+    }
+
+    fn copy_in_memory(&self, op: ImageOp, storage: &HostFile, host: u64, len: u64, buffer: *mut u8) -> io::Result<u64> {
+        // SAFETY: the request's buffer at the piece, `len` bytes of it.
+        let piece = unsafe { piece_of(buffer, 0, len) };
+        if op == ImageOp::Read {
+            let mut filled = 0;
+            while filled < piece.len() {
+                match storage.file().read_at(&mut piece[filled..], host + filled as u64)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            piece[filled..].fill(0);
+        } else {
+            storage.write_all_at(piece, host)?;
+        }
+        Ok(len)
+    }
+
+    /// A write where the top image has no writable cluster yet: imago
+    /// allocates (copying the rest of the cluster from below), the data is
+    /// written, then the mapping is committed. On a worker, one prepared
+    /// mapping at a time, released before the next is prepared.
+    fn allocate(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
+        self.guard.enter_write_waiting();
+        let allocated = self.allocate_counted(offset, len, data);
+        self.guard.leave_write();
+        allocated
+    }
+
+    fn allocate_counted(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
+        let mapping = self.access.prepare_data_mapping(offset, len, true)?;
+        let mapped = mapping.length();
+        // SAFETY: the request's buffer at the piece, `mapped <= len` bytes.
+        let data = unsafe { piece_of(data, 0, mapped) };
+        mapping.storage().write_all_at(data, mapping.offset())?;
+        self.access.commit_data_mapping(mapping)?;
+        Ok(mapped)
+    }
+
+    /// Zeroes through imago where the format can record them, by writing
+    /// zeroes where it cannot (qcow2 v2).
+    fn zero(&self, offset: u64, len: u64, discard: bool) -> io::Result<()> {
+        let recorded = if discard {
+            // SAFETY: imago's caveat is mappings held across the discard.
+            // Ours are held by writes from their lookup until their data
+            // lands, and the guard runs the discard only while none is; a
+            // read racing a discard of its own range may see either data.
+            self.guard.discard(|| unsafe { self.access.discard_to_zero_unsafe(offset, len) })
+        } else {
+            self.access.write_zeroes(offset, len)
+        };
+        match recorded {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
+                let mut done = 0;
+                while done < len {
+                    let chunk = (len - done).min(ZERO_CHUNK as u64) as usize;
+                    let mut vector = IoVector::new();
+                    vector.push(&zeroes[..chunk]);
+                    self.access.writev(vector, offset + done)?;
+                    done += chunk as u64;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Flush, discard, zeroes, preallocation: on a worker.
+    fn other(&self, op: ImageOp, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        match op {
+            // Metadata written back after the data it points to (allocations
+            // commit only once their data is written), then one fdatasync.
+            ImageOp::Flush => self.access.flush().and_then(|()| self.top.sync_data()),
+            ImageOp::Discard => self.zero(offset, len.min(self.access.size().saturating_sub(offset)), true),
+            ImageOp::WriteZeroes => self.grow_to(end).and_then(|()| self.zero(offset, len, false)),
+            ImageOp::Allocate => self.grow_to(end),
+            ImageOp::Read | ImageOp::Write => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+}
+
+impl Drop for Qcow2Image {
+    fn drop(&mut self) {
+        // Metadata caches written back when the export ends (imago does it
+        // when the last handle goes too; this does it before the workers end).
+        if self.shared.writable {
+            let _ = self.shared.access.flush();
+        }
+    }
+}
+
+/// imago's error with the context it gathered ("Backing file ...: ...").
+fn chain_message(error: &io::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = inner.source();
+    }
+    message
+}
+
+impl ImageBackend for Qcow2Image {
+    fn format(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn size(&self) -> u64 {
+        self.shared.access.size()
+    }
+
+    fn writable(&self) -> bool {
+        self.shared.writable
+    }
+
+    fn growable(&self) -> bool {
+        self.shared.growable
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.shared.top.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+    }
+
+    fn times(&self) -> Times {
+        times_of(&self.shared.top)
+    }
+
+    fn uses_direct_io(&self) -> bool {
+        self.shared.direct
+    }
+
+    fn resize(&self, size: u64) -> io::Result<()> {
+        if !size.is_multiple_of(SECTOR) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        match size.cmp(&self.shared.access.size()) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => self.shared.grow_to(size),
+            // Shrinking needs every mapping quiesced (imago wants `&mut`).
+            std::cmp::Ordering::Less => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        }
+    }
+
+    fn seek(&self, offset: u64, what: Seek) -> io::Result<u64> {
+        let access = &self.shared.access;
+        let size = access.size();
+        if offset >= size {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        let mut at = offset;
+        while at < size {
+            let (mapping, len) = access.get_mapping(at, size - at)?;
+            let data = matches!(mapping, Mapping::Raw { .. } | Mapping::Special { .. });
+            if matches!(mapping, Mapping::Eof { .. }) || len == 0 {
+                break;
+            }
+            if data == (what == Seek::Data) {
+                return Ok(at);
+            }
+            at += len;
+        }
+        match what {
+            Seek::Data => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+            Seek::Hole => Ok(size),
+        }
+    }
+
+    fn passthrough_fd(&self) -> Result<RawFd, String> {
+        Err("a qcow2 image's clusters are mapped by the export, not a plain file the kernel could serve".into())
+    }
+
+    fn sync_size(&self) {}
+
+    fn submit(&self, io: &mut ImageIo, mut context: IoContext) -> Poll<i32> {
+        match io.op {
+            ImageOp::Read => self.step(io, &mut context),
+            ImageOp::Write => {
+                let end = io.offset + io.len;
+                if end > self.shared.access.size() {
+                    // Growing writes metadata: on a worker, then the write goes on.
+                    let job: Job<Shared> = Box::new(move |image| result_of(image.grow_to(end).map(|()| 0)));
+                    return self.hand_off(io, WAITING, &mut context, job);
+                }
+                self.step(io, &mut context)
+            }
+            op => {
+                let (offset, len) = (io.offset, io.len);
+                let job: Job<Shared> = Box::new(move |image| result_of(image.other(op, offset, len).map(|()| 0)));
+                self.hand_off(io, HANDED_OFF, &mut context, job)
+            }
+        }
+    }
+
+    fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
+        let stage = std::mem::replace(&mut io.stage, 0);
+        if stage == ON_RING && io.op == ImageOp::Write {
+            self.shared.guard.leave_write();
+        }
+        if result < 0 {
+            return Poll::Ready(result);
+        }
+        match (stage, io.op) {
+            (_, ImageOp::Flush | ImageOp::Discard | ImageOp::WriteZeroes | ImageOp::Allocate) => {
+                return Poll::Ready(result)
+            }
+            (WARMING, _) => io.stage = WARMED,
+            (WAITING, _) => {}
+            (HANDED_OFF, _) => io.done += result as u64,
+            (_, ImageOp::Read) => {
+                // Short: the file ends inside the cluster; the rest reads as zeroes.
+                let read = result as u64;
+                if read < io.piece {
+                    // SAFETY: the request's buffer, within the piece.
+                    unsafe { piece_of(context.buffer, io.done + read, io.piece - read) }.fill(0);
+                }
+                io.done += io.piece;
+            }
+            (_, ImageOp::Write) if result == 0 => return Poll::Ready(-libc::EIO),
+            (_, ImageOp::Write) => io.done += (result as u64).min(io.piece),
+        }
+        self.step(io, &mut context)
+    }
+}

@@ -1,0 +1,402 @@
+// qcow2 images: format probing and --format, backing chains read and
+// written with copy-on-write, every request of the contract checked against
+// QEMU's own tools (qemu-img convert / check / compare / map), locks,
+// QEMU's probing rule, bad images.
+import test, { type ExecutionContext } from 'ava';
+import { mkdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  assertBytes,
+  check,
+  digest,
+  eachTransport,
+  errorText,
+  exportImage,
+  fileStat,
+  fsop,
+  fsopOk,
+  type IoUring,
+  KiB,
+  loopMount,
+  loopsOf,
+  makeImage,
+  makeMountpoint,
+  makeQcow2,
+  MiB,
+  pattern,
+  qemuCheck,
+  qemuCompare,
+  qemuInfo,
+  qemuMap,
+  qemuWrite,
+  readFile,
+  readVia,
+  run,
+  runCli,
+  stopExport,
+  tmpDir,
+  toRaw,
+  waitUntil,
+  writeVia,
+} from './helpers/index.js';
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** Writes `data` at `offset` into a plain file (a raw reference). */
+function writeAt(path: string, offset: number, data: Buffer): void {
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * base.qcow2 (data, a zeroed range) <- mid.qcow2 (data, a compressed
+ * cluster) <- top.qcow2 (data): 64 MiB with 64 KiB clusters.
+ */
+async function chain(dir: string): Promise<{ base: string; mid: string; top: string }> {
+  const base = await makeQcow2(dir, 'base.qcow2', 64 * MiB);
+  await qemuWrite(base, ['write -P 0x11 0 2M', 'write -P 0x22 3M 100k', 'write -P 0x23 40M 1M', 'write -z 40M 64k']);
+  const mid = await makeQcow2(dir, 'mid.qcow2', 64 * MiB, { backing: 'base.qcow2' });
+  await qemuWrite(mid, ['write -P 0x33 1M 8k', 'write -c -P 0x44 8M 64k', 'write -P 0x45 20M 3M']);
+  const top = await makeQcow2(dir, 'top.qcow2', 64 * MiB, { backing: 'mid.qcow2' });
+  await qemuWrite(top, ['write -P 0x55 512k 4k', 'write -P 0x56 21M 100k']);
+  return { base, mid, top };
+}
+
+eachTransport(test, 'a qcow2 chain reads as qemu-img convert -O raw sees it; a read-only export changes no file', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const { base, mid, top } = await chain(dir);
+  const reference = await toRaw(top, dir);
+  const before = [digest(base), digest(mid), digest(top)];
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring });
+  t.is(exp.ready.format, 'qcow2');
+  t.is(exp.ready.size, 64 * MiB, 'size is the virtual size');
+  t.is(fileStat(mnt).size, 64 * MiB);
+  const cmp = await run(['cmp', mnt, reference]);
+  t.is(cmp.code, 0, `exported bytes differ from qemu-img convert: ${cmp.stdout}${cmp.stderr}`);
+  assertBytes(t, await readVia(mnt, 8 * MiB + 4 * KiB, 4 * KiB, { how: 'rdirect' }), Buffer.alloc(4 * KiB, 0x44), 'compressed');
+  assertBytes(t, await readVia(mnt, 40 * MiB, 4 * KiB), Buffer.alloc(4 * KiB), 'zero cluster in the base');
+  assertBytes(t, await readVia(mnt, 40 * MiB + 64 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x23), 'base data');
+  t.regex((await writeVia(mnt, 0, 'x')).errno ?? '', /^(EACCES|EROFS)$/, 'read-only');
+  await stopExport(t, exp);
+  t.deepEqual([digest(base), digest(mid), digest(top)], before, 'no file of the chain was modified');
+});
+
+eachTransport(test, 'writes go to the top image with copy-on-write; qemu-img check and compare agree; backing files unchanged', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const { base, mid, top } = await chain(dir);
+  const reference = await toRaw(top, dir);
+  const before = [digest(base), digest(mid)];
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true });
+  // Unaligned and cluster-spanning writes over backing data, zeroes,
+  // compressed data, top data and unallocated space; O_DIRECT and not.
+  const writes: [number, number, number, string?][] = [
+    [1, 1, 1],
+    [64 * KiB - 100, 300, 2],
+    [1 * MiB + 4 * KiB, 4 * KiB, 3, 'direct'],
+    [3 * MiB + 50 * KiB, 200 * KiB, 4],
+    [8 * MiB + 8 * KiB, 8 * KiB, 5, 'direct'],
+    [20 * MiB - 12 * KiB, 1 * MiB + 24 * KiB, 6],
+    [40 * MiB + 32 * KiB, 64 * KiB, 7, 'direct'],
+    [50 * MiB + 123, 777 * KiB, 8],
+    [64 * MiB - 4 * KiB, 4 * KiB, 9, 'direct'],
+  ];
+  for (const [offset, length, seed, how] of writes) {
+    const data = pattern(length, seed);
+    const answer = await writeVia(mnt, offset, data, { how });
+    t.deepEqual(answer, { ok: length }, `write of ${length} at ${offset}`);
+    writeAt(reference, offset, data);
+  }
+  const cmp = await run(['cmp', mnt, reference]);
+  t.is(cmp.code, 0, `read back through the export: ${cmp.stdout}${cmp.stderr}`);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+  const compared = await qemuCompare(top, reference);
+  t.is(compared.code, 0, compared.out);
+  t.deepEqual([digest(base), digest(mid)], before, 'the backing files are unchanged');
+});
+
+/**
+ * fio with crc32c verify (4 KiB, O_DIRECT, io_uring) through a writable
+ * export of a fresh qcow2 made with `options`; then the export's counters
+ * and qemu-img check.
+ */
+async function verifyOnFresh(t: ExecutionContext, ioUring: IoUring, size: number, options: string, fio: string[]) {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'fresh.qcow2', size, { options });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
+  const result = await run(
+    ['fio', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--verify=crc32c', '--verify_fatal=1', ...fio],
+    { timeout: 180_000 },
+  );
+  t.is(result.code, 0, `${result.stdout}${result.stderr}`);
+  t.regex(result.stdout, /err= 0/);
+  t.notRegex(result.stdout + result.stderr, /verify: bad|verify failed/);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+}
+
+eachTransport(test, 'fio: 2 jobs x iodepth 16 random 4k writes with crc32c verify on a fresh, unallocated qcow2', async (t, ioUring) => {
+  const perJob = 16 * MiB;
+  await verifyOnFresh(t, ioUring, 2 * perJob, 'cluster_size=65536', [
+    '--name=verify', '--rw=randwrite', `--size=${perJob}`, `--offset_increment=${perJob}`, '--numjobs=2', '--iodepth=16',
+    '--randrepeat=1', '--group_reporting',
+  ]);
+});
+
+eachTransport(test, 'small clusters, 512 L2 tables for a cache of 128: misses and evictions on every path, crc32c verify', async (t, ioUring) => {
+  await verifyOnFresh(t, ioUring, 1024 * MiB, 'cluster_size=4096', [
+    '--name=spread', '--rw=randwrite', '--size=1G', '--io_size=8M', '--iodepth=16', '--randrepeat=1',
+  ]);
+});
+
+eachTransport(test, 'concurrent writes into the same unallocated clusters lose nothing', async (t, ioUring) => {
+  // 4 KiB writes, 16 per 64 KiB cluster, all in flight at once, from 2 jobs on interleaved blocks.
+  await verifyOnFresh(t, ioUring, 8 * MiB, 'cluster_size=65536', [
+    '--name=race', '--rw=write:4k', '--size=4M', '--offset_increment=4k', '--numjobs=2', '--iodepth=32', '--group_reporting',
+  ]);
+});
+
+eachTransport(test, 'punch hole discards, zero range zeroes, SEEK_DATA / SEEK_HOLE follow the chain', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const base = await makeQcow2(dir, 'base.qcow2', 16 * MiB);
+  await qemuWrite(base, ['write -P 0x11 2M 1M']);
+  const top = await makeQcow2(dir, 'top.qcow2', 16 * MiB, { backing: 'base.qcow2' });
+  await qemuWrite(top, ['write -P 0x22 8M 1M', 'write -P 0x23 12M 64k']);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, ioUring, writable: true });
+  t.is(await fsopOk('lseek', [mnt, 0, 'data']), 2 * MiB, 'data in the base');
+  t.is(await fsopOk('lseek', [mnt, 2 * MiB, 'hole']), 3 * MiB);
+  t.is(await fsopOk('lseek', [mnt, 3 * MiB, 'data']), 8 * MiB, 'data in the top');
+  t.is(await fsopOk('lseek', [mnt, 13 * MiB, 'hole']), 13 * MiB);
+  t.is((await fsop('lseek', [mnt, 13 * MiB, 'data'])).errno, 'ENXIO', 'no data after the last');
+  t.is((await fsop('lseek', [mnt, 16 * MiB, 'hole'])).errno, 'ENXIO', 'past the end');
+
+  const fallocate = (mode: number, offset: number, length: number) =>
+    fsop('fallocate', [mnt, `0x${mode.toString(16)}`, offset, length]);
+  t.deepEqual(await fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 8 * MiB, 512 * KiB), { ok: true });
+  t.deepEqual(await fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MiB, 256 * KiB), { ok: true }, 'over backing data');
+  t.deepEqual(await fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 12 * MiB + 4 * KiB, 8 * KiB), { ok: true }, 'part of a cluster');
+  assertBytes(t, await readVia(mnt, 8 * MiB, 512 * KiB), Buffer.alloc(512 * KiB), 'the hole reads zero');
+  assertBytes(t, await readVia(mnt, 8 * MiB + 512 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x22), 'data after it stays');
+  assertBytes(t, await readVia(mnt, 2 * MiB, 256 * KiB), Buffer.alloc(256 * KiB), 'the backing data no longer shows');
+  assertBytes(t, await readVia(mnt, 2 * MiB + 256 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x11));
+  const zeroed = await readVia(mnt, 12 * MiB, 64 * KiB);
+  const expected = Buffer.alloc(64 * KiB, 0x23);
+  expected.fill(0, 4 * KiB, 12 * KiB);
+  assertBytes(t, zeroed, expected, 'zero range inside a cluster');
+  t.is(await fsopOk('lseek', [mnt, 8 * MiB, 'data']), 8 * MiB + 512 * KiB, 'SEEK_DATA skips the discarded clusters');
+  await stopExport(t, exp);
+  const map = await qemuMap(top);
+  const hole = map.find((e) => e.start <= 8 * MiB && 8 * MiB < e.start + e.length);
+  t.is(hole?.data, false, `qemu-img map shows the hole: ${JSON.stringify(hole)}`);
+  t.is(hole?.zero, true);
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+});
+
+eachTransport(test, '--growable: a write past the end grows the virtual size; truncate grows; shrinking is EOPNOTSUPP', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'grow.qcow2', 4 * MiB);
+  await qemuWrite(image, ['write -P 0x31 0 4M']);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true, growable: true });
+  const data = pattern(64 * KiB, 3);
+  t.deepEqual(await writeVia(mnt, 5 * MiB, data), { ok: data.length });
+  t.is((await fsopOk('stat', [mnt])).size, 5 * MiB + 64 * KiB);
+  assertBytes(t, await readVia(mnt, 4 * MiB, MiB), Buffer.alloc(MiB), 'the gap reads as zeroes');
+  t.deepEqual(await fsop('truncate', [mnt, 8 * MiB]), { ok: true });
+  t.is((await fsopOk('stat', [mnt])).size, 8 * MiB);
+  t.is((await fsop('truncate', [mnt, 2 * MiB])).errno, 'EOPNOTSUPP');
+  t.is((await fsop('truncate', [mnt, 9 * MiB + 100])).errno, 'EINVAL', 'qcow2 sizes are whole sectors');
+  t.deepEqual(await writeVia(mnt, 8 * MiB + 1000, 'tail'), { ok: 4 });
+  t.is((await fsopOk('stat', [mnt])).size, 8 * MiB + 1024, 'grown to the next sector boundary');
+  await stopExport(t, exp);
+  t.is((await qemuInfo(image))['virtual-size'], 8 * MiB + 1024, 'the header says so');
+  const checked = await qemuCheck(image);
+  t.is(checked.code, 0, checked.out);
+  const raw = await toRaw(image, dir);
+  assertBytes(t, readFile(raw, 5 * MiB, data.length), data);
+});
+
+eachTransport(test, 'a partitioned ext4 disk as a qcow2 overlay: fdisk, loop mount, files read and written; check clean, base unchanged', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const disk = makeImage(dir, 'disk.raw', 64 * MiB);
+  await check(['sfdisk', '-q', disk], { input: 'label: dos\nstart=2048, type=83\n' });
+  const src = join(dir, 'src');
+  mkdirSync(src);
+  const old = pattern(300_000, 41);
+  writeFileSync(join(src, 'old.bin'), old);
+  // The partition's filesystem, made in place (offset 1 MiB, 63 MiB long), holding old.bin.
+  await check(['mkfs.ext4', '-q', '-F', '-d', src, '-E', `offset=${MiB}`, disk, '64512k'], { timeout: 60_000 });
+  const base = join(dir, 'base.qcow2');
+  await check(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', disk, base]);
+  const overlay = await makeQcow2(dir, 'overlay.qcow2', 64 * MiB, { backing: 'base.qcow2' });
+  const baseDigest = digest(base);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: overlay, mountpoint: mnt, ioUring, writable: true });
+  const fdisk = await check(['fdisk', '-l', mnt]);
+  t.regex(fdisk.stdout, /mnt1\s+2048\s+131071\s+129024/, fdisk.stdout);
+  const fs = join(dir, 'fs');
+  await loopMount(t, mnt, fs, `loop,offset=${MiB}`);
+  assertBytes(t, readFileSync(join(fs, 'old.bin')), old, 'a file from the base');
+  const fresh = pattern(3 * MiB + 123, 42);
+  writeFileSync(join(fs, 'new.bin'), fresh);
+  await check(['umount', fs], { timeout: 60_000 });
+  await waitUntil(async () => (await loopsOf(mnt)).length === 0, { what: 'the loop device to let go' });
+  await stopExport(t, exp);
+  const checked = await qemuCheck(overlay);
+  t.is(checked.code, 0, checked.out);
+  t.is(digest(base), baseDigest, 'the base is unchanged');
+  const raw = await toRaw(overlay, dir, 'after.raw');
+  const partition = join(dir, 'partition.raw');
+  await check(['dd', `if=${raw}`, `of=${partition}`, 'bs=1M', 'skip=1', 'status=none']);
+  const fsck = await run(['e2fsck', '-fn', partition], { timeout: 120_000 });
+  t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  const direct = join(dir, 'direct');
+  await loopMount(t, raw, direct, `loop,ro,offset=${MiB}`);
+  assertBytes(t, readFileSync(join(direct, 'new.bin')), fresh, 'the new file is in the overlay');
+  assertBytes(t, readFileSync(join(direct, 'old.bin')), old);
+});
+
+test.serial('--format: auto probes, qcow2 on a raw file is refused by name, raw shows the qcow2 file itself', async (t) => {
+  const dir = tmpDir(t);
+  const qcow2 = await makeQcow2(dir, 'disk.qcow2', 4 * MiB);
+  const raw = makeImage(dir, 'disk.img', MiB, [[0, pattern(4096, 1)]]);
+  const mnt = makeMountpoint(dir);
+  const refused = await runCli(['--format', 'qcow2', raw, mnt]);
+  t.is(refused.code, 1);
+  t.regex(errorText(refused), /disk\.img.*not a qcow2 image/);
+  const bad = await runCli(['--format', 'vmdk', raw, mnt]);
+  t.is(bad.code, 1);
+  const asRaw = await exportImage(t, { image: qcow2, mountpoint: mnt, format: 'raw' });
+  t.is(asRaw.ready.format, 'raw');
+  t.is(asRaw.ready.size, fileStat(qcow2).size, 'the file as it is');
+  assertBytes(t, await readVia(mnt, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+  await stopExport(t, asRaw);
+  const auto = await exportImage(t, { image: raw, mountpoint: mnt });
+  t.is(auto.ready.format, 'raw');
+  await stopExport(t, auto);
+});
+
+test.serial('an image probed as raw refuses a write that plants a qcow2 header (EPERM); --format raw allows it', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', MiB);
+  const mnt = makeMountpoint(dir);
+  const header = Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(508)]);
+  const probed = await exportImage(t, { image, mountpoint: mnt, writable: true });
+  t.is((await writeVia(mnt, 0, header)).errno, 'EPERM');
+  t.is((await writeVia(mnt, 0, Buffer.from('QF'))).ok, 2, 'half of it is fine');
+  t.is((await writeVia(mnt, 2, Buffer.from('I\xfb', 'latin1'))).errno, 'EPERM', 'completing it is not');
+  t.is((await writeVia(mnt, 4096, header)).ok, 512, 'elsewhere it is data');
+  await stopExport(t, probed);
+  t.notDeepEqual(readFile(image, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+  const named = await exportImage(t, { image, mountpoint: mnt, writable: true, format: 'raw' });
+  t.is((await writeVia(mnt, 0, header)).ok, 512);
+  await stopExport(t, named);
+  assertBytes(t, readFile(image, 0, 4), Buffer.from('QFI\xfb', 'latin1'));
+});
+
+test.serial('locks: a second writer (export or qemu-img) is refused by name; read-only exports share', async (t) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'disk.qcow2', 4 * MiB);
+  const [first, second] = [makeMountpoint(dir, 'a'), makeMountpoint(dir, 'b')];
+  const writer = await exportImage(t, { image, mountpoint: first, writable: true });
+  const again = await runCli(['--writable', image, second]);
+  t.is(again.code, 1);
+  t.regex(errorText(again), /disk\.qcow2 is in use.*write/);
+  const reader = await runCli([image, second]);
+  t.is(reader.code, 1, 'a reader wants no writer either');
+  const qemu = await run(['qemu-img', 'info', image]);
+  t.not(qemu.code, 0, 'qemu-img is refused too');
+  t.regex(qemu.stderr, /lock/);
+  await stopExport(t, writer);
+  const one = await exportImage(t, { image, mountpoint: first });
+  const two = await exportImage(t, { image, mountpoint: second });
+  t.is((await run(['qemu-img', 'info', image])).code, 0, 'qemu-img reads alongside');
+  const qemuWriter = await run(['qemu-io', '-c', 'write 0 4k', image]);
+  t.not(qemuWriter.code, 0, 'a QEMU writer is refused while we read');
+  await stopExport(t, one);
+  await stopExport(t, two);
+});
+
+test.serial('bad images end in exit 1 naming the file and the problem', async (t) => {
+  const dir = tmpDir(t);
+  const mnt = makeMountpoint(dir);
+  const expectFailure = async (image: string, problem: RegExp, format = 'auto') => {
+    const result = await runCli(['--format', format, image, mnt]);
+    t.is(result.code, 1, `${image}: ${result.stderr}`);
+    t.regex(errorText(result), problem);
+  };
+  const version = await makeQcow2(dir, 'version.qcow2', MiB);
+  writeAt(version, 4, Buffer.from([0, 0, 0, 9]));
+  await expectFailure(version, /version\.qcow2.*version is 9/);
+
+  const gone = await makeQcow2(dir, 'gone.qcow2', MiB);
+  const orphan = await makeQcow2(dir, 'orphan.qcow2', MiB, { backing: 'gone.qcow2' });
+  rmSync(gone);
+  await expectFailure(orphan, /orphan\.qcow2.*gone\.qcow2/);
+
+  const a = await makeQcow2(dir, 'a.qcow2', MiB);
+  await makeQcow2(dir, 'b.qcow2', MiB, { backing: 'a.qcow2' });
+  await run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', a]);
+  await expectFailure(a, /a\.qcow2.*loop/);
+
+  const l1 = await makeQcow2(dir, 'l1.qcow2', MiB);
+  await qemuWrite(l1, ['write 0 4k']);
+  setEntry(l1, Number(readFile(l1, 40, 8).readBigUInt64BE()), 0x8000_0000_0001_0123n);
+  await expectFailure(l1, /l1\.qcow2.*L1 entry/);
+
+  const truncated = await makeQcow2(dir, 'truncated.qcow2', 64 * MiB);
+  const fd = openSync(truncated, 'r+');
+  ftruncateSync(fd, 1024);
+  closeSync(fd);
+  await expectFailure(truncated, /truncated\.qcow2/);
+
+  const short = join(dir, 'short.qcow2');
+  writeFileSync(short, Buffer.from('QFI\xfb\0\0\0\x03', 'latin1'));
+  await expectFailure(short, /short\.qcow2.*truncated/);
+});
+
+/** Sets the 8-byte big-endian table entry at `offset` of an image file. */
+function setEntry(image: string, offset: number, value: bigint): void {
+  const entry = Buffer.alloc(8);
+  entry.writeBigUInt64BE(value);
+  writeAt(image, offset, entry);
+}
+
+/** The file offset of the L2 table the first L1 entry names. */
+function firstL2(image: string): number {
+  const l1 = Number(readFile(image, 40, 8).readBigUInt64BE());
+  return Number(readFile(image, l1, 8).readBigUInt64BE() & 0x00ff_ffff_ffff_fe00n);
+}
+
+eachTransport(test, 'a corrupt table entry gives EIO for the requests it maps, logged once; other requests and the stop go on', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const image = await makeQcow2(dir, 'corrupt.qcow2', 2 * 1024 * MiB);
+  await qemuWrite(image, ['write -P 0x61 0 64k', 'write -P 0x62 1536M 64k']);
+  // The first L2 entry (guest 0 .. 64 KiB) gets reserved bits set.
+  setEntry(image, firstL2(image), 0x8000_0000_0001_0123n);
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, ioUring });
+  t.is((await fsop('read', [mnt, 0, 4096])).errno, 'EIO');
+  t.is((await fsop('read', [mnt, 4096, 4096])).errno, 'EIO');
+  assertBytes(t, await readVia(mnt, 1536 * MiB, 4096), Buffer.alloc(4096, 0x62), 'the rest of the image serves');
+  const stopped = await stopExport(t, exp);
+  t.true(stopped.errors >= 2);
+  const logged = exp.lines.filter((l) => l.event === 'image-error');
+  t.is(logged.length, 1, 'logged once');
+  t.regex(logged[0]?.message ?? '', /read failed at offset/);
+});
