@@ -55,9 +55,15 @@ export interface NativeOptions {
   queueDepth: number
   /** "direct" | "writeback" */
   cache: string
+  /** Seconds requests wait for a lost NBD server to come back (0: halt). */
+  reconnectDelay?: number
 }
 
 export interface NativeStartInfo {
+  /** The image as it may be shown (an NBD URI without secrets). */
+  image: string
+  /** "file" | "nbd" */
+  backend: string
   size: number
   transport: string
   transportReason: string

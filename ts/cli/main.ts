@@ -48,6 +48,7 @@ function logReady(log: winston.Logger, exp: FuseExport): void {
     event: 'ready',
     mountpoint: info.mountpoint,
     image: info.image,
+    backend: info.backend,
     size: info.size,
     writable: info.writable,
     growable: info.growable,

@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { resolve } from 'node:path';
 import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
-import { resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
+import { isNbdUri, resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
 import { claimMountpoint, prepareMountpoint, releaseMountpoint, SetupError } from './mountpoint.js';
 import { References } from './references.js';
 import { StateMachine, type ExportState } from './state.js';
@@ -24,7 +24,10 @@ export interface ExportStats {
 
 export interface ExportInfo {
   mountpoint: string;
+  /** The image path, or its NBD URI without secrets. */
   image: string;
+  /** Where the bytes live: a local file or block device, or an NBD server. */
+  backend: 'file' | 'nbd';
   size: number;
   writable: boolean;
   growable: boolean;
@@ -105,7 +108,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   /** Mounts and serves; resolves when the kernel talks to the export. */
   static async start(options: ExportOptions, hooks: StartHooks = {}, core: Core = native()): Promise<FuseExport> {
     const resolved = resolveOptions(options);
-    resolved.image = resolve(resolved.image);
+    if (!isNbdUri(resolved.image)) resolved.image = resolve(resolved.image);
     const warnings: ExportWarning[] = [];
     const warn = (warning: ExportWarning) => (hooks.onWarning ? hooks.onWarning(warning) : warnings.push(warning));
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
@@ -129,6 +132,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           threads: resolved.threads,
           queueDepth: resolved.queueDepth,
           cache: resolved.cache,
+          reconnectDelay: resolved.reconnectDelay,
         },
         onEvent,
       );
@@ -142,7 +146,8 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       { ...resolved, mountpoint },
       {
         mountpoint,
-        image: resolved.image,
+        image: info.image ?? resolved.image,
+        backend: info.backend === 'nbd' ? 'nbd' : 'file',
         size: info.size,
         writable: resolved.writable,
         growable: resolved.growable,

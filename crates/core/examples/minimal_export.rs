@@ -25,7 +25,7 @@ fn main() {
     let signals = block_signals(&[libc::SIGINT, libc::SIGTERM]);
 
     let options = StartOptions {
-        image: ImageOptions { path: image.into(), writable: true, growable: false, cache: CacheMode::Direct },
+        image: ImageOptions { path: image.into(), writable: true, growable: false, cache: CacheMode::Direct, reconnect_delay: Default::default() },
         mountpoint: mountpoint.into(),
         allow_other: Switch::Off,
         io_uring: Switch::Auto,

@@ -24,10 +24,16 @@ pub struct NativeOptions {
     pub queue_depth: u32,
     /// "direct" | "writeback"
     pub cache: String,
+    /// Seconds requests wait for a lost NBD server to come back (0: halt).
+    pub reconnect_delay: Option<f64>,
 }
 
 #[napi(object)]
 pub struct NativeStartInfo {
+    /// The image as it may be shown (an NBD URI without secrets).
+    pub image: String,
+    /// "file" | "nbd"
+    pub backend: String,
     pub size: f64,
     pub transport: String,
     pub transport_reason: String,
@@ -81,6 +87,7 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
             writable: options.writable,
             growable: options.growable,
             cache,
+            reconnect_delay: std::time::Duration::from_secs_f64(options.reconnect_delay.unwrap_or(0.0).max(0.0)),
         },
         mountpoint: options.mountpoint.clone().into(),
         allow_other: switch("allowOther", &options.allow_other)?,
@@ -176,6 +183,8 @@ impl NativeExport {
         self.with(|server| {
             let info = server.info();
             NativeStartInfo {
+                image: info.image.clone(),
+                backend: info.backend.to_string(),
                 size: info.size as f64,
                 transport: info.transport.to_string(),
                 transport_reason: info.transport_reason.clone(),

@@ -12,15 +12,24 @@
 //!
 //! Until its completion arrives the request's buffer stays put and belongs
 //! to the backend. A new backend (qcow2, NBD) is a new module here.
+//!
+//! A backend that drives descriptors of its own on the I/O threads' rings
+//! (NBD's sockets) also gets a `ThreadImage` per I/O thread
+//! (`ImageBackend::attach_thread`): the thread's owner routes the
+//! completions of one token channel to it and lets it arm its SQEs before
+//! every wait.
 
+mod nbd;
 mod raw;
 
+use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 /// How the image is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +47,9 @@ pub struct ImageOptions {
     pub writable: bool,
     pub growable: bool,
     pub cache: CacheMode,
+    /// Remote images: how long requests wait for a lost server to come
+    /// back before they fail (0: the export halts when it goes).
+    pub reconnect_delay: Duration,
 }
 
 /// What went wrong while opening: the message names the path and the fix.
@@ -135,11 +147,38 @@ pub trait ImageBackend: Send + Sync {
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32>;
     /// A completion arrived on `io`'s token: done, or more work queued.
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32>;
+    /// "file" or "nbd", for the `ready` event.
+    fn backend_name(&self) -> &'static str {
+        "file"
+    }
+    /// The image as it may be shown (logs, the mount table): no secrets.
+    fn shown_name(&self) -> String;
+    /// The part of the backend that lives on I/O thread `thread`, when it
+    /// drives descriptors of its own on that thread's ring. Its SQEs carry
+    /// token channel `channel`, whose completions the thread's owner hands
+    /// to `ThreadImage::complete`.
+    fn attach_thread(&self, _thread: usize, _channel: u16) -> Option<Box<dyn ThreadImage>> {
+        None
+    }
+}
+
+/// A backend's per-thread part (see `ImageBackend::attach_thread`). Runs on
+/// its I/O thread only. An `Err` is fatal for the export: the owner halts it
+/// with that reason (reported once).
+pub trait ThreadImage: Send {
+    /// Before the thread waits: arm what must be armed, finish what ended.
+    /// When stopping, it lets go of every SQE once no work of its own is out.
+    fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Result<(), String>;
+    /// A completion on the backend's channel.
+    fn complete(&mut self, ring: &mut Ring, token: Token, result: i32) -> Result<(), String>;
 }
 
 /// Opens the image the options name. Warnings (such as an O_DIRECT
 /// fallback) are returned for the caller to report.
 pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
+    if let Some(uri) = options.path.to_str().filter(|p| nbd::is_uri(p)) {
+        return Ok((nbd::NbdImage::open(uri, options)?, Vec::new()));
+    }
     let (image, warnings) = raw::RawImage::open(options)?;
     Ok((Arc::new(image), warnings))
 }

@@ -10,6 +10,9 @@ pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     /// SQEs whose completion has not been seen yet.
     outstanding: usize,
+    /// Completions this thread finished itself (`Ring::complete_local`),
+    /// delivered by the next `reap` as if the kernel had posted them.
+    local: Vec<(Token, i32)>,
 }
 
 impl Ring {
@@ -17,7 +20,7 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
         let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
-        Ok(Self { ring, outstanding: 0 })
+        Ok(Self { ring, outstanding: 0, local: Vec::new() })
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
@@ -45,9 +48,16 @@ impl Ring {
         self.outstanding += 1;
     }
 
+    /// A completion that this very thread produced for a counted token.
+    pub(super) fn push_local(&mut self, token: Token, result: i32) {
+        self.local.push((token, result));
+    }
+
     /// Submits what is queued and waits for `want` completions. A full
     /// completion queue (EBUSY) returns at once: the thread's loop reaps next.
+    /// Never waits while local completions are pending.
     pub fn submit(&mut self, want: usize) {
+        let want = if self.local.is_empty() { want } else { 0 };
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return,
@@ -62,6 +72,7 @@ impl Ring {
     pub fn reap(&mut self, into: &mut Vec<(Token, i32)>) {
         into.clear();
         into.extend(self.ring.completion().map(|cqe| (Token::from_user_data(cqe.user_data()), cqe.result())));
+        into.append(&mut self.local);
         self.outstanding -= into.len();
     }
 }

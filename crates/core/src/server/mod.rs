@@ -69,6 +69,10 @@ pub struct StartOptions {
 /// What the export ended up with, for the `ready` event.
 #[derive(Debug, Clone)]
 pub struct StartInfo {
+    /// The image as it may be shown: a path, or an NBD URI without secrets.
+    pub image: String,
+    /// "file" or "nbd".
+    pub backend: &'static str,
     pub size: u64,
     pub transport: &'static str,
     /// Why that transport: the kernel's offer, the switch, a fallback.
@@ -107,11 +111,13 @@ impl Server {
         let (ring_wanted, transport_reason) = transport_choice::ring_decision(options.io_uring)?;
         let (image, mut warnings) = image::open(&options.image).map_err(|e| e.0)?;
         let faults = Faults::from_env();
-        let fsname = options.image.path.to_string_lossy().into_owned();
+        let fsname = image.shown_name();
         let (mounted, allow_other) = mount_with_policy(&options, &fsname, image.writable(), &faults, &mut warnings)?;
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let info = StartInfo {
+            image: image.shown_name(),
+            backend: image.backend_name(),
             size: image.size(),
             transport: "legacy",
             transport_reason,
