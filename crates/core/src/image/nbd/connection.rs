@@ -264,6 +264,22 @@ impl Connection {
         unsafe { (self.api.nbd_aio_is_dead)(self.handle) != 0 || (self.api.nbd_aio_is_closed)(self.handle) != 0 }
     }
 
+    /// Whether a read would find something (data, the end, an error). A
+    /// poll can report data that a synchronous call (`block_status`) has
+    /// read since; libnbd must not hear of it then: a read notification
+    /// with nothing to read leaves it waiting for a reply before it sends
+    /// the next command, which may never come.
+    fn readable(&self) -> bool {
+        // SAFETY: our handle; a one-byte peek that never blocks.
+        let fd = unsafe { (self.api.nbd_aio_get_fd)(self.handle) };
+        if fd < 0 {
+            return true;
+        }
+        let mut byte = 0u8;
+        let peeked = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        peeked >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN)
+    }
+
     fn in_flight(&self) -> i32 {
         // SAFETY: our handle.
         unsafe { (self.api.nbd_aio_in_flight)(self.handle) }
@@ -415,7 +431,7 @@ impl Driver {
         match token.kind() {
             POLL_IN => {
                 self.read.armed = false;
-                if result >= 0 && !connection.is_dead() {
+                if result >= 0 && !connection.is_dead() && connection.readable() {
                     // SAFETY: our handle. A failure leaves it dead: seen below.
                     unsafe { (api.nbd_aio_notify_read)(connection.handle) };
                 }
