@@ -269,6 +269,7 @@ test.serial('bad URIs, no server and --growable: exit 1 within 15 s naming the a
     [['nbd+unix:///export'], /socket=PATH/],
     [['nbd://host:port/'], /port/],
     [['--writable', '--growable', `nbd+unix:///?socket=${missing}`], /fixed size/],
+    [['--reconnect-delay', '5', `nbd+unix:///?socket=${missing}`], /not implemented/],
   ];
   for (const [args, expected] of cases) {
     const started = Date.now();

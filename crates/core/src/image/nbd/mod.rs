@@ -64,6 +64,12 @@ impl NbdImage {
                 parsed.shown
             )));
         }
+        if !options.reconnect_delay.is_zero() {
+            return Err(ImageError(
+                "--reconnect-delay is not implemented yet: with 0 (the default) the export halts when the NBD server goes"
+                    .into(),
+            ));
+        }
         let api = ffi::api().map_err(ImageError)?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let (first, export) = Connection::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
