@@ -141,6 +141,9 @@ impl Connection {
         unsafe {
             (api.nbd_set_handle_name)(handle, c"fuse-export".as_ptr());
             (api.nbd_add_meta_context)(handle, ffi::BASE_ALLOCATION.as_ptr());
+            // The URI is the user's own: its TLS key and certificate files
+            // (tls-psk-file=, tls-certificates=) may be read.
+            (api.nbd_set_uri_allow_local_file)(handle, true);
             if (api.nbd_aio_connect_uri)(handle, c_uri.as_ptr()) < 0 {
                 return Err(failed(api.last_error().0));
             }
