@@ -59,11 +59,17 @@ export interface NativeOptions {
   cache: string
   /** "auto" | "raw" | "qcow2" */
   format: string
+  /** Seconds requests wait for a lost NBD server to come back (0: halt). */
+  reconnectDelay?: number
 }
 
 export interface NativeStartInfo {
   /** "raw" | "qcow2" */
   format: string
+  /** The image as it may be shown (an NBD URI without secrets). */
+  image: string
+  /** "file" | "nbd" */
+  backend: string
   size: number
   transport: string
   transportReason: string

@@ -8,7 +8,10 @@ export type CacheMode = 'direct' | 'writeback';
 export type ImageFormat = 'auto' | 'raw' | 'qcow2';
 
 export interface ExportOptions {
-  /** Disk image file or block device to export. */
+  /**
+   * Disk image file or block device to export, or an NBD URI
+   * (`nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///EXPORT?socket=PATH`, `nbds://`).
+   */
   image: string;
   /** Existing regular file that becomes the image. */
   mountpoint: string;
@@ -25,6 +28,11 @@ export interface ExportOptions {
   format?: ImageFormat;
   /** Milliseconds a stop waits for in-flight requests before it aborts. */
   shutdownTimeout?: number;
+  /**
+   * NBD images: seconds requests wait for a lost server to come back before
+   * they fail with EIO; 0 (the default) halts the export when it goes.
+   */
+  reconnectDelay?: number;
 }
 
 export type ResolvedOptions = Required<ExportOptions>;
@@ -56,7 +64,13 @@ export const DEFAULTS = {
   cache: 'direct' as CacheMode,
   format: 'auto' as ImageFormat,
   shutdownTimeout: 10_000,
+  reconnectDelay: 0,
 };
+
+/** Whether the image argument names an NBD server rather than a file. */
+export function isNbdUri(image: string): boolean {
+  return /^nbds?(\+unix)?:\/\//.test(image);
+}
 
 export class OptionError extends Error {
   override name = 'OptionError';
@@ -95,6 +109,12 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   integerIn('threads', merged.threads, 1, MAX_THREADS);
   integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);
   integerIn('shutdown-timeout', merged.shutdownTimeout, 0, 24 * 3600 * 1000);
+  if (!Number.isFinite(merged.reconnectDelay) || merged.reconnectDelay < 0 || merged.reconnectDelay > 3600) {
+    throw new OptionError(`reconnect-delay must be from 0 to 3600 seconds, not ${merged.reconnectDelay}`);
+  }
+  if (merged.reconnectDelay > 0 && !isNbdUri(merged.image)) {
+    throw new OptionError('--reconnect-delay applies to NBD images only (nbd://, nbd+unix://)');
+  }
   return merged;
 }
 

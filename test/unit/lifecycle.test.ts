@@ -48,7 +48,7 @@ function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
       if (failStart) throw new Error(failStart);
       core.emit = onEvent;
       return {
-        info: () => ({ format: 'raw', size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, passthrough: false, passthroughReason: 'fake', warnings: [] }),
+        info: () => ({ format: 'raw', image: 'fake.img', backend: 'file', size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, passthrough: false, passthroughReason: 'fake', warnings: [] }),
         stats: () => ({ legacyRequests: 7, ringRequests: 0, bytesRead: 1, bytesWritten: 2, errors: 0, inFlight: core.inFlight }),
         pause: () => void calls.push('pause'),
         halt: (reason) => {

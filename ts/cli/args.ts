@@ -61,6 +61,11 @@ const OPTIONS = {
     default: DEFAULTS.shutdownTimeout / 1000,
     describe: 'seconds a stop may take (drain, connection, references) before it aborts the connection',
   },
+  'reconnect-delay': {
+    type: 'number',
+    default: DEFAULTS.reconnectDelay,
+    describe: 'NBD images: seconds requests wait for a lost server to come back (0: the export halts)',
+  },
   'log-format': {
     choices: ['json', 'pretty'] as const,
     default: process.stderr.isTTY ? 'pretty' : 'json',
@@ -86,7 +91,10 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
     .scriptName('fuse-export')
     .usage('$0 [options] <image> <mountpoint>\n\nPresent a disk image or block device as one regular file through FUSE.')
     .command('$0 <image> <mountpoint>', false)
-    .positional('image', { type: 'string', describe: 'disk image file or block device to export' })
+    .positional('image', {
+      type: 'string',
+      describe: 'disk image file or block device to export, or nbd://HOST[:PORT][/EXPORT], nbd+unix:///EXPORT?socket=PATH',
+    })
     .positional('mountpoint', { type: 'string', describe: 'existing regular file that becomes the image' })
     .options(OPTIONS)
     .strict()
@@ -113,6 +121,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       cache: parsed.cache as CacheMode,
       format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
+      reconnectDelay: number('reconnect-delay', parsed['reconnect-delay']),
     },
     logFormat: parsed['log-format'] as LogFormat,
     logLevel: parsed.quiet ? 'warn' : parsed['log-level'],

@@ -52,6 +52,7 @@ function logReady(log: winston.Logger, exp: FuseExport): void {
     mountpoint: info.mountpoint,
     image: info.image,
     format: info.format,
+    backend: info.backend,
     size: info.size,
     writable: info.writable,
     growable: info.growable,

@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { resolve } from 'node:path';
 import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
-import { resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
+import { isNbdUri, resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
 import { claimMountpoint, prepareMountpoint, releaseMountpoint, SetupError } from './mountpoint.js';
 import { References } from './references.js';
 import { StateMachine, type ExportState } from './state.js';
@@ -33,9 +33,12 @@ export interface ExportStats extends CoreStats {
 
 export interface ExportInfo {
   mountpoint: string;
+  /** The image path, or its NBD URI without secrets. */
   image: string;
   /** `raw` or `qcow2`: the format the image was opened in. */
   format: 'raw' | 'qcow2';
+  /** Where the bytes live: a local file or block device, or an NBD server. */
+  backend: 'file' | 'nbd';
   /** The virtual size (what the exported file holds). */
   size: number;
   writable: boolean;
@@ -121,7 +124,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   /** Mounts and serves; resolves when the kernel talks to the export. */
   static async start(options: ExportOptions, hooks: StartHooks = {}, core: Core = native()): Promise<FuseExport> {
     const resolved = resolveOptions(options);
-    resolved.image = resolve(resolved.image);
+    if (!isNbdUri(resolved.image)) resolved.image = resolve(resolved.image);
     const warnings: ExportWarning[] = [];
     const warn = (warning: ExportWarning) => (hooks.onWarning ? hooks.onWarning(warning) : warnings.push(warning));
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
@@ -147,6 +150,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           queueDepth: resolved.queueDepth,
           cache: resolved.cache,
           format: resolved.format,
+          reconnectDelay: resolved.reconnectDelay,
         },
         onEvent,
       );
@@ -160,7 +164,8 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       { ...resolved, mountpoint },
       {
         mountpoint,
-        image: resolved.image,
+        image: info.image ?? resolved.image,
+        backend: info.backend === 'nbd' ? 'nbd' : 'file',
         format: info.format as ExportInfo['format'],
         size: info.size,
         writable: resolved.writable,

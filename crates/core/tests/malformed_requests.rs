@@ -31,7 +31,14 @@ impl Harness {
         let path = std::env::temp_dir()
             .join(format!("fuse-export-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
-        let options = ImageOptions { path: path.clone(), writable: true, growable: false, cache: CacheMode::Writeback, format: FormatChoice::Raw };
+        let options = ImageOptions {
+            path: path.clone(),
+            writable: true,
+            growable: false,
+            cache: CacheMode::Writeback,
+            format: FormatChoice::Raw,
+            reconnect_delay: Default::default(),
+        };
         let (image, _) = image::open(&options).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();

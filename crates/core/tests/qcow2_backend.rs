@@ -57,7 +57,7 @@ fn reads_writes_growth_discards_zeroes_and_flushes_match_a_model() {
     model.resize(4 << 20, 0);
     model[3 << 20..(3 << 20) + 65536].fill(0x6b);
 
-    let options = ImageOptions { path: top.clone(), writable: true, growable: true, cache: CacheMode::Direct, format: FormatChoice::Auto };
+    let options = ImageOptions { path: top.clone(), writable: true, growable: true, cache: CacheMode::Direct, format: FormatChoice::Auto, reconnect_delay: Default::default() };
     let (image, _) = image::open(&options).unwrap();
     assert_eq!((image.format(), image.size()), ("qcow2", 4 << 20));
     let mut ring = Ring::new(16).unwrap();

@@ -39,6 +39,7 @@ fn open_and_walk(path: &Path) -> bool {
         growable: false,
         cache: CacheMode::Writeback,
         format: FormatChoice::Qcow2,
+        reconnect_delay: Default::default(),
     };
     let Ok((image, _)) = image::open(&options) else { return false };
     let size = image.size().min(1 << 30);

@@ -28,12 +28,18 @@ pub struct NativeOptions {
     pub cache: String,
     /// "auto" | "raw" | "qcow2"
     pub format: String,
+    /// Seconds requests wait for a lost NBD server to come back (0: halt).
+    pub reconnect_delay: Option<f64>,
 }
 
 #[napi(object)]
 pub struct NativeStartInfo {
     /// "raw" | "qcow2"
     pub format: String,
+    /// The image as it may be shown (an NBD URI without secrets).
+    pub image: String,
+    /// "file" | "nbd"
+    pub backend: String,
     pub size: f64,
     pub transport: String,
     pub transport_reason: String,
@@ -93,6 +99,7 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
             growable: options.growable,
             cache,
             format,
+            reconnect_delay: std::time::Duration::from_secs_f64(options.reconnect_delay.unwrap_or(0.0).max(0.0)),
         },
         mountpoint: options.mountpoint.clone().into(),
         allow_other: switch("allowOther", &options.allow_other)?,
@@ -190,6 +197,8 @@ impl NativeExport {
             let info = server.info();
             NativeStartInfo {
                 format: info.format.into(),
+                image: info.image.clone(),
+                backend: info.backend.to_string(),
                 size: info.size as f64,
                 transport: info.transport.to_string(),
                 transport_reason: info.transport_reason.clone(),

@@ -12,12 +12,20 @@
 //!
 //! Until its completion arrives the request's buffer stays put and belongs
 //! to the backend. A new backend (qcow2, NBD) is a new module here.
+//!
+//! A backend that drives descriptors of its own on the I/O threads' rings
+//! (NBD's sockets) also gets a `ThreadImage` per I/O thread
+//! (`ImageBackend::attach_thread`): the thread's owner routes the
+//! completions of one token channel to it and lets it arm its SQEs before
+//! every wait.
 
 mod lock;
+mod nbd;
 pub mod probe;
 mod qcow2;
 mod raw;
 
+use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use std::io;
@@ -25,6 +33,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 pub use probe::FormatChoice;
 
@@ -46,6 +55,9 @@ pub struct ImageOptions {
     pub cache: CacheMode,
     /// `--format`: how the image's bytes are laid out.
     pub format: FormatChoice,
+    /// Remote images: how long requests wait for a lost server to come
+    /// back before they fail (0: the export halts when it goes).
+    pub reconnect_delay: Duration,
 }
 
 /// What went wrong while opening: the message names the path and the fix.
@@ -155,6 +167,30 @@ pub trait ImageBackend: Send + Sync {
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32>;
     /// A completion arrived on `io`'s token: done, or more work queued.
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32>;
+    /// "file" or "nbd", for the `ready` event.
+    fn backend_name(&self) -> &'static str {
+        "file"
+    }
+    /// The image as it may be shown (logs, the mount table): no secrets.
+    fn shown_name(&self) -> String;
+    /// The part of the backend that lives on I/O thread `thread`, when it
+    /// drives descriptors of its own on that thread's ring. Its SQEs carry
+    /// token channel `channel`, whose completions the thread's owner hands
+    /// to `ThreadImage::complete`.
+    fn attach_thread(&self, _thread: usize, _channel: u16) -> Option<Box<dyn ThreadImage>> {
+        None
+    }
+}
+
+/// A backend's per-thread part (see `ImageBackend::attach_thread`). Runs on
+/// its I/O thread only. An `Err` is fatal for the export: the owner halts it
+/// with that reason (reported once).
+pub trait ThreadImage: Send {
+    /// Before the thread waits: arm what must be armed, finish what ended.
+    /// When stopping, it lets go of every SQE once no work of its own is out.
+    fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Result<(), String>;
+    /// A completion on the backend's channel.
+    fn complete(&mut self, ring: &mut Ring, token: Token, result: i32) -> Result<(), String>;
 }
 
 /// The atime, mtime and ctime of an image's file.
@@ -195,6 +231,16 @@ fn in_use(path: &std::path::Path, holder: impl std::fmt::Display) -> ImageError 
 /// header shows. Warnings (such as an O_DIRECT fallback) are returned for
 /// the caller to report.
 pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
+    if let Some(uri) = options.path.to_str().filter(|p| nbd::is_uri(p)) {
+        if options.format == FormatChoice::Qcow2 {
+            return Err(ImageError(
+                "An NBD export is served as the server presents it: --format qcow2 applies to image files only \
+                 (serve the qcow2 with qemu-nbd, which reads the format itself)"
+                    .into(),
+            ));
+        }
+        return Ok((nbd::NbdImage::open(uri, options)?, Vec::new()));
+    }
     let shown = options.path.display();
     // A block device or a file we may not read fails in the backend's own open, with its hints.
     let first = qcow2::read_first_bytes(&options.path).unwrap_or_default();

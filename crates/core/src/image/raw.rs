@@ -37,6 +37,7 @@ const ZERO_CHUNK: usize = 1 << 20;
 const WRITING_ZEROES: u8 = 1;
 
 pub struct RawImage {
+    path: std::path::PathBuf,
     /// tmpfs or ramfs: the data lives in memory, so a transfer is a copy
     /// that never waits for a device.
     memory_backed: bool,
@@ -138,6 +139,7 @@ impl RawImage {
             },
         };
         let image = RawImage {
+            path: path.clone(),
             memory_backed,
             file,
             direct,
@@ -367,6 +369,10 @@ impl ImageBackend for RawImage {
         }
     }
 
+    fn shown_name(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
         if self.plants_qcow2_header(io, context.buffer) {
             return Poll::Ready(-libc::EPERM);
@@ -405,6 +411,7 @@ mod tests {
             growable: false,
             cache: CacheMode::Writeback,
             format: crate::image::FormatChoice::Raw,
+            reconnect_delay: Default::default(),
         };
         let err = RawImage::open(&options, false).err().unwrap();
         assert!(err.0.contains("/nonexistent/disk.img"), "{}", err.0);
@@ -413,7 +420,14 @@ mod tests {
     #[test]
     fn growable_without_writable_is_refused() {
         let path = temp_image(&[0; 10]);
-        let options = ImageOptions { path: path.clone(), writable: false, growable: true, cache: CacheMode::Writeback, format: crate::image::FormatChoice::Raw };
+        let options = ImageOptions {
+            path: path.clone(),
+            writable: false,
+            growable: true,
+            cache: CacheMode::Writeback,
+            format: crate::image::FormatChoice::Raw,
+            reconnect_delay: Default::default(),
+        };
         assert!(RawImage::open(&options, false).err().unwrap().0.contains("--writable"));
         std::fs::remove_file(path).unwrap();
     }
@@ -421,7 +435,14 @@ mod tests {
     #[test]
     fn seeking_past_the_end_is_enxio_and_holes_stop_at_the_end() {
         let path = temp_image(&[1; 8192]);
-        let options = ImageOptions { path: path.clone(), writable: false, growable: false, cache: CacheMode::Writeback, format: crate::image::FormatChoice::Raw };
+        let options = ImageOptions {
+            path: path.clone(),
+            writable: false,
+            growable: false,
+            cache: CacheMode::Writeback,
+            format: crate::image::FormatChoice::Raw,
+            reconnect_delay: Default::default(),
+        };
         let (image, _) = RawImage::open(&options, false).unwrap();
         assert_eq!(image.seek(0, Seek::Data).unwrap(), 0);
         assert_eq!(image.seek(0, Seek::Hole).unwrap(), 8192);

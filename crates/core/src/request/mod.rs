@@ -103,6 +103,10 @@ impl RequestCore {
         }
     }
 
+    pub fn image(&self) -> &dyn ImageBackend {
+        &*self.image
+    }
+
     pub fn negotiated(&self) -> Option<Negotiated> {
         self.init.get()
     }

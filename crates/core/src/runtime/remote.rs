@@ -26,6 +26,19 @@ impl Ring {
         self.expect_completion();
         Remote { ring_fd: self.as_raw_fd(), token }
     }
+
+    /// Finishes `remote` from its own I/O thread without a system call: the
+    /// completion is delivered by this ring's next `reap`. For work that
+    /// ended while the thread itself ran someone else's code (a library's
+    /// completion callback, say). Returns `remote` when it belongs to
+    /// another thread's ring (then post it with a `Poster`).
+    pub fn complete_local(&mut self, remote: Remote, result: i32) -> Result<(), Remote> {
+        if remote.ring_fd != self.as_raw_fd() {
+            return Err(remote);
+        }
+        self.push_local(remote.token, result);
+        Ok(())
+    }
 }
 
 /// What a worker thread posts completions with: a small ring of its own.
@@ -69,5 +82,22 @@ mod tests {
         ring.reap(&mut completions);
         assert_eq!(completions, [(token, 4096)]);
         assert_eq!(ring.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_local_completion_arrives_on_the_next_reap_without_waiting() {
+        let mut ring = Ring::new(8).unwrap();
+        let token = Token::new(1, 4, 9);
+        let remote = ring.hand_off(token);
+        ring.complete_local(remote, -5).unwrap();
+        ring.submit(1);
+        let mut completions = Vec::new();
+        ring.reap(&mut completions);
+        assert_eq!(completions, [(token, -5)]);
+        assert_eq!(ring.outstanding(), 0);
+        let mut other = Ring::new(8).unwrap();
+        let foreign = other.hand_off(token);
+        let foreign = ring.complete_local(foreign, 0).unwrap_err();
+        other.complete_local(foreign, 0).unwrap();
     }
 }

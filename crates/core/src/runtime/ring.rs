@@ -13,6 +13,9 @@ pub struct Ring {
     /// Where the thread's wake-up read lands. Kept with the ring, not on
     /// the loop's stack, so that it lives (or is leaked) with the ring.
     wake_target: Box<u64>,
+    /// Completions this thread finished itself (`Ring::complete_local`),
+    /// delivered by the next `reap` as if the kernel had posted them.
+    local: Vec<(Token, i32)>,
 }
 
 impl Ring {
@@ -20,7 +23,7 @@ impl Ring {
     pub fn new(entries: u32) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
         let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
-        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0) })
+        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new() })
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
@@ -53,9 +56,16 @@ impl Ring {
         self.outstanding += 1;
     }
 
+    /// A completion that this very thread produced for a counted token.
+    pub(super) fn push_local(&mut self, token: Token, result: i32) {
+        self.local.push((token, result));
+    }
+
     /// Submits what is queued and waits for `want` completions. A full
     /// completion queue (EBUSY) returns at once: the thread's loop reaps next.
+    /// Never waits while local completions are pending.
     pub fn submit(&mut self, want: usize) {
+        let want = if self.local.is_empty() { want } else { 0 };
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return,
@@ -70,6 +80,7 @@ impl Ring {
     pub fn reap(&mut self, into: &mut Vec<(Token, i32)>) {
         into.clear();
         into.extend(self.ring.completion().map(|cqe| (Token::from_user_data(cqe.user_data()), cqe.result())));
+        into.append(&mut self.local);
         self.outstanding -= into.len();
     }
 }

@@ -78,6 +78,10 @@ pub struct StartOptions {
 pub struct StartInfo {
     /// "raw" or "qcow2".
     pub format: &'static str,
+    /// The image as it may be shown: a path, or an NBD URI without secrets.
+    pub image: String,
+    /// "file" or "nbd".
+    pub backend: &'static str,
     /// The virtual size.
     pub size: u64,
     pub transport: &'static str,
@@ -125,12 +129,14 @@ impl Server {
         let (image, mut warnings) = image::open(&options.image).map_err(|e| e.0)?;
         let passthrough_fd = transport_choice::passthrough_decision(options.passthrough, &*image)?;
         let faults = Faults::from_env();
-        let fsname = options.image.path.to_string_lossy().into_owned();
+        let fsname = image.shown_name();
         let (mounted, allow_other) = mount_with_policy(&options, &fsname, image.writable(), &faults, &mut warnings)?;
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let info = StartInfo {
             format: image.format(),
+            image: image.shown_name(),
+            backend: image.backend_name(),
             size: image.size(),
             transport: "legacy",
             transport_reason,

@@ -12,7 +12,7 @@ use crate::runtime::thread::{contain_panic, serve};
 use crate::transport::fuse_queue::FuseQueue;
 use crate::transport::legacy::{LegacyChannel, SLOTS_PER_CHANNEL};
 use crate::transport::mount;
-use crate::transport::thread::{queue_channel, ThreadTransports};
+use crate::transport::thread::{queue_channel, ThreadTransports, IMAGE_CHANNEL};
 use crate::transport::uring_setup::{self, RingSetup};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -47,14 +47,16 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
             .map(|(n, &qid)| FuseQueue::new(qid, queue_channel(n), fd.as_raw_fd(), plan.queue_depth, payload))
             .collect();
         // Reads and replies of every legacy slot, commands of every ring
-        // entry and one image transfer each, plus the runtime's own few.
-        let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 8;
+        // entry and one image transfer each, plus the runtime's and the
+        // image backend's own few.
+        let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 16;
         let ring = Ring::new(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
         let transports = ThreadTransports::new(
             plan.core.clone(),
             LegacyChannel::new(0, fd),
             queues,
             plan.ring_setup.cloned(),
+            plan.core.image().attach_thread(thread, IMAGE_CHANNEL),
         );
         let (core, control) = (plan.core.clone(), plan.control.clone());
         let handle = std::thread::Builder::new()

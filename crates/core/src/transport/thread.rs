@@ -6,6 +6,7 @@ use super::fuse_queue::{FuseQueue, QueueEvent};
 use super::kind;
 use super::legacy::LegacyChannel;
 use super::uring_setup::RingSetup;
+use crate::image::ThreadImage;
 use crate::request::RequestCore;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
@@ -15,6 +16,10 @@ use std::sync::Arc;
 
 /// Token channel of the thread's /dev/fuse descriptor; FUSE queues follow.
 const LEGACY_CHANNEL: u16 = 0;
+
+/// Token channel of the image backend's own SQEs (NBD's sockets), when it
+/// has a part on this thread; the runtime keeps `u16::MAX`.
+pub const IMAGE_CHANNEL: u16 = u16::MAX - 1;
 
 /// The token channel of a thread's n-th FUSE queue.
 pub fn queue_channel(n: usize) -> u16 {
@@ -28,6 +33,8 @@ pub struct ThreadTransports {
     /// Present when FUSE-over-io_uring is wanted.
     ring_setup: Option<Arc<RingSetup>>,
     registration: Registration,
+    /// The image backend's part on this thread, if it has one.
+    image: Option<Box<dyn ThreadImage>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +52,17 @@ impl ThreadTransports {
         legacy: LegacyChannel,
         queues: Vec<FuseQueue>,
         ring_setup: Option<Arc<RingSetup>>,
+        image: Option<Box<dyn ThreadImage>>,
     ) -> Self {
         let registration = if queues.is_empty() { Registration::Done } else { Registration::Waiting };
-        Self { core, legacy, queues, ring_setup, registration }
+        Self { core, legacy, queues, ring_setup, registration, image }
+    }
+
+    /// A fatal error of the image backend halts the export.
+    fn image_outcome(&self, outcome: Result<(), String>) {
+        if let Err(reason) = outcome {
+            self.core.status.halt(reason);
+        }
     }
 
     /// The CPU whose queue this thread serves alone, if it serves one CPU:
@@ -83,6 +98,10 @@ impl ThreadTransports {
 
 impl Owner for ThreadTransports {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next {
+        if let Some(image) = &mut self.image {
+            let outcome = image.prepare(ring, phase);
+            self.image_outcome(outcome);
+        }
         self.legacy.prepare(ring, &self.core, phase);
         for queue in &mut self.queues {
             queue.admit_held(ring, &self.core, phase);
@@ -94,6 +113,13 @@ impl Owner for ThreadTransports {
         let core = &*self.core;
         let slot = token.slot();
         let queue = (token.channel() as usize).wrapping_sub(1);
+        if token.channel() == IMAGE_CHANNEL {
+            if let Some(image) = &mut self.image {
+                let outcome = image.complete(ring, token, result);
+                self.image_outcome(outcome);
+            }
+            return;
+        }
         match (token.kind(), token.channel()) {
             (kind::FUSE_READ, _) => self.legacy.on_read(ring, core, slot, result, phase),
             (kind::IMAGE_IO, LEGACY_CHANNEL) => self.legacy.on_image_io(ring, core, slot, result),

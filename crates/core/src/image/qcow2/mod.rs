@@ -70,6 +70,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 pub struct Qcow2Image {
     shared: Arc<Shared>,
     workers: Workers<Shared>,
+    /// The top image's path, as the logs and the mount table show it.
+    path: std::path::PathBuf,
 }
 
 /// What the I/O threads and the workers share.
@@ -166,7 +168,7 @@ impl Qcow2Image {
         });
         let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
             .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
-        Ok((Qcow2Image { shared, workers }, warnings))
+        Ok((Qcow2Image { shared, workers, path: path.clone() }, warnings))
     }
 
     /// Hands `job` to a worker; its result completes the request's token.
@@ -472,6 +474,10 @@ impl ImageBackend for Qcow2Image {
     }
 
     fn sync_size(&self) {}
+
+    fn shown_name(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
 
     fn submit(&self, io: &mut ImageIo, mut context: IoContext) -> Poll<i32> {
         match io.op {

@@ -1,0 +1,294 @@
+//! Remote images over NBD through libnbd, loaded at run time only when an
+//! NBD URI is given.
+//!
+//! Connections: one per I/O thread when the server offers multi-conn (each
+//! thread then drives its own socket on its own ring); otherwise one,
+//! driven by thread 0, on which the other threads issue their commands too
+//! (libnbd locks the handle) and kick thread 0 to poll the new direction;
+//! their results come back to them through IORING_OP_MSG_RING. Reads land
+//! straight in the request's buffer, writes leave straight from it.
+
+mod connection;
+mod ffi;
+mod uri;
+
+use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, ThreadImage, Times};
+use crate::runtime::buffer::AlignedBuffer;
+use crate::runtime::control::Phase;
+use crate::runtime::ring::Ring;
+use crate::runtime::token::Token;
+use connection::{Command, Connection, Driver, Export};
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use uri::is_uri;
+
+/// A bad address or a server that does not answer fails within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Zeroes written per command where the server cannot WRITE_ZEROES.
+const ZERO_CHUNK: u64 = 1 << 20;
+/// `ImageIo::stage` of a WriteZeroes done by writing zeroes.
+const WRITING_ZEROES: u8 = 1;
+
+static NEXT_IMAGE: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The connection this I/O thread issues its commands on, per image:
+    /// (image id, connection, whether this thread drives it).
+    static HOME: RefCell<Vec<(usize, Arc<Connection>, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+pub struct NbdImage {
+    id: usize,
+    uri: String,
+    shown: String,
+    address: String,
+    export: Export,
+    writable: bool,
+    /// Index = the I/O thread that drives it.
+    connections: Mutex<Vec<Arc<Connection>>>,
+    opened: Times,
+    zeroes: OnceLock<AlignedBuffer>,
+}
+
+impl NbdImage {
+    pub fn open(image: &str, options: &ImageOptions) -> Result<Arc<dyn ImageBackend>, ImageError> {
+        let parsed = uri::parse(image).map_err(ImageError)?;
+        if options.growable {
+            return Err(ImageError(format!(
+                "An NBD export has a fixed size: export {} without --growable",
+                parsed.shown
+            )));
+        }
+        if !options.reconnect_delay.is_zero() {
+            return Err(ImageError(
+                "--reconnect-delay is not implemented yet: with 0 (the default) the export halts when the NBD server goes"
+                    .into(),
+            ));
+        }
+        let api = ffi::api().map_err(ImageError)?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let (first, export) = Connection::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
+        if export.read_only && options.writable {
+            return Err(ImageError(format!(
+                "The NBD server at {} serves {} read-only: export it without --writable",
+                parsed.address, parsed.shown
+            )));
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let stamp = (now.as_secs(), now.subsec_nanos());
+        Ok(Arc::new(NbdImage {
+            id: NEXT_IMAGE.fetch_add(1, Ordering::Relaxed),
+            uri: image.to_string(),
+            shown: parsed.shown,
+            address: parsed.address,
+            export,
+            writable: options.writable,
+            connections: Mutex::new(vec![Arc::new(first)]),
+            opened: [stamp; 3],
+            zeroes: OnceLock::new(),
+        }))
+    }
+
+    /// This thread's connection and whether it drives it.
+    fn home(&self) -> (Arc<Connection>, bool) {
+        let found = HOME.with(|home| {
+            home.borrow().iter().find(|(id, _, _)| *id == self.id).map(|(_, c, owns)| (c.clone(), *owns))
+        });
+        found.unwrap_or_else(|| (self.connections.lock().unwrap()[0].clone(), false))
+    }
+
+    fn issue(&self, command: Command, context: IoContext) -> Poll<i32> {
+        let (connection, owns) = self.home();
+        let remote = context.ring.hand_off(context.token);
+        connection.issue(command, remote);
+        if !owns {
+            connection.kick();
+        }
+        Poll::Pending
+    }
+
+    /// The next command of `io`.
+    fn next(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+        let (offset, len) = (io.offset + io.done, io.len - io.done);
+        let command = match io.op {
+            ImageOp::Read => Command::Read { buffer: context.buffer, len, offset },
+            ImageOp::Write => Command::Write { buffer: context.buffer, len, offset },
+            ImageOp::Flush if !self.export.can_flush => return Poll::Ready(0),
+            ImageOp::Flush => Command::Flush,
+            ImageOp::Discard if self.export.can_trim => Command::Trim { len, offset },
+            ImageOp::Discard | ImageOp::WriteZeroes if self.export.can_zero && io.stage == 0 => {
+                Command::Zero { len, offset }
+            }
+            ImageOp::Discard | ImageOp::WriteZeroes => {
+                io.stage = WRITING_ZEROES;
+                let zeroes = self.zeroes.get_or_init(|| AlignedBuffer::zeroed(ZERO_CHUNK as usize));
+                Command::Write { buffer: zeroes.as_ptr(), len: len.min(ZERO_CHUNK), offset }
+            }
+            ImageOp::Allocate => return Poll::Ready(-libc::EOPNOTSUPP),
+        };
+        self.issue(command, context)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE from `base:allocation`.
+    fn seek_extents(&self, offset: u64, what: Seek) -> io::Result<u64> {
+        let size = self.export.size;
+        let (connection, _) = self.home();
+        let mut position = offset;
+        while position < size {
+            let count = (size - position).min(1 << 30);
+            let extents = connection.block_status(position, count).map_err(io::Error::from_raw_os_error)?;
+            if extents.is_empty() {
+                break;
+            }
+            for (len, flags) in extents {
+                let hole = flags & ffi::STATE_HOLE != 0;
+                if hole == (what == Seek::Hole) {
+                    return Ok(position.min(size));
+                }
+                position += len;
+                if position >= size {
+                    break;
+                }
+            }
+        }
+        match what {
+            Seek::Data if position >= size => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+            Seek::Data => Ok(position),
+            Seek::Hole => Ok(size),
+        }
+    }
+}
+
+impl ImageBackend for NbdImage {
+    fn size(&self) -> u64 {
+        self.export.size
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn growable(&self) -> bool {
+        false
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.export.size
+    }
+
+    fn times(&self) -> Times {
+        self.opened
+    }
+
+    fn uses_direct_io(&self) -> bool {
+        false
+    }
+
+    fn resize(&self, size: u64) -> io::Result<()> {
+        if size == self.export.size {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+    }
+
+    fn seek(&self, offset: u64, what: Seek) -> io::Result<u64> {
+        if offset >= self.export.size {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        }
+        if !self.export.base_allocation {
+            return Ok(if what == Seek::Data { offset } else { self.export.size });
+        }
+        self.seek_extents(offset, what)
+    }
+
+    fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+        self.next(io, context)
+    }
+
+    fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32> {
+        if io.stage != WRITING_ZEROES || result < 0 {
+            return Poll::Ready(result);
+        }
+        io.done += result as u64;
+        if io.done >= io.len {
+            return Poll::Ready(0);
+        }
+        self.next(io, context)
+    }
+
+    /// The bytes as the server presents them.
+    fn format(&self) -> &'static str {
+        "raw"
+    }
+
+    fn passthrough_fd(&self) -> Result<std::os::fd::RawFd, String> {
+        Err("an NBD image lives on a server: there is no file the kernel could read itself".into())
+    }
+
+    fn sync_size(&self) {}
+
+    fn backend_name(&self) -> &'static str {
+        "nbd"
+    }
+
+    fn shown_name(&self) -> String {
+        self.shown.clone()
+    }
+
+    /// Thread n drives connection n; with multi-conn each thread gets one
+    /// (opened here), otherwise threads past the first share thread 0's.
+    fn attach_thread(&self, thread: usize, channel: u16) -> Option<Box<dyn ThreadImage>> {
+        let mut connections = self.connections.lock().unwrap();
+        if self.export.multi_conn && thread == connections.len() {
+            let deadline = Instant::now() + CONNECT_TIMEOUT;
+            // SAFETY of the unwrap: the library was loaded by `open`.
+            let api = ffi::api().ok()?;
+            if let Ok((connection, _)) = Connection::connect(api, &self.uri, &self.address, deadline) {
+                connections.push(Arc::new(connection));
+            }
+        }
+        let (connection, owns) = match connections.get(thread) {
+            Some(connection) => (connection.clone(), true),
+            None => (connections[0].clone(), false),
+        };
+        let driver = owns.then(|| Driver::new(connection.clone(), self.address.clone(), channel));
+        Some(Box::new(NbdThread { image: self.id, connection, driver, homed: false }))
+    }
+}
+
+/// The backend on one I/O thread: its home connection, and the driver of
+/// the connection it owns, if any.
+struct NbdThread {
+    image: usize,
+    connection: Arc<Connection>,
+    driver: Option<Driver>,
+    homed: bool,
+}
+
+impl ThreadImage for NbdThread {
+    fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Result<(), String> {
+        if !self.homed {
+            // The first turn of the thread's loop, on the thread itself.
+            let home = (self.image, self.connection.clone(), self.driver.is_some());
+            HOME.with(|h| h.borrow_mut().push(home));
+            self.homed = true;
+        }
+        match &mut self.driver {
+            Some(driver) => driver.prepare(ring, phase),
+            None => Ok(()),
+        }
+    }
+
+    fn complete(&mut self, ring: &mut Ring, token: Token, result: i32) -> Result<(), String> {
+        match &mut self.driver {
+            Some(driver) => driver.complete(ring, token, result),
+            None => Ok(()),
+        }
+    }
+}

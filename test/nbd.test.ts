@@ -1,0 +1,322 @@
+// Remote images over NBD: fuse-export in front of real servers (nbdkit,
+// qemu-nbd) on Unix sockets in the test's directory and on 127.0.0.1.
+import test, { type ExecutionContext } from 'ava';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  assertBytes,
+  assertUnmounted,
+  check,
+  eachTransport,
+  errorText,
+  exportImage,
+  fsop,
+  fsopOk,
+  KiB,
+  makeMountpoint,
+  MiB,
+  pattern,
+  readVia,
+  requestCounter,
+  run,
+  runCli,
+  startCli,
+  stopExport,
+  tmpDir,
+  waitUntil,
+  writeVia,
+  type IoUring,
+} from './helpers/index.js';
+import { serverBytes, startNbdkit, startQemuNbd, type NbdServer } from './helpers/nbd.js';
+
+const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** An export of `server` on a fresh mountpoint under `dir`. */
+async function exportServer(
+  t: ExecutionContext,
+  dir: string,
+  server: NbdServer,
+  ioUring: IoUring,
+  options: { writable?: boolean; threads?: number; args?: string[] } = {},
+) {
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: server.uri, mountpoint: mnt, ioUring, writable: true, threads: 2, ...options });
+  return { mnt, exp };
+}
+
+/** The lines of nbdkit's log filter naming `command` (Read, Write, Flush, Trim, Zero, ...). */
+function logged(logfile: string, command: string): string[] {
+  if (!existsSync(logfile)) return [];
+  return readFileSync(logfile, 'utf8')
+    .split('\n')
+    .filter((line) => new RegExp(` ${command} id=`).test(line));
+}
+
+eachTransport(test, 'nbdkit memory: the ready event names the backend, size and URI; writes reach the server', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '48M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  t.is(exp.ready.backend, 'nbd');
+  t.is(exp.ready.size, 48 * MiB, 'the size is the server’s');
+  t.is(exp.ready.image, server.uri);
+
+  const data = pattern(4 * MiB, 11);
+  await check(['dd', `of=${mnt}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], { input: data, timeout: 30_000 });
+  assertBytes(t, await readVia(mnt, 0, 4 * MiB), data, 'reads back through the export');
+  assertBytes(t, await readVia(mnt, 12345, 7000), data.subarray(12345, 19345), 'unaligned read');
+  t.true((await fsop('fsync', [mnt, 'abcd'])).ok === true, 'fsync succeeds');
+  data.write('abcd', 0, 'hex');
+
+  const stats = exp.lines;
+  const stopped = await stopExport(t, exp);
+  t.true(stopped[requestCounter(ioUring)] > 0, 'requests came on the transport asked for');
+  t.is(stopped.errors, 0, JSON.stringify(stats.filter((l) => l.level === 'warn')));
+  assertBytes(t, await serverBytes(server, dir, 4 * MiB), data, 'the server holds the bytes');
+});
+
+eachTransport(test, 'qemu-nbd serving a qcow2: ext4 built, loop-mounted and filled through the export; qemu-img check and compare clean', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const qcow2 = join(dir, 'disk.qcow2');
+  await check(['qemu-img', 'create', '-q', '-f', 'qcow2', qcow2, '64M']);
+  const server = await startQemuNbd(t, dir, qcow2);
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  t.is(exp.ready.size, 64 * MiB);
+  const mkfs = await run(['mkfs.ext4', '-q', '-F', mnt], { timeout: 60_000 });
+  t.is(mkfs.code, 0, mkfs.stderr);
+
+  const fs = join(dir, 'fs');
+  mkdirSync(fs);
+  await check(['mount', '-o', 'loop', mnt, fs], { timeout: 60_000 });
+  t.teardown(() => run(['umount', '-l', fs]));
+  const sums = new Map<string, string>();
+  for (const [index, size] of [1, 4096, 65_537, MiB, 3 * MiB + 123].entries()) {
+    const data = pattern(size, 40 + index);
+    const src = join(dir, `src-${index}`);
+    writeFileSync(src, data);
+    await check(['cp', src, join(fs, `file-${index}`)], { timeout: 60_000 });
+    sums.set(`file-${index}`, sha256(data));
+  }
+  await check(['umount', fs], { timeout: 60_000 });
+  await waitUntil(async () => !(await run(['losetup', '-j', mnt])).stdout.trim(), { what: 'the loop device to let go' });
+  const snapshot = join(dir, 'snapshot.raw');
+  await check(['cp', mnt, snapshot], { timeout: 60_000 });
+  await stopExport(t, exp);
+  await server.stop();
+
+  const checked = await run(['qemu-img', 'check', qcow2], { timeout: 60_000 });
+  t.is(checked.code, 0, `qemu-img check: ${checked.stdout}${checked.stderr}`);
+  const compared = await run(['qemu-img', 'compare', '-f', 'raw', '-F', 'qcow2', snapshot, qcow2], { timeout: 60_000 });
+  t.is(compared.code, 0, `qemu-img compare: ${compared.stdout}${compared.stderr}`);
+  const raw = join(dir, 'back.raw');
+  await check(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', qcow2, raw], { timeout: 60_000 });
+  const fsck = await run(['e2fsck', '-fn', raw], { timeout: 60_000 });
+  t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  for (const [name, sum] of sums) {
+    const out = join(dir, `dumped-${name}`);
+    await check(['debugfs', '-R', `dump /${name} ${out}`, raw], { timeout: 60_000 });
+    t.is(sha256(readFileSync(out)), sum, `${name} is in the qcow2`);
+  }
+});
+
+eachTransport(test, 'fio crc32c verify, 2 jobs at iodepth 16, against nbdkit memory', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const fio = await run(
+    ['fio', '--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
+      '--size=16M', '--offset_increment=16M', '--direct=1', '--ioengine=libaio', '--verify=crc32c',
+      '--do_verify=1', '--verify_fatal=1', '--group_reporting'],
+    { timeout: 120_000 },
+  );
+  t.is(fio.code, 0, fio.stdout + fio.stderr);
+  t.notRegex(fio.stdout + fio.stderr, /verify: bad|crc32c: verify failed/);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+});
+
+eachTransport(test, 'many reads are in flight at once: 64 reads with 100 ms server latency take far less than 6.4 s', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'], filters: ['delay'], params: ['delay-read=100ms'] });
+  const { mnt } = await exportServer(t, dir, server, ioUring, { writable: false });
+  const started = Date.now();
+  const fio = await run(
+    ['fio', '--name=lat', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=1',
+      '--number_ios=64', '--size=16M', '--direct=1', '--ioengine=libaio', '--readonly'],
+    { timeout: 60_000 },
+  );
+  const took = Date.now() - started;
+  t.is(fio.code, 0, fio.stdout + fio.stderr);
+  t.true(took < 3_000, `64 reads at 100 ms each took ${took} ms: they were not in flight together`);
+});
+
+eachTransport(test, 'fsync is FLUSH, punch hole TRIM, zero range WRITE_ZEROES (nbdkit log filter); all read back right', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const logfile = join(dir, 'nbdkit.log');
+  const backing = join(dir, 'backing.img');
+  writeFileSync(backing, Buffer.alloc(0));
+  await check(['truncate', '-s', '16M', backing]);
+  // The file plugin flushes (fdatasync), trims (punches holes) and zeroes.
+  const server = await startNbdkit(t, dir, { plugin: ['file', backing], filters: ['log'], params: [`logfile=${logfile}`] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const data = pattern(4 * MiB, 5);
+  await check(['dd', `of=${mnt}`, 'bs=1M', 'conv=notrunc', 'status=none'], { input: data, timeout: 30_000 });
+
+  const flushes = logged(logfile, 'Flush').length;
+  t.true((await fsop('fsync', [mnt, 'abcd'])).ok === true);
+  await waitUntil(() => logged(logfile, 'Flush').length > flushes, { what: 'a FLUSH in the server log' });
+
+  t.true(await fsopOk('fallocate', [mnt, `${FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE}`, MiB, 256 * KiB]));
+  await waitUntil(() => logged(logfile, 'Trim').length > 0, { what: 'a TRIM in the server log' });
+  t.true(await fsopOk('fallocate', [mnt, `${FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE}`, 2 * MiB, 128 * KiB]));
+  await waitUntil(() => logged(logfile, 'Zero').length > 0, { what: 'a WRITE_ZEROES in the server log' });
+
+  const expected = Buffer.from(data);
+  expected.write('abcd', 0, 'hex');
+  expected.fill(0, MiB, MiB + 256 * KiB);
+  expected.fill(0, 2 * MiB, 2 * MiB + 128 * KiB);
+  assertBytes(t, await readVia(mnt, 0, 4 * MiB), expected, 'holes and zeroes read back as zeroes');
+  await stopExport(t, exp);
+  assertBytes(t, await serverBytes(server, dir, 4 * MiB), expected, 'and so on the server');
+});
+
+eachTransport(test, 'zero range is written as zeroes where the server has no WRITE_ZEROES', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const logfile = join(dir, 'nbdkit.log');
+  const server = await startNbdkit(t, dir, {
+    plugin: ['memory', '16M'],
+    filters: ['log', 'nozero'],
+    params: [`logfile=${logfile}`, 'zeromode=none'],
+  });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const data = pattern(4 * MiB, 9);
+  await check(['dd', `of=${mnt}`, 'bs=1M', 'conv=notrunc', 'status=none'], { input: data, timeout: 30_000 });
+  t.true(await fsopOk('fallocate', [mnt, `${FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE}`, MiB + 4096, 2 * MiB + 100]));
+  t.is(logged(logfile, 'Zero').length, 0, 'no WRITE_ZEROES was sent');
+  const expected = Buffer.from(data);
+  expected.fill(0, MiB + 4096, 3 * MiB + 4196);
+  assertBytes(t, await readVia(mnt, 0, 4 * MiB), expected);
+  await stopExport(t, exp);
+});
+
+eachTransport(test, 'SEEK_DATA / SEEK_HOLE follow base:allocation; without it everything is data', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  await check(['dd', `of=${mnt}`, 'bs=1M', 'seek=4', 'count=2', 'iflag=fullblock', 'conv=notrunc', 'status=none'], { input: pattern(2 * MiB, 3), timeout: 30_000 });
+  t.is(await fsopOk('lseek', [mnt, 0, 'data']), 4 * MiB, 'the first data');
+  t.is(await fsopOk('lseek', [mnt, 4 * MiB, 'hole']), 6 * MiB, 'the hole after it');
+  t.is(await fsopOk('lseek', [mnt, 0, 'hole']), 0, 'a hole at the start');
+  t.is((await fsop('lseek', [mnt, 7 * MiB, 'data'])).errno, 'ENXIO', 'no data after the last extent');
+  await stopExport(t, exp);
+
+  const plain = await startNbdkit(t, dir, { plugin: ['memory', '16M'], filters: ['noextents'] });
+  const other = await exportServer(t, dir, plain, ioUring);
+  t.is(await fsopOk('lseek', [other.mnt, 12345, 'data']), 12345, 'all data');
+  t.is(await fsopOk('lseek', [other.mnt, 0, 'hole']), 16 * MiB, 'the only hole is the end');
+  await stopExport(t, other.exp);
+});
+
+eachTransport(test, 'a server error is that request’s errno; the export keeps serving; errors counted, logged once', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const trigger = join(dir, 'fail-now');
+  const server = await startNbdkit(t, dir, {
+    plugin: ['memory', '16M'],
+    filters: ['error'],
+    params: ['error-pread=ENOSPC', 'error-pread-rate=1', `error-pread-file=${trigger}`],
+  });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const data = pattern(MiB, 2);
+  await check(['dd', `of=${mnt}`, 'bs=1M', 'conv=notrunc', 'status=none'], { input: data, timeout: 30_000 });
+  writeFileSync(trigger, '');
+  for (let i = 0; i < 3; i++) {
+    const answer = await fsop('read', [mnt, i * 8192, 4096, 'rdirect']);
+    t.is(answer.errno, 'ENOSPC', JSON.stringify(answer));
+  }
+  rmSync(trigger);
+  assertBytes(t, await readVia(mnt, 0, MiB), data, 'serves again once the server does');
+  const warnings = exp.lines.filter((l) => l.event === 'image-error');
+  t.is(warnings.length, 1, `logged once: ${JSON.stringify(warnings)}`);
+  const stopped = await stopExport(t, exp);
+  t.true(stopped.errors >= 3, `errors counted: ${stopped.errors}`);
+});
+
+test.serial('a read-only server: --writable fails naming it; without it the export is read-only', async (t) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '8M'], readOnly: true });
+  const mnt = makeMountpoint(dir);
+  const refused = await runCli(['--writable', server.uri, mnt]);
+  t.is(refused.code, 1, refused.stderr);
+  t.regex(errorText(refused), /read-only/);
+  t.true(errorText(refused).includes(server.address), errorText(refused));
+  assertUnmounted(t, mnt);
+  const exp = await exportImage(t, { image: server.uri, mountpoint: mnt });
+  t.false(exp.ready.writable);
+  t.true(['EROFS', 'EACCES'].includes((await writeVia(mnt, 0, Buffer.from('x'))).errno ?? ''));
+  await stopExport(t, exp);
+});
+
+test.serial('bad URIs, no server and --growable: exit 1 within 15 s naming the address', async (t) => {
+  const dir = tmpDir(t);
+  const mnt = makeMountpoint(dir);
+  const missing = join(dir, 'nobody-listens.sock');
+  const cases: [string[], RegExp | string][] = [
+    [[`nbd+unix:///?socket=${missing}`], missing],
+    [['nbd://127.0.0.1:9/'], '127.0.0.1:9'],
+    [['nbd+unix:///export'], /socket=PATH/],
+    [['nbd://host:port/'], /port/],
+    [['--writable', '--growable', `nbd+unix:///?socket=${missing}`], /fixed size/],
+    [['--reconnect-delay', '5', `nbd+unix:///?socket=${missing}`], /not implemented/],
+  ];
+  for (const [args, expected] of cases) {
+    const started = Date.now();
+    const result = await runCli([...args, mnt], { timeout: 20_000 });
+    t.is(result.code, 1, `${args.join(' ')}: ${result.stderr}`);
+    t.true(Date.now() - started < 15_000, `${args.join(' ')} took too long`);
+    const message = errorText(result);
+    if (typeof expected === 'string') t.true(message.includes(expected), message);
+    else t.regex(message, expected);
+    assertUnmounted(t, mnt);
+  }
+});
+
+test.serial('nbd:// on 127.0.0.1 and a secret in the URI is never shown', async (t) => {
+  const dir = tmpDir(t);
+  const port = 20_000 + (process.pid % 20_000);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '8M'], tcpPort: port });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: `nbd://127.0.0.1:${port}/?tls-psk-file=/secret/keys.psk`, mountpoint: mnt, writable: true });
+  t.is(exp.ready.image, `nbd://127.0.0.1:${port}/`);
+  t.false(exp.stderr().includes('secret'));
+  t.false(readFileSync('/proc/self/mountinfo', 'utf8').includes('secret'), 'not in the mount table either');
+  await writeVia(mnt, 4096, Buffer.from('hello'));
+  assertBytes(t, await readVia(mnt, 4096, 5), Buffer.from('hello'));
+  await stopExport(t, exp);
+  void server;
+});
+
+eachTransport(test, 'the server killed under load: requests fail with EIO, the export halts, exits 2, nothing left mounted', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'], filters: ['delay'], params: ['delay-read=20ms'] });
+  const mnt = makeMountpoint(dir);
+  const exp = startCli(t, ['--io-uring', ioUring, '--writable', '--threads', '2', server.uri, mnt]);
+  await exp.event('ready');
+  const load = run(
+    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
+      '--time_based', '--runtime=30', '--size=64M', '--direct=1', '--ioengine=libaio'],
+    { timeout: 60_000 },
+  );
+  await new Promise((r) => setTimeout(r, 1500));
+  await server.kill();
+  const halted = await exp.event('halted', 30_000);
+  t.regex(halted.reason ?? halted.message, /NBD server/);
+  const { code } = await exp.wait(30_000);
+  t.is(code, 2, exp.stderr());
+  const fio = await load;
+  t.not(fio.code, 0, 'fio saw errors, not success');
+  t.false(fio.timedOut ?? false, 'fio did not hang');
+  assertUnmounted(t, mnt);
+});
