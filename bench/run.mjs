@@ -12,6 +12,8 @@
 import { spawnSync } from 'node:child_process';
 import {
   closeSync,
+  constants as fsConstants,
+  copyFileSync,
   existsSync,
   ftruncateSync,
   mkdirSync,
@@ -333,11 +335,12 @@ async function prepareImage(spec, config) {
   return { ...spec, path, workdir: dir, size: config.size, fs, directWorks, fioDirect: directWorks, fillMs: Math.round(fill.ms) };
 }
 
-/** cmp of the first 64 MiB of a mount against the image, both read O_DIRECT when possible. */
-async function compareMount(image, mountpoint) {
+/** cmp of the first 64 MiB of a mount against its image, both read O_DIRECT when possible. */
+async function compareMount(image, server) {
+  const { mountpoint, imagePath } = server;
   const count = Math.min(CHECK_BYTES, image.size) / MiB;
   const script = 'cmp <(dd if="$1" bs=1M count="$3" iflag=direct status=none) <(dd if="$2" bs=1M count="$3" $4 status=none)';
-  const result = await run('bash', ['-c', script, 'cmp', mountpoint, image.path, String(count), image.directWorks ? 'iflag=direct' : ''], { timeout: 60_000 });
+  const result = await run('bash', ['-c', script, 'cmp', mountpoint, imagePath, String(count), image.directWorks ? 'iflag=direct' : ''], { timeout: 60_000 });
   return { ok: result.code === 0 && !result.timedOut, bytes: count * MiB, detail: (result.stdout + result.stderr).trim() || (result.timedOut ? 'timed out (hung?)' : '') };
 }
 
@@ -348,6 +351,10 @@ async function startServers(image, config, result) {
   for (const target of config.activeTargets.filter((t) => t !== 'file')) {
     const mountpoint = join(image.workdir, `mnt-${target}`);
     closeSync(openSync(mountpoint, 'w'));
+    // A copy of the image each: an exporter that writes locks its image, as
+    // QEMU does, so two of them cannot share one.
+    const imagePath = join(image.workdir, `image-${target}.raw`);
+    copyFileSync(image.path, imagePath, fsConstants.COPYFILE_FICLONE);
     state.mountpoints.push(mountpoint);
     try {
       let server;
@@ -355,7 +362,7 @@ async function startServers(image, config, result) {
         // The cache mode fuse-export actually uses (it may decline O_DIRECT,
         // e.g. on a memory-backed image), or else what the file system allows.
         const directIo = image.exportDirectIo ?? image.directWorks;
-        server = await startQsd({ target, image: image.path, mountpoint, threads: config.threads, directIo });
+        server = await startQsd({ target, image: imagePath, mountpoint, threads: config.threads, directIo });
         for (const t of server.rejected) result.notes.push(`${image.id}: qemu-storage-daemon refused "${t.config.replace(/, aio=.*/, '')}": ${t.stderr.split('\n')[0].replace(/^.*: (?=[^:]+$)/, '')}`);
         image.qsd = server.info.config + `, cache.direct=${directIo ? 'on' : 'off'}`;
       } else {
@@ -363,7 +370,7 @@ async function startServers(image, config, result) {
           startFuseExport({
             cli: CLI,
             target,
-            image: image.path,
+            image: imagePath,
             mountpoint,
             transport: target,
             threads: config.threads,
@@ -384,6 +391,7 @@ async function startServers(image, config, result) {
         image.exportDirectIo ??= server.info.directIo;
       }
       server.image = image.id;
+      server.imagePath = imagePath;
       server.peakRssBytes = memory(server.pid).hwm ?? null;
       state.servers.push(server);
       servers[target] = server;
@@ -521,7 +529,7 @@ async function benchImage(spec, config, result) {
   const targets = config.activeTargets.filter((t) => t === 'file' || servers[t]);
   const checked = {};
   for (const t of Object.keys(servers)) {
-    const check = await compareMount(image, servers[t].mountpoint);
+    const check = await compareMount(image, servers[t]);
     checked[t] = check.bytes;
     if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image before the runs: ${check.detail}`);
   }
@@ -563,7 +571,7 @@ async function benchImage(spec, config, result) {
     }
   }
   for (const t of Object.keys(servers).filter((x) => !dead.has(x))) {
-    const check = await compareMount(image, servers[t].mountpoint);
+    const check = await compareMount(image, servers[t]);
     checked[t] += check.bytes;
     if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image after the runs: ${check.detail}`);
   }
