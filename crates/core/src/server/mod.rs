@@ -39,7 +39,6 @@ mod transport_choice;
 
 use crate::faults::Faults;
 use crate::image::{self, ImageOptions};
-use crate::latch::Latch;
 use crate::request::counters::Snapshot;
 use crate::os_error::describe;
 use crate::request::passthrough::Passthrough;
@@ -238,8 +237,7 @@ impl Server {
             self.info.transport_reason = "the kernel did not offer FUSE-over-io_uring in INIT".into();
             return Ok(());
         }
-        let outcome: &Latch<_> = &setup.outcome;
-        match outcome.wait(REGISTER_TIMEOUT) {
+        match setup.outcome.wait(REGISTER_TIMEOUT) {
             Some(Ok(())) => {
                 self.info.transport = "io_uring";
                 self.info.ring_queues = uring_setup::possible_cpus();
