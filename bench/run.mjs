@@ -1,28 +1,18 @@
 #!/usr/bin/env node
 // The fuse-export benchmark (`npm run bench`, `npm run bench -- --quick`).
 //
-// One fio matrix, interleaved so that the machine's drift cancels out: for
-// each image, every export is started once; then for each workload, for each
-// repeat, fio runs against each target in turn (file, io_uring, legacy,
-// qsd). Results: a table on stdout, bench/results/<timestamp>.json and
+// One fio matrix per section (bench/lib/sections.mjs: raw images on tmpfs
+// and disk, qcow2, NBD), interleaved so that the machine's drift cancels
+// out: for each section, every export is started once; then for each
+// workload, for each repeat, fio runs against each target in turn.
+// Results: a table on stdout, bench/results/<timestamp>.json and
 // latest.json, latest.svg, and docs/BENCHMARKS.md.
 //
-// Needs root, /dev/fuse, fio and qemu-storage-daemon (scripts/bench.sh
-// installs them) and a build (dist/cli/main.js).
+// Needs root, /dev/fuse, fio, qemu-storage-daemon, qemu-img, nbdkit,
+// nbdfuse and nbdcopy (scripts/bench.sh installs them) and a build
+// (dist/cli/main.js).
 import { spawnSync } from 'node:child_process';
-import {
-  closeSync,
-  constants as fsConstants,
-  copyFileSync,
-  existsSync,
-  ftruncateSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,7 +20,7 @@ import { parseArgs } from 'node:util';
 import { fioArgs, parseFio, WORKLOADS } from './lib/fio.mjs';
 import { clockTicks, cpuTicks, isMounted, killGroup, liveChildren, memory, resetPeakRss, run, umountLazy } from './lib/proc.mjs';
 import { evaluateTargets, find, fmtIops, fmtLat, markdownReport, summarise, svgChart, TARGETS, textReport } from './lib/report.mjs';
-import { startFuseExport, startQsd } from './lib/servers.mjs';
+import { FRESH, fioWhere, prepareSection, SECTIONS, SERVERLESS, startTarget } from './lib/sections.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -39,27 +29,31 @@ const DOCS = join(ROOT, 'docs', 'BENCHMARKS.md');
 const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 const MiB = 1024 * 1024;
 const CHECK_BYTES = 64 * MiB;
-// Seconds per run of --quick: 40 runs of 2.5 s plus fio's own start and
-// stop (about 0.3 s each) keep the whole quick run near two minutes.
-const QUICK_RUNTIME = 2.5;
-
-const IMAGES = {
-  tmpfs: { id: 'tmpfs', dir: '/dev/shm', label: 'tmpfs image (/dev/shm): the transport’s own cost', cache: 'direct' },
-  disk: { id: 'disk', dir: '/var/tmp', label: 'disk image (/var/tmp), opened O_DIRECT', cache: 'direct' },
-};
+// Seconds per run of --quick: about 110 runs of 2 s plus fio's own start
+// and stop (about 0.3 s each) keep the whole quick run near five minutes.
+const QUICK_RUNTIME = 2;
+// Seconds per run of the full matrix: about 500 runs keep it near an hour.
+const FULL_RUNTIME = 6;
+const SECTION_IDS = SECTIONS.map((s) => s.id);
 
 const USAGE = `Usage: npm run bench -- [options]     (or: node bench/run.mjs [options], as root)
 
-Runs fio against the image file, fuse-export over io_uring, fuse-export over
-/dev/fuse (legacy), fuse-export with FUSE passthrough and
-qemu-storage-daemon's FUSE export, interleaved, and
-writes bench/results/ and docs/BENCHMARKS.md.
+Runs fio against each section's targets, interleaved, and writes
+bench/results/ and docs/BENCHMARKS.md. Sections: raw images on tmpfs and
+on disk (the file itself, fuse-export over io_uring, over /dev/fuse
+(legacy), with FUSE passthrough, the minimal C reference server with
+--reference, qemu-storage-daemon); qcow2 (fuse-export on the raw image and
+on a qcow2 of the same data, qemu-storage-daemon on the qcow2); NBD (fio's
+own NBD client, fuse-export with and without multi-conn, nbdfuse,
+qemu-storage-daemon's nbd driver, against nbdkit's memory plugin).
 
-  --quick              tmpfs image only, 2.5 s per run, 1 repeat (about 2 minutes)
-  --runtime S          seconds per fio run (default 10; --quick: 2.5)
+  --quick              all sections but disk, ${QUICK_RUNTIME} s per run, 1 repeat (about 5 minutes)
+  --runtime S          seconds per fio run (default ${FULL_RUNTIME}; --quick: ${QUICK_RUNTIME})
   --repeats N          repeats of each workload x target (default 2; --quick: 1)
-  --images LIST        tmpfs,disk (default both; --quick: tmpfs)
-  --targets LIST       file,io_uring,legacy,passthrough,qsd (default all)
+  --images LIST        sections: ${SECTION_IDS.join(',')} (default all; --quick: all but disk)
+  --targets LIST       ${TARGETS.map((t) => t.id).join(',')} (default all)
+  --reference FILE     the minimal C FUSE server's source (compiled with gcc and
+                       liburing): adds the 'reference' target to the tmpfs section
   --workloads LIST     ids: ${WORKLOADS.map((w) => w.id).join(', ')}
   --size SIZE          image size, e.g. 1G, 512M (default 1G)
   --threads N          threads of the exports (default: CPUs = ${availableParallelism()})
@@ -111,6 +105,7 @@ function options() {
       size: { type: 'string' },
       threads: { type: 'string' },
       'queue-depth': { type: 'string' },
+      reference: { type: 'string' },
       'no-docs': { type: 'boolean', default: false },
       from: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -126,14 +121,15 @@ function options() {
   return {
     quick,
     mode: quick ? (custom ? 'quick (custom)' : 'quick') : custom ? 'custom' : 'full',
-    runtime: values.runtime ? seconds(values.runtime, 'runtime') : quick ? QUICK_RUNTIME : 10,
+    runtime: values.runtime ? seconds(values.runtime, 'runtime') : quick ? QUICK_RUNTIME : FULL_RUNTIME,
     repeats: values.repeats ? positiveInt(values.repeats, 'repeats') : quick ? 1 : 2,
-    images: values.images ? list(values.images, Object.keys(IMAGES), 'images') : quick ? ['tmpfs'] : ['tmpfs', 'disk'],
+    images: values.images ? list(values.images, SECTION_IDS, 'images') : quick ? SECTION_IDS.filter((id) => id !== 'disk') : SECTION_IDS,
     targets: values.targets ? list(values.targets, TARGETS.map((t) => t.id), 'targets') : TARGETS.map((t) => t.id),
     workloads: values.workloads ? list(values.workloads, WORKLOADS.map((w) => w.id), 'workloads') : WORKLOADS.map((w) => w.id),
     size: values.size ? parseSize(values.size) : 1024 * MiB,
     threads: values.threads ? positiveInt(values.threads, 'threads') : availableParallelism(),
     queueDepth: values['queue-depth'] ? positiveInt(values['queue-depth'], 'queue-depth') : undefined,
+    reference: values.reference,
     docs: !values['no-docs'],
     from: values.from,
   };
@@ -270,12 +266,33 @@ function fuseExportInfo() {
 
 function preflight(config) {
   const problems = [];
+  const need = (cmd, args, why) => {
+    if (!sh(cmd, args)) problems.push(`${cmd} is missing (${why})`);
+  };
   if (process.getuid?.() !== 0) problems.push('run it as root: it mounts FUSE file systems and writes to /sys');
   if (!existsSync('/dev/fuse')) problems.push('/dev/fuse is missing');
-  if (!sh('fio', ['--version'])) problems.push('fio is missing (scripts/bench.sh installs it)');
-  if (config.targets.includes('qsd') && !sh('qemu-storage-daemon', ['--version'])) problems.push('qemu-storage-daemon is missing (Debian package qemu-system-common)');
+  need('fio', ['--version'], 'scripts/bench.sh installs it');
+  const targets = config.targets;
+  if (targets.some((t) => t.startsWith('qsd'))) need('qemu-storage-daemon', ['--version'], 'Debian package qemu-system-common');
+  if (config.images.includes('qcow2')) need('qemu-img', ['--version'], 'Debian package qemu-utils');
+  if (config.images.includes('nbd')) {
+    need('nbdkit', ['--version'], 'Debian package nbdkit');
+    need('nbdcopy', ['--version'], 'Debian package libnbd-bin');
+    if (targets.includes('nbdfuse')) need('nbdfuse', ['--version'], 'Debian package libnbd-bin');
+  }
+  if (config.reference && !existsSync(config.reference)) problems.push(`--reference ${config.reference}: no such file`);
   if (!existsSync(CLI)) problems.push(`${CLI} is missing: build first (npm run build), or use npm run bench`);
   if (problems.length) throw new Error(problems.join('\n'));
+}
+
+/** Compiles the C reference server into a directory of the run's own. */
+function buildReference(source) {
+  const dir = mkdtempSync('/tmp/fuse-export-bench-reference-');
+  state.dirs.push(dir);
+  const binary = `${dir}/reference`;
+  const out = spawnSync('gcc', ['-O2', '-o', binary, source, '-luring', '-lpthread'], { encoding: 'utf8', timeout: 120_000 });
+  if (out.status !== 0) throw new Error(`compiling ${source} failed (needs gcc and liburing-dev):\n${out.stderr}`);
+  return binary;
 }
 
 /**
@@ -307,99 +324,71 @@ function enableUring(notes) {
   }
 }
 
-// ---------------------------------------------------------------- images
+// ---------------------------------------------------------------- exports
 
-async function probeDirect(path) {
-  const write = await run('dd', ['if=/dev/zero', `of=${path}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeout: 30_000 });
-  const read = await run('dd', [`if=${path}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { timeout: 30_000 });
-  return write.code === 0 && read.code === 0;
+/** What a section's targets need from the run: clean-up registration, the CLI, logging. */
+function sectionContext(config) {
+  return {
+    cli: CLI,
+    referenceBinary: config.referenceBinary,
+    say,
+    ownDir: (dir) => state.dirs.push(dir),
+    ownMountpoint: (mountpoint) => state.mountpoints.push(mountpoint),
+    ownServer: (server) => state.servers.push(server),
+  };
 }
 
-async function prepareImage(spec, config) {
-  const dir = mkdtempSync(join(spec.dir, 'fuse-export-bench-'));
-  state.dirs.push(dir);
-  const path = join(dir, 'image.raw');
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, config.size);
-  closeSync(fd);
-  const directWorks = await probeDirect(path);
-  say(`${spec.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
-  const fill = await run(
-    'fio',
-    ['--name=fill', `--filename=${path}`, '--rw=write', '--bs=1m', `--size=${config.size}`, '--ioengine=io_uring', '--iodepth=8',
-      `--direct=${directWorks ? 1 : 0}`, '--end_fsync=1', '--fallocate=none', '--output-format=json'],
-    { timeout: 900_000 },
-  );
-  if (fill.code !== 0) throw new Error(`filling ${path} failed:\n${fill.stderr}${fill.stdout.slice(0, 2000)}`);
-  const fs = sh('stat', ['-f', '-c', '%T', dir]) || 'unknown';
-  return { ...spec, path, workdir: dir, size: config.size, fs, directWorks, fioDirect: directWorks, fillMs: Math.round(fill.ms) };
-}
-
-/** cmp of the first 64 MiB of a mount against its image, both read O_DIRECT when possible. */
-async function compareMount(image, server) {
-  const { mountpoint, imagePath } = server;
+/** cmp of the first 64 MiB of what fio reads through `server` against `reference`, both read O_DIRECT when possible. */
+async function compareMount(image, server, reference) {
   const count = Math.min(CHECK_BYTES, image.size) / MiB;
   const script = 'cmp <(dd if="$1" bs=1M count="$3" iflag=direct status=none) <(dd if="$2" bs=1M count="$3" $4 status=none)';
-  const result = await run('bash', ['-c', script, 'cmp', mountpoint, imagePath, String(count), image.directWorks ? 'iflag=direct' : ''], { timeout: 60_000 });
+  const result = await run('bash', ['-c', script, 'cmp', server.file, reference, String(count), image.directWorks ? 'iflag=direct' : ''], { timeout: 60_000 });
   return { ok: result.code === 0 && !result.timedOut, bytes: count * MiB, detail: (result.stdout + result.stderr).trim() || (result.timedOut ? 'timed out (hung?)' : '') };
 }
 
-// ---------------------------------------------------------------- exports
+/** Starts `target` (an io_uring export once more when enable_uring was switched off meanwhile). */
+async function startOne(target, image, config, result, options) {
+  const start = () => startTarget(target, image, config, sectionContext(config), options);
+  const usesUring = target.startsWith('io_uring');
+  if (usesUring) enableUring(result.notes);
+  try {
+    return await start();
+  } catch (error) {
+    // Switched off between our check and the export's (a test suite
+    // running next to us toggles it): once more.
+    if (!usesUring || !/enable_uring/.test(error.message) || !enableUring(result.notes)) throw error;
+    say(`${image.id}: ${target} export refused (${URING_PARAM} was switched off meanwhile): retrying`);
+    return start();
+  }
+}
 
-async function startServers(image, config, result) {
+function describe(server) {
+  if (server.kind !== 'fuse-export') return server.info.config;
+  const i = server.info;
+  return `${i.transport}, ${i.threads} threads, ${i.ringQueues} ring queues${i.queueDepth ? ` x ${i.queueDepth}` : ''}, directIo ${i.directIo}, format ${i.format ?? '?'}`;
+}
+
+async function startServers(image, config, result, targets) {
   const servers = {};
-  for (const target of config.activeTargets.filter((t) => t !== 'file')) {
-    const mountpoint = join(image.workdir, `mnt-${target}`);
-    closeSync(openSync(mountpoint, 'w'));
-    // A copy of the image each: an exporter that writes locks its image, as
-    // QEMU does, so two of them cannot share one.
-    const imagePath = join(image.workdir, `image-${target}.raw`);
-    copyFileSync(image.path, imagePath, fsConstants.COPYFILE_FICLONE);
-    state.mountpoints.push(mountpoint);
+  for (const target of targets) {
     try {
-      let server;
-      if (target === 'qsd') {
-        // The cache mode fuse-export actually uses (it may decline O_DIRECT,
-        // e.g. on a memory-backed image), or else what the file system allows.
-        const directIo = image.exportDirectIo ?? image.directWorks;
-        server = await startQsd({ target, image: imagePath, mountpoint, threads: config.threads, directIo });
+      const server = await startOne(target, image, config, result);
+      if (server.kind === 'qemu-storage-daemon') {
         for (const t of server.rejected) result.notes.push(`${image.id}: qemu-storage-daemon refused "${t.config.replace(/, aio=.*/, '')}": ${t.stderr.split('\n')[0].replace(/^.*: (?=[^:]+$)/, '')}`);
-        image.qsd = server.info.config + `, cache.direct=${directIo ? 'on' : 'off'}`;
-      } else {
-        const start = () =>
-          startFuseExport({
-            cli: CLI,
-            target,
-            image: imagePath,
-            mountpoint,
-            transport: target,
-            threads: config.threads,
-            cache: image.cache,
-            queueDepth: config.queueDepth,
-          });
-        if (target === 'io_uring') enableUring(result.notes);
-        try {
-          server = await start();
-        } catch (error) {
-          // Switched off between our check and the export's (a test suite
-          // running next to us toggles it): once more.
-          if (target !== 'io_uring' || !/enable_uring/.test(error.message) || !enableUring(result.notes)) throw error;
-          say(`${image.id}: io_uring export refused (${URING_PARAM} was switched off meanwhile): retrying`);
-          server = await start();
-        }
+      }
+      if (server.kind === 'fuse-export') {
         for (const w of server.complaints) result.notes.push(`${image.id}: fuse-export (${target}) warned at start: ${w.message}`);
         image.exportDirectIo ??= server.info.directIo;
       }
       server.image = image.id;
-      server.imagePath = imagePath;
       server.peakRssBytes = memory(server.pid).hwm ?? null;
       state.servers.push(server);
       servers[target] = server;
-      say(`${image.id}: ${target} export ready (pid ${server.pid})${target === 'qsd' ? `: ${server.info.config}` : `: ${server.info.transport}, ${server.info.threads} threads, ${server.info.ringQueues} ring queues${server.info.queueDepth ? ` x ${server.info.queueDepth}` : ''}, directIo ${server.info.directIo}`}`);
+      say(`${image.id}: ${target} ready (pid ${server.pid}): ${describe(server)}`);
     } catch (error) {
       const extra = (error.stderr ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('{')).slice(-3).join(' | ');
       result.anomalies.push(`${image.id}: the ${target} export failed to start: ${error.message}${extra ? ` -- ${extra}` : ''}`);
-      say(`${image.id}: ${target} export failed to start: ${error.message}\n${error.stderr ?? ''}`);
+      say(`${image.id}: ${target} failed to start: ${error.message}\n${error.stderr ?? ''}`);
     }
   }
   return servers;
@@ -423,14 +412,16 @@ function serverRecord(server) {
   };
 }
 
-/** What fuse-export said when it stopped, against what fio did through it. */
+/** What the server said when it stopped, against what fio did through it. */
 function checkStop(server, image, runs, checkedBytes, result) {
   const where = `${image.id}/${server.target}`;
   for (const note of server.notes) result.anomalies.push(`${where}: ${note}`);
   if (server.stopMs > 5000) result.anomalies.push(`${where}: stopping took ${(server.stopMs / 1000).toFixed(1)} s`);
   const exit = server.exit ?? {};
-  if (server.kind === 'qemu-storage-daemon') {
-    if (exit.code !== 0) result.anomalies.push(`${where}: qemu-storage-daemon exited ${exit.code ?? exit.signal}: ${server.stderr.slice(-3).join(' | ')}`);
+  if (server.kind !== 'fuse-export') {
+    // nbdfuse reports the SIGTERM that stopped it with exit status 1.
+    const stoppedBySignal = server.kind === 'nbdfuse' && server.stderr.some((l) => /terminated by signal 15/.test(l));
+    if (exit.code !== 0 && !stoppedBySignal) result.anomalies.push(`${where}: ${server.kind} exited ${exit.code ?? exit.signal}: ${server.stderr.slice(-3).join(' | ')}`);
     return;
   }
   if (exit.code !== 0) result.anomalies.push(`${where}: fuse-export exited with ${exit.code ?? exit.signal} after SIGTERM`);
@@ -444,15 +435,15 @@ function checkStop(server, image, runs, checkedBytes, result) {
   }
   if (s.reason !== 'signal') result.anomalies.push(`${where}: stopped for reason "${s.reason}", not "signal"`);
   for (const key of ['errors', 'abandoned', 'inFlight']) if (s[key]) result.anomalies.push(`${where}: stopped with ${key} = ${s[key]}`);
-  if (server.target === 'io_uring' && !(s.ringRequests > 0)) result.anomalies.push(`${where}: no ring requests counted over io_uring (legacyRequests ${s.legacyRequests})`);
-  if (server.target === 'legacy' && s.ringRequests > 0) result.anomalies.push(`${where}: ${s.ringRequests} ring requests over the legacy transport`);
-  if (server.target === 'passthrough') {
+  if (server.transport === 'io_uring' && !(s.ringRequests > 0)) result.anomalies.push(`${where}: no ring requests counted over io_uring (legacyRequests ${s.legacyRequests})`);
+  if (server.transport === 'legacy' && s.ringRequests > 0) result.anomalies.push(`${where}: ${s.ringRequests} ring requests over the legacy transport`);
+  if (server.transport === 'passthrough') {
     // The kernel carried fio's I/O: none of it may have reached the export.
     if (!s.passthrough) result.anomalies.push(`${where}: the export says passthrough was off`);
     if (s.bytesRead + s.bytesWritten > 0) result.anomalies.push(`${where}: ${s.bytesRead + s.bytesWritten} bytes went through the export despite passthrough`);
     return;
   }
-  const mine = runs.filter((r) => r.image === image.id && r.target === server.target && r.fio);
+  const mine = runs.filter((r) => r.image === image.id && r.target === server.target && r.fio && r.serverPid === server.pid);
   const fioRead = mine.reduce((a, r) => a + r.fio.read.bytes, 0) + checkedBytes;
   const fioWritten = mine.reduce((a, r) => a + r.fio.write.bytes, 0);
   const fioIos = mine.reduce((a, r) => a + r.ios, 0);
@@ -464,21 +455,29 @@ function checkStop(server, image, runs, checkedBytes, result) {
   if (requests < fioIos) result.anomalies.push(`${where}: fuse-export counted ${requests} requests, fewer than the ${fioIos} I/Os fio completed`);
 }
 
+/** `qemu-img check` of the qcow2 a stopped export served: a clean image after all the writes. */
+async function checkQcow2(server, image, result) {
+  if (!server.imagePath?.endsWith('.qcow2')) return;
+  const out = await run('qemu-img', ['check', '-q', server.imagePath], { timeout: 300_000 });
+  if (out.code !== 0) result.anomalies.push(`${image.id}/${server.target}: qemu-img check of ${server.imagePath} exited ${out.code}: ${(out.stdout + out.stderr).trim().split('\n').slice(0, 3).join(' | ')}`);
+}
+
 // ---------------------------------------------------------------- runs
 
 async function measure({ image, workload, repeat, position, target, server, config, ticks }) {
   const record = { image: image.id, workload: workload.id, repeat, position, target, startedAt: new Date().toISOString(), load1: loadavg()[0], ok: false };
-  const filename = target === 'file' ? image.path : server.mountpoint;
-  const direct = target === 'file' ? image.fioDirect : true;
-  const args = fioArgs(workload, filename, { direct, runtime: config.runtime });
+  const { where, direct } = fioWhere(target, image, server);
+  const args = fioArgs(workload, where, { direct, runtime: config.runtime, size: image.size });
   record.fioArgs = args;
   let cpuBefore;
   if (server) {
+    record.serverPid = server.pid;
     server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
     record.peakReset = resetPeakRss(server.pid);
     cpuBefore = cpuTicks(server.pid);
   }
-  const out = await run('fio', args, { timeout: (config.runtime + 60) * 1000, onSpawn: (child) => (state.fio = child) });
+  const limit = (workload.fresh ? config.runtime * 6 : config.runtime) + 60;
+  const out = await run('fio', args, { timeout: limit * 1000, onSpawn: (child) => (state.fio = child) });
   state.fio = undefined;
   record.wallMs = Math.round(out.ms);
   if (server) {
@@ -494,7 +493,7 @@ async function measure({ image, workload, repeat, position, target, server, conf
     };
   }
   if (out.timedOut) {
-    record.error = `fio did not finish within ${config.runtime + 60} s (hung I/O?)${out.stuck ? '; fio stayed stuck after SIGKILL' : ''}`;
+    record.error = `fio did not finish within ${limit} s (hung I/O?)${out.stuck ? '; fio stayed stuck after SIGKILL' : ''}`;
     record.hung = true;
     return record;
   }
@@ -522,34 +521,64 @@ async function measure({ image, workload, repeat, position, target, server, conf
   return record;
 }
 
-async function benchImage(spec, config, result) {
-  const image = await prepareImage(spec, config);
+/** One run of a `fresh` workload: the target on a new, empty image, started and stopped around it. */
+async function measureFresh(args, result) {
+  const { image, target, config } = args;
+  let server;
+  try {
+    server = await startOne(target, image, config, result, { fresh: true });
+  } catch (error) {
+    return { image: image.id, workload: args.workload.id, repeat: args.repeat, position: args.position, target, ok: false, error: `the export failed to start: ${error.message}` };
+  }
+  state.servers.push(server);
+  server.image = image.id;
+  const record = await measure({ ...args, server });
+  await server.stop();
+  state.servers = state.servers.filter((s) => s !== server);
+  checkStop(server, image, [record], 0, result);
+  await checkQcow2(server, image, result);
+  rmSync(server.imagePath, { force: true });
+  return record;
+}
+
+async function benchSection(section, config, result) {
+  const wanted = section.targets.filter((t) => config.activeTargets.includes(t) && (t !== 'reference' || config.referenceBinary));
+  const workloads = WORKLOADS.filter((w) => section.workloads.includes(w.id) && config.workloads.includes(w.id));
+  if (wanted.length === 0 || workloads.length === 0) return;
+  const image = await prepareSection(section, config, sectionContext(config));
+  image.targets = wanted;
+  image.workloads = workloads.map((w) => w.id);
   result.images.push(image);
-  const servers = await startServers(image, config, result);
-  const targets = config.activeTargets.filter((t) => t === 'file' || servers[t]);
+  const servers = await startServers(image, config, result, wanted.filter((t) => !SERVERLESS.has(t)));
+  const targets = wanted.filter((t) => SERVERLESS.has(t) || servers[t]);
   const checked = {};
-  for (const t of Object.keys(servers)) {
-    const check = await compareMount(image, servers[t]);
+  for (const [t, server] of Object.entries(servers)) {
+    // Every export starts with the data of the raw image, except the
+    // reference server, which serves memory of its own.
+    if (server.kind === 'reference') continue;
+    const check = await compareMount(image, server, image.path);
     checked[t] = check.bytes;
     if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image before the runs: ${check.detail}`);
   }
-  const total = config.workloads.length * config.repeats * targets.length;
+  const runsOf = (w) => (w.fresh ? targets.filter((t) => FRESH.has(t)) : targets);
+  const total = workloads.reduce((n, w) => n + runsOf(w).length * config.repeats, 0);
   let done = 0;
   const dead = new Set();
-  const workloads = WORKLOADS.filter((w) => config.workloads.includes(w.id));
   for (const [wi, workload] of workloads.entries()) {
+    const order0 = runsOf(workload);
     for (let repeat = 0; repeat < config.repeats; repeat += 1) {
-      const shift = (wi + repeat) % targets.length;
-      const order = [...targets.slice(shift), ...targets.slice(0, shift)];
+      const shift = (wi + repeat) % order0.length;
+      const order = [...order0.slice(shift), ...order0.slice(0, shift)];
       for (const [position, target] of order.entries()) {
         if (state.aborting) throw new Aborted();
         done += 1;
-        if (dead.has(target)) {
+        if (dead.has(target) && !workload.fresh) {
           result.runs.push({ image: image.id, workload: workload.id, repeat, position, target, ok: false, skipped: true, error: 'skipped: the export is down' });
           continue;
         }
         const server = servers[target];
-        const record = await measure({ image, workload, repeat, position, target, server, config, ticks: result.clockTicks });
+        const args = { image, workload, repeat, position, target, server, config, ticks: result.clockTicks };
+        const record = workload.fresh ? await measureFresh(args, result) : await measure(args);
         if (state.aborting) throw new Aborted();
         result.runs.push(record);
         const where = `${image.id} ${workload.id} #${repeat + 1} ${target}`;
@@ -559,7 +588,7 @@ async function benchImage(spec, config, result) {
           say(`[${done}/${total}] ${where}: FAILED: ${record.error}`);
           result.anomalies.push(`${where}: ${record.error}`);
         }
-        if (server && (!server.alive || record.hung)) {
+        if (server && !workload.fresh && (!server.alive || record.hung)) {
           dead.add(target);
           if (!server.alive) result.anomalies.push(`${image.id}/${target}: the export exited during ${workload.id} (${JSON.stringify(server.exit)}); its remaining runs are skipped`);
           else {
@@ -570,8 +599,12 @@ async function benchImage(spec, config, result) {
       }
     }
   }
-  for (const t of Object.keys(servers).filter((x) => !dead.has(x))) {
-    const check = await compareMount(image, servers[t]);
+  // Only an export with an image file of its own can be compared after
+  // the writes (the NBD exports share their servers, the reference server
+  // keeps its data in memory).
+  for (const [t, server] of Object.entries(servers)) {
+    if (dead.has(t) || !server.imagePath?.endsWith('.raw')) continue;
+    const check = await compareMount(image, server, server.imagePath);
     checked[t] += check.bytes;
     if (!check.ok) result.anomalies.push(`${image.id}/${t}: the mount differs from the image after the runs: ${check.detail}`);
   }
@@ -582,11 +615,14 @@ async function benchImage(spec, config, result) {
   await Promise.all(Object.values(servers).map((s) => s.stop()));
   for (const server of Object.values(servers)) {
     checkStop(server, image, result.runs, checked[server.target] ?? 0, result);
+    await checkQcow2(server, image, result);
     result.servers.push(serverRecord(server));
     if (server.accounting) result.servers.at(-1).accounting = server.accounting;
   }
-  state.servers = state.servers.filter((s) => !Object.values(servers).includes(s));
-  // Free the image (1 GiB of tmpfs) before the next one.
+  // The section's NBD servers go with it.
+  await Promise.all(state.servers.filter((s) => s.kind === 'nbdkit').map((s) => s.stop()));
+  state.servers = state.servers.filter((s) => !Object.values(servers).includes(s) && s.kind !== 'nbdkit');
+  // Free the image (1 GiB of tmpfs or more) before the next section.
   const index = state.dirs.indexOf(image.workdir);
   if (index >= 0) {
     state.dirs.splice(index, 1);
@@ -599,7 +635,7 @@ async function benchImage(spec, config, result) {
 
 /** Summaries, targets and the observations derived from the raw runs. */
 function analyse(result) {
-  result.summary = summarise(result.runs);
+  result.summary = summarise(result.runs, result.images);
   result.targets = evaluateTargets(result.summary, result.servers, result.images.map((i) => i.id));
   const observations = [];
   for (const s of result.summary) {
@@ -607,7 +643,8 @@ function analyse(result) {
       observations.push(`noisy: ${s.image} ${s.workload} ${s.target} ranged from ${fmtIops(s.iopsMin)} to ${fmtIops(s.iopsMax)} IOPS over the repeats`);
     }
   }
-  for (const r of result.runs.filter((x) => x.ok && x.fio)) {
+  const fresh = new Set(WORKLOADS.filter((w) => w.fresh).map((w) => w.id));
+  for (const r of result.runs.filter((x) => x.ok && x.fio && !fresh.has(x.workload))) {
     const over = r.fio.runtimeMs - result.config.runtime * 1000;
     if ((r.latMaxNs ?? 0) > 1e9 || over > 500) {
       observations.push(
@@ -616,8 +653,9 @@ function analyse(result) {
     }
   }
   for (const s of result.summary) {
-    if (s.target !== 'file' && s.vsFile !== null && s.vsFile > 1.15) {
-      observations.push(`${s.image} ${s.workload}: ${s.target} reached ${s.vsFile.toFixed(2)}x the IOPS of the file itself`);
+    const limit = result.images.find((i) => i.id === s.image)?.limit ?? 'file';
+    if (s.target !== limit && s.vsFile !== null && s.vsFile > 1.15) {
+      observations.push(`${s.image} ${s.workload}: ${s.target} reached ${s.vsFile.toFixed(2)}x the IOPS of the section's limit (${limit})`);
     }
   }
   for (const s of result.summary.filter((x) => x.target === 'io_uring' && x.iops)) {
@@ -674,15 +712,21 @@ async function main() {
     anomalies: [],
   };
   config.activeTargets = [...config.targets];
-  if (config.targets.includes('io_uring') && !enableUring(result.notes)) config.activeTargets = config.activeTargets.filter((t) => t !== 'io_uring');
-  const perRun = config.runtime + 0.4;
-  const estimate = config.images.length * config.workloads.length * config.repeats * config.activeTargets.length * perRun;
-  say(`${config.mode} run: images ${config.images.join(', ')}; targets ${config.activeTargets.join(', ')}; ${config.workloads.length} workloads x ${config.repeats} repeats x ${config.runtime} s: about ${Math.ceil(estimate / 60)} min`);
+  if (!enableUring(result.notes)) config.activeTargets = config.activeTargets.filter((t) => !t.startsWith('io_uring'));
+  if (config.reference && config.activeTargets.includes('reference')) config.referenceBinary = buildReference(config.reference);
+  else result.notes.push('the C reference server was not measured (give its source with --reference)');
+  const sections = SECTIONS.filter((s) => config.images.includes(s.id));
+  const runs = sections.reduce((n, s) => {
+    const targets = s.targets.filter((t) => config.activeTargets.includes(t) && (t !== 'reference' || config.referenceBinary));
+    return n + s.workloads.filter((w) => config.workloads.includes(w)).length * targets.length;
+  }, 0);
+  const estimate = runs * config.repeats * (config.runtime + 0.6);
+  say(`${config.mode} run: sections ${config.images.join(', ')}; ${runs} workload x target pairs x ${config.repeats} repeats x ${config.runtime} s: about ${Math.ceil(estimate / 60)} min`);
   const loads = [];
   const loadTimer = setInterval(() => loads.push(loadavg()[0]), 5000);
   loadTimer.unref();
   try {
-    for (const id of config.images) await benchImage(IMAGES[id], config, result);
+    for (const section of sections) await benchSection(section, config, result);
   } catch (error) {
     clearInterval(loadTimer);
     if (error instanceof Aborted) return new Promise(() => {}); // the signal handler exits

@@ -9,26 +9,42 @@ export const WORKLOADS = [
   { id: 'randrw70-4k-qd16x2', label: '4 KiB randrw 70/30, iodepth 16, 2 jobs', short: ['randrw 4K', 'QD16x2'], rw: 'randrw', rwmixread: 70, bs: '4k', iodepth: 16, numjobs: 2 },
   { id: 'read-1m-qd4', label: '1 MiB sequential read, iodepth 4, 1 job', short: ['read 1M', 'QD4'], rw: 'read', bs: '1m', iodepth: 4, numjobs: 1 },
   { id: 'write-1m-qd4', label: '1 MiB sequential write, iodepth 4, 1 job', short: ['write 1M', 'QD4'], rw: 'write', bs: '1m', iodepth: 4, numjobs: 1 },
+  // First touch: every 4 KiB block of a fresh image written once, in random
+  // order (each job its half), so every cluster is allocated during the run.
+  {
+    id: 'alloc-randwrite-4k-qd16x2',
+    label: '4 KiB randwrite into a fresh image, each block once, iodepth 16, 2 jobs',
+    short: ['first touch 4K', 'QD16x2'],
+    rw: 'randwrite',
+    bs: '4k',
+    iodepth: 16,
+    numjobs: 2,
+    fresh: true,
+  },
 ];
 
-/** The fio command line of one measured run. */
-export function fioArgs(workload, filename, { direct, runtime }) {
+/**
+ * The fio command line of one measured run against `where`: { filename }
+ * (through io_uring) or { nbdUri } (fio's own NBD client). A `fresh`
+ * workload writes each block of `size` bytes once instead of running for
+ * `runtime` seconds (which then only caps it).
+ */
+export function fioArgs(workload, where, { direct, runtime, size }) {
+  const seconds = workload.fresh ? runtime * 6 : runtime;
+  const half = size / 2;
   return [
     `--name=${workload.id}`,
-    `--filename=${filename}`,
-    '--ioengine=io_uring',
-    `--direct=${direct ? 1 : 0}`,
+    ...(where.nbdUri ? ['--ioengine=nbd', `--uri=${where.nbdUri}`] : [`--filename=${where.filename}`, '--ioengine=io_uring', `--direct=${direct ? 1 : 0}`]),
     `--rw=${workload.rw}`,
     ...(workload.rwmixread ? [`--rwmixread=${workload.rwmixread}`] : []),
     `--bs=${workload.bs}`,
     `--iodepth=${workload.iodepth}`,
     `--numjobs=${workload.numjobs}`,
-    '--time_based',
-    `--runtime=${Number.isInteger(runtime) ? runtime : `${Math.round(runtime * 1000)}ms`}`,
+    ...(workload.fresh ? [`--size=${half}`, `--offset_increment=${half}`] : ['--time_based', '--norandommap']),
+    `--runtime=${Number.isInteger(seconds) ? seconds : `${Math.round(seconds * 1000)}ms`}`,
     '--group_reporting',
     '--lat_percentiles=1',
     '--randrepeat=0',
-    '--norandommap',
     '--fallocate=none',
     '--output-format=json',
   ];

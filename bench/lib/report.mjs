@@ -2,8 +2,9 @@
 // presentation: a text table, a Markdown page and an SVG chart.
 import { WORKLOADS } from './fio.mjs';
 
+/** Every target of every section, in the order tables and charts show them. */
 export const TARGETS = [
-  { id: 'file', label: 'file', color: '#7f8c8d', what: 'fio on the image file itself (the limit)' },
+  { id: 'file', label: 'file', color: '#7f8c8d', what: 'fio on the image file itself (the limit)', serverless: true },
   { id: 'io_uring', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on' },
   { id: 'legacy', label: 'legacy', color: '#e67e22', what: 'fuse-export --io-uring off (/dev/fuse read/write)' },
   {
@@ -12,8 +13,30 @@ export const TARGETS = [
     color: '#27ae60',
     what: 'fuse-export --passthrough on --growable (the kernel reads and writes the image itself)',
   },
+  { id: 'reference', label: 'reference', color: '#8e44ad', what: 'the minimal C FUSE-over-io_uring server (in-memory 64 MiB image): the transport’s ceiling' },
   { id: 'qsd', label: 'qsd', color: '#c0392b', what: "qemu-storage-daemon's FUSE export" },
+  { id: 'io_uring-raw', label: 'raw', color: '#7f8c8d', what: 'fuse-export --io-uring on, the raw image (the limit of the qcow2 section)' },
+  { id: 'io_uring-qcow2', label: 'qcow2', color: '#2471a3', what: 'fuse-export --io-uring on, a qcow2 of the same data' },
+  { id: 'qsd-qcow2', label: 'qsd qcow2', color: '#c0392b', what: "qemu-storage-daemon's FUSE export of the same qcow2" },
+  { id: 'fio-nbd', label: 'fio nbd', color: '#7f8c8d', what: "fio's own NBD client straight at the server (the limit of the NBD section)", serverless: true },
+  { id: 'io_uring-nbd', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on an nbd+unix:// URI (multi-conn: a connection per thread)' },
+  { id: 'io_uring-nbd-1conn', label: 'io_uring 1 conn', color: '#5dade2', what: 'fuse-export --io-uring on, a server that does not offer multi-conn (one shared connection)' },
+  { id: 'nbdfuse', label: 'nbdfuse', color: '#d4ac0d', what: "libnbd's FUSE client nbdfuse" },
+  { id: 'qsd-nbd', label: 'qsd nbd', color: '#c0392b', what: "qemu-storage-daemon's nbd driver and FUSE export" },
 ];
+
+export const targetById = (id) => TARGETS.find((t) => t.id === id);
+
+/** The targets and workloads of one section as this run measured them (older results: the raw section's). */
+export function sectionTargets(result, image) {
+  return TARGETS.filter((t) => (image.targets ?? result.config.targets).includes(t.id));
+}
+export function sectionWorkloads(result, image) {
+  return WORKLOADS.filter((w) => (image.workloads ?? result.config.workloads).includes(w.id));
+}
+/** The section's limit (1.0 on the chart) and the export to beat: ids. */
+export const limitOf = (image) => image.limit ?? 'file';
+export const peerOf = (image) => image.peer ?? 'qsd';
 
 const MiB = 1024 * 1024;
 
@@ -34,7 +57,7 @@ const minOf = (values) => {
 };
 
 /** Median (and spread) per image x workload x target over the good runs. */
-export function summarise(runs) {
+export function summarise(runs, images) {
   const groups = new Map();
   for (const run of runs) {
     const key = `${run.image}\u0000${run.workload}\u0000${run.target}`;
@@ -63,12 +86,17 @@ export function summarise(runs) {
       peakRssBytes: maxOf(pick((r) => r.server?.peakRssBytes ?? null)),
     });
   }
-  // Ratios of IOPS (the same as of bandwidth at a fixed block size).
+  // Ratios of IOPS (the same as of bandwidth at a fixed block size):
+  // `vs` against every other target of the section, vsFile / vsQsd against
+  // its limit and its peer.
   for (const s of summary) {
-    const peer = (target) => summary.find((x) => x.image === s.image && x.workload === s.workload && x.target === target);
-    const ratio = (other) => (s.iops !== null && other?.iops ? s.iops / other.iops : null);
-    s.vsFile = ratio(peer('file'));
-    s.vsQsd = ratio(peer('qsd'));
+    const image = images.find((i) => i.id === s.image) ?? {};
+    s.vs = {};
+    for (const other of summary.filter((x) => x.image === s.image && x.workload === s.workload && x !== s)) {
+      s.vs[other.target] = s.iops !== null && other.iops ? s.iops / other.iops : null;
+    }
+    s.vsFile = s.vs[limitOf(image)] ?? null;
+    s.vsQsd = s.vs[peerOf(image)] ?? null;
   }
   return summary;
 }
@@ -78,16 +106,18 @@ export function find(summary, image, workload, target) {
 }
 
 /**
- * The targets of the performance issue, each pass / fail / n/a (not
- * measured in this run).
+ * The performance targets of the issues, each pass / fail / n/a (not
+ * measured in this run). `against` is another target of the same section
+ * (a ratio of IOPS) or, for `unit: 'µs'`, the target whose mean latency
+ * may be exceeded by at most `threshold`.
  */
 export function evaluateTargets(summary, servers, images) {
   const results = [];
-  const ratioTarget = (id, image, workload, target, against, threshold, text) => {
-    const s = find(summary, image, workload, target);
-    const measured = s ? (against === 'file' ? s.vsFile : s.vsQsd) : null;
+  const ratioTarget = (group, image, workload, target, against, threshold, text, { atMost = false } = {}) => {
+    const measured = find(summary, image, workload, target)?.vs?.[against] ?? null;
     results.push({
-      id,
+      id: `${target}-${workload}-vs-${against}-${image}`,
+      group,
       text,
       image,
       workload,
@@ -96,37 +126,61 @@ export function evaluateTargets(summary, servers, images) {
       threshold,
       measured,
       unit: 'x',
-      pass: measured === null ? null : measured >= threshold,
+      pass: measured === null ? null : atMost ? measured <= threshold : measured >= threshold,
     });
   };
-  for (const rw of ['randread', 'randwrite']) {
+  const latencyTarget = (group, image, workload, target, against, threshold, text) => {
+    const mine = find(summary, image, workload, target)?.latMeanNs;
+    const theirs = find(summary, image, workload, against)?.latMeanNs;
+    const measured = mine != null && theirs != null ? (mine - theirs) / 1000 : null;
+    results.push({ id: `${target}-${workload}-lat-${image}`, group, text, image, workload, target, against, threshold, measured, unit: 'µs', pass: measured === null ? null : measured <= threshold });
+  };
+  const random = ['randread', 'randwrite'];
+  const peak = ['randread-4k-qd16x2', 'randwrite-4k-qd16x2', 'read-1m-qd4', 'write-1m-qd4'];
+  for (const rw of random) {
     const w = `${rw}-4k-qd16x2`;
-    ratioTarget(`io_uring-${rw}-vs-qsd`, 'tmpfs', w, 'io_uring', 'qsd', 7, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 7x qsd`);
-    ratioTarget(`io_uring-${rw}-vs-file`, 'tmpfs', w, 'io_uring', 'file', 0.65, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 0.65x file`);
+    ratioTarget('transports', 'tmpfs', w, 'io_uring', 'qsd', 7, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 7x qsd`);
+    ratioTarget('transports', 'tmpfs', w, 'io_uring', 'file', 0.65, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 0.65x file`);
+    ratioTarget('transports', 'tmpfs', w, 'io_uring', 'reference', 0.95, `io_uring ${rw} 4 KiB QD16x2 (tmpfs) >= 0.95x the C reference server`);
+    ratioTarget('transports', 'tmpfs', w, 'legacy', 'qsd', 4, `legacy ${rw} 4 KiB QD16x2 (tmpfs) >= 4x qsd`);
   }
-  for (const rw of ['randread', 'randwrite']) {
-    ratioTarget(`legacy-${rw}-vs-qsd`, 'tmpfs', `${rw}-4k-qd16x2`, 'legacy', 'qsd', 4, `legacy ${rw} 4 KiB QD16x2 (tmpfs) >= 4x qsd`);
-  }
-  for (const image of images) {
+  for (const image of ['tmpfs', 'disk']) {
     for (const w of ['read-1m-qd4', 'write-1m-qd4']) {
       const what = w.startsWith('read') ? 'read' : 'write';
-      ratioTarget(`io_uring-seq${what}-vs-file-${image}`, image, w, 'io_uring', 'file', 0.6, `io_uring 1 MiB sequential ${what} (${image}) >= 0.6x file`);
+      ratioTarget('transports', image, w, 'io_uring', 'file', 0.6, `io_uring 1 MiB sequential ${what} (${image}) >= 0.6x file`);
     }
   }
-  for (const image of images) {
+  for (const rw of random) {
+    const w = `${rw}-4k-qd16x2`;
+    ratioTarget('disk', 'disk', w, 'io_uring', 'file', 0.95, `io_uring ${rw} 4 KiB QD16x2 (disk, O_DIRECT) >= 0.95x file`);
+    ratioTarget('disk', 'disk', w, 'io_uring', 'legacy', 1, `io_uring ${rw} 4 KiB QD16x2 (disk) never behind legacy (>= 1.0x)`);
+    latencyTarget('disk', 'disk', `${rw}-4k-qd1`, 'io_uring', 'file', 10, `io_uring ${rw} 4 KiB QD1 (disk): mean latency at most 10 µs over the file's`);
+  }
+  for (const image of ['tmpfs', 'disk']) {
     const limit = image === 'tmpfs' ? 0.9 : 0.95;
-    for (const w of ['randread-4k-qd16x2', 'randwrite-4k-qd16x2', 'read-1m-qd4', 'write-1m-qd4']) {
-      ratioTarget(`passthrough-${w}-vs-file-${image}`, image, w, 'passthrough', 'file', limit, `passthrough ${w} (${image}) >= ${limit}x file`);
-    }
+    for (const w of peak) ratioTarget('passthrough', image, w, 'passthrough', 'file', limit, `passthrough ${w} (${image}) >= ${limit}x file`);
   }
-  for (const server of servers.filter((s) => s.target === 'io_uring')) {
+  for (const rw of random) {
+    const w = `${rw}-4k-qd16x2`;
+    ratioTarget('qcow2', 'qcow2', w, 'io_uring-qcow2', 'io_uring-raw', 0.8, `qcow2 ${rw} 4 KiB QD16x2 (tmpfs) >= 0.8x the raw export`);
+    ratioTarget('qcow2', 'qcow2', w, 'io_uring-qcow2', 'qsd-qcow2', 5, `qcow2 ${rw} 4 KiB QD16x2 (tmpfs) >= 5x qsd on the qcow2`);
+  }
+  for (const w of peak) {
+    ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'nbdfuse', 2.5, `NBD ${w}: io_uring >= 2.5x nbdfuse`);
+    ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'qsd-nbd', 1.5, `NBD ${w}: io_uring >= 1.5x qsd's nbd driver`);
+    ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'fio-nbd', 0.7, `NBD ${w}: io_uring >= 0.7x fio's nbd engine`);
+  }
+  const measuredImages = new Set(images);
+  results.splice(0, results.length, ...results.filter((r) => measuredImages.has(r.image)));
+  for (const server of servers.filter((s) => s.target.startsWith('io_uring') && s.info?.ringQueues)) {
     const queues = server.info?.ringQueues ?? null;
     const depth = server.info?.queueDepth ?? null;
     const limit = queues !== null && depth !== null ? queues * depth * MiB + 32 * MiB : null;
     const measured = server.peakRssBytes ?? null;
     results.push({
-      id: `io_uring-rss-${server.image}`,
-      text: `io_uring peak RSS (${server.image}) <= queues x depth x 1 MiB + 32 MiB` + (limit ? ` = ${queues} x ${depth} x 1 MiB + 32 MiB = ${fmtMiB(limit)}` : ''),
+      id: `io_uring-rss-${server.image}-${server.target}`,
+      group: 'memory',
+      text: `${server.target} peak RSS (${server.image}) <= queues x depth x 1 MiB + 32 MiB` + (limit ? ` = ${queues} x ${depth} x 1 MiB + 32 MiB = ${fmtMiB(limit)}` : ''),
       image: server.image,
       threshold: limit,
       measured,
@@ -177,6 +231,7 @@ function fmtSpread(s) {
 }
 function fmtMeasured(t) {
   if (t.measured === null || t.measured === undefined) return 'not measured';
+  if (t.unit === 'µs') return `${t.measured >= 0 ? '+' : ''}${t.measured.toFixed(1)} µs`;
   return t.unit === 'bytes' ? fmtMiB(t.measured) : fmtRatio(t.measured);
 }
 export const verdict = (pass) => (pass === null ? 'n/a' : pass ? 'PASS' : 'FAIL');
@@ -203,22 +258,22 @@ function metricCells(s, t, { latP99, none }) {
     fmtLat(s.clatP99Ns),
     fmtLat(s.latMeanNs),
     ...(latP99 ? [fmtLat(s.latP99Ns)] : []),
-    t.id === 'file' ? none : fmtCpu(s.cpuUsPerIo),
-    t.id === 'file' ? none : fmtMiB(s.peakRssBytes),
+    t.serverless ? none : fmtCpu(s.cpuUsPerIo),
+    t.serverless ? none : fmtMiB(s.peakRssBytes),
     fmtRatio(s.vsFile),
     fmtRatio(s.vsQsd),
   ];
 }
 
 export function textReport(result) {
-  const { summary, config } = result;
+  const { summary } = result;
   const lines = [];
   for (const image of result.images) {
     lines.push('', `=== ${image.label}: ${fmtMiB(image.size)} image ${image.path}, fio direct=${image.fioDirect ? 1 : 0} on the file target ===`);
-    for (const w of WORKLOADS.filter((x) => config.workloads.includes(x.id))) {
+    for (const w of sectionWorkloads(result, image)) {
       lines.push('', `${w.label}`);
-      const rows = [['  target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'CPU/IO', 'peak RSS', 'vs file', 'vs qsd']];
-      for (const t of TARGETS.filter((x) => config.targets.includes(x.id))) {
+      const rows = [['  target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'CPU/IO', 'peak RSS', ...vsHeaders(image)]];
+      for (const t of sectionTargets(result, image)) {
         const s = find(summary, image.id, w.id, t.id);
         if (!s) continue;
         rows.push([`  ${targetLabel(t, s)}`, ...metricCells(s, t, { latP99: false, none: '-' })]);
@@ -226,7 +281,7 @@ export function textReport(result) {
       lines.push(...pad(rows));
     }
     lines.push('', `Ratios of IOPS (${image.id}):`);
-    lines.push(...pad(ratioRows(result, image.id).map((r, i) => (i === 0 ? r.map((c, j) => (j === 0 ? `  ${c}` : c)) : [`  ${r[0]}`, ...r.slice(1)]))));
+    lines.push(...pad(ratioRows(result, image).map((r, i) => (i === 0 ? r.map((c, j) => (j === 0 ? `  ${c}` : c)) : [`  ${r[0]}`, ...r.slice(1)]))));
   }
   lines.push('', 'Targets of the performance issue:');
   for (const t of result.targets) lines.push(`  [${verdict(t.pass).padEnd(4)}] ${t.text}: ${fmtMeasured(t)}`);
@@ -242,26 +297,29 @@ export function textReport(result) {
   return lines.join('\n');
 }
 
-const RATIO_COLUMNS = [
-  ['io_uring', 'file'],
-  ['legacy', 'file'],
-  ['qsd', 'file'],
-  ['io_uring', 'qsd'],
-  ['legacy', 'qsd'],
-  ['file', 'qsd'],
+const vsHeaders = (image) => [`vs ${targetById(limitOf(image)).label}`, `vs ${targetById(peerOf(image)).label}`];
+
+/** Pairs worth a ratio beyond `x / limit` and `x / peer`. */
+const EXTRA_RATIOS = [
+  ['io_uring', 'reference'],
+  ['io_uring', 'legacy'],
+  ['io_uring-nbd', 'nbdfuse'],
+  ['io_uring-nbd', 'io_uring-nbd-1conn'],
 ];
 
 function ratioRows(result, image) {
-  const cols = RATIO_COLUMNS.filter(([a, b]) => result.config.targets.includes(a) && result.config.targets.includes(b));
-  const rows = [['workload', ...cols.map(([a, b]) => `${a}/${b}`)]];
-  for (const w of WORKLOADS.filter((x) => result.config.workloads.includes(x.id))) {
-    rows.push([
-      w.id,
-      ...cols.map(([a, b]) => {
-        const s = find(result.summary, image, w.id, a);
-        return fmtRatio(b === 'file' ? s?.vsFile : s?.vsQsd);
-      }),
-    ]);
+  const ids = sectionTargets(result, image).map((t) => t.id);
+  const limit = limitOf(image);
+  const peer = peerOf(image);
+  const cols = [
+    ...ids.filter((t) => t !== limit).map((t) => [t, limit]),
+    ...ids.filter((t) => t !== limit && t !== peer).map((t) => [t, peer]),
+    ...EXTRA_RATIOS.filter(([a, b]) => ids.includes(a) && ids.includes(b)),
+  ].filter(([, b]) => ids.includes(b));
+  const label = (id) => targetById(id).label;
+  const rows = [['workload', ...cols.map(([a, b]) => `${label(a)}/${label(b)}`)]];
+  for (const w of sectionWorkloads(result, image)) {
+    rows.push([w.id, ...cols.map(([a, b]) => fmtRatio(find(result.summary, image.id, w.id, a)?.vs?.[b]))]);
   }
   return rows;
 }
@@ -281,9 +339,9 @@ export function markdownReport(result) {
     '',
     `Latest figures: ${config.mode === 'full' ? 'full run (`npm run bench`)' : `**${config.mode} run**${config.quick ? ' (`--quick`)' : ''}`} of ${date}, fuse-export ${result.fuseExport.version} at commit \`${result.fuseExport.commit}\`${result.fuseExport.dirty ? ' (with uncommitted changes in the tree)' : ''}.`,
     '',
-    'fio drives the exported file through each target in turn; the chart shows IOPS relative to the image file itself (1.0 = as fast as the file):',
+    'fio drives the exported file through each target in turn; the chart shows IOPS relative to each section’s limit (1.0 = as fast as the image file itself, the raw export of the same data for qcow2, fio’s own NBD client for NBD). A black tick on a bar marks a target of the issues that the bar met, a red one a target it missed:',
     '',
-    '![IOPS relative to the image file](../bench/results/latest.svg)',
+    '![IOPS relative to each section’s limit](../bench/results/latest.svg)',
     '',
   );
 
@@ -292,12 +350,13 @@ export function markdownReport(result) {
     'As root on Linux with `/dev/fuse` (the benchmark mounts for real, writes `Y` to `/sys/module/fuse/parameters/enable_uring` for the run and restores the previous value afterwards):',
     '',
     '```sh',
-    'npm run bench              # full matrix: tmpfs and disk images, 10 s per run, 2 repeats (about 22 minutes)',
-    'npm run bench -- --quick   # tmpfs only, 2.5 s per run, 1 repeat (under 2 minutes)',
-    'npm run bench -- --help    # options: --runtime, --repeats, --images, --targets, --workloads, --size, ...',
+    'npm run bench                                   # every section, 6 s per run, 2 repeats (about an hour)',
+    'npm run bench -- --reference PATH/fuse-uring-reference.c   # the same with the minimal C server as a target',
+    'npm run bench -- --quick                        # all sections but the disk image, 2 s per run, 1 repeat',
+    'npm run bench -- --help                         # options: --runtime, --repeats, --images, --targets, --workloads, --size, ...',
     '```',
     '',
-    '`scripts/bench.sh` installs fio and qemu-storage-daemon when missing and builds when a source changed. Results: `bench/results/<timestamp>.json` (all raw runs, summaries, machine), `bench/results/latest.json`, `bench/results/latest.svg`, and this page.',
+    '`scripts/bench.sh` installs what the sections need (fio, qemu-storage-daemon, qemu-img, nbdkit, nbdfuse and nbdcopy, gcc and liburing-dev for the reference server) when missing and builds when a source changed. Results: `bench/results/<timestamp>.json` (all raw runs, summaries, machine), `bench/results/latest.json`, `bench/results/latest.svg`, and this page.',
     '',
   );
 
@@ -321,34 +380,37 @@ export function markdownReport(result) {
     '',
   );
 
-  out.push('## Targets of the performance issue', '');
+  out.push('## Targets', '');
   out.push(
-    'The performance issue asks, on the tmpfs image (the transport’s own cost) with 4 KiB random I/O at iodepth 16 and 2 jobs, for fuse-export over io_uring to reach at least 7x the IOPS of qemu-storage-daemon and 0.65x those of the file itself, and over the legacy /dev/fuse transport at least 4x qemu-storage-daemon; for 1 MiB sequential reads and writes over io_uring, at least 0.6x the file; and for the io_uring export’s peak RSS, at most queues x queue depth x payload (1 MiB) + 32 MiB. Each is marked from this run:',
+    'The performance targets of the issues, each marked from this run: the transports on tmpfs (the transport’s own cost), the FUSE path on a disk image opened O_DIRECT, FUSE passthrough, qcow2, NBD, and the io_uring export’s peak RSS (at most queues x queue depth x payload (1 MiB) + 32 MiB).',
     '',
   );
   out.push(
     mdTable([
-      ['Target', 'Measured', 'Result'],
-      ...result.targets.map((t) => [t.text, fmtMeasured(t), t.pass === null ? 'n/a (not measured)' : t.pass ? '**pass**' : '**FAIL**']),
-    ], ['---', '---:', '---']),
+      ['Group', 'Target', 'Measured', 'Result'],
+      ...result.targets.map((t) => [t.group ?? '', t.text, fmtMeasured(t), t.pass === null ? 'n/a (not measured)' : t.pass ? '**pass**' : '**FAIL**']),
+    ], ['---', '---', '---:', '---']),
     '',
   );
 
   for (const image of result.images) {
     out.push(`## Results: ${image.label}`, '');
+    const limit = targetById(limitOf(image));
     out.push(
+      `Limit of this section (\`vs ${limit.label}\`): ${limit.what}. ` +
       `${fmtMiB(image.size)} image in \`${image.dir}\` (${image.fs}), filled with data; exports with \`--cache ${image.cache}\`` +
         ` (O_DIRECT on this file system ${image.directWorks ? 'works' : 'is refused'}; fuse-export ${image.exportDirectIo === undefined ? '' : image.exportDirectIo ? 'opened the image O_DIRECT' : 'chose the page cache'}); fio \`direct=${image.fioDirect ? 1 : 0}\` on the file target, \`direct=1\` on the mounts.` +
         (image.qsd ? ` qemu-storage-daemon: ${image.qsd}.` : ''),
       '',
     );
-    const rows = [['Workload', 'Target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'lat p99', 'server CPU / I/O', 'peak RSS', 'vs file', 'vs qsd']];
-    for (const w of WORKLOADS.filter((x) => config.workloads.includes(x.id))) {
-      for (const t of TARGETS.filter((x) => config.targets.includes(x.id))) {
+    const rows = [['Workload', 'Target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'lat p99', 'server CPU / I/O', 'peak RSS', ...vsHeaders(image)]];
+    const targets = sectionTargets(result, image);
+    for (const w of sectionWorkloads(result, image)) {
+      for (const t of targets) {
         const s = find(summary, image.id, w.id, t.id);
         if (!s) continue;
         rows.push([
-          t.id === TARGETS.find((x) => config.targets.includes(x.id)).id ? w.label : '',
+          t.id === targets.find((x) => find(summary, image.id, w.id, x.id))?.id ? w.label : '',
           targetLabel(t, s),
           ...metricCells(s, t, { latP99: true, none: '' }),
         ]);
@@ -356,13 +418,14 @@ export function markdownReport(result) {
     }
     out.push(mdTable(rows, ['---', '---', ...rows[0].slice(2).map(() => '---:')]), '');
     out.push(`Ratios of IOPS (${image.id}):`, '');
-    out.push(mdTable(ratioRows(result, image.id)), '');
+    out.push(mdTable(ratioRows(result, image)), '');
   }
 
   out.push('## Method', '');
   out.push(
     ...[
-      `Targets: ${TARGETS.filter((t) => config.targets.includes(t.id)).map((t) => `\`${t.id}\` = ${t.what}`).join('; ')}. Both fuse-export targets run with \`--threads ${config.threads}\` (the CPU count) and the default queue depth; the io_uring export has one ring queue per CPU.`,
+      `Targets: ${TARGETS.filter((t) => result.images.some((i) => sectionTargets(result, i).includes(t))).map((t) => `\`${t.id}\` = ${t.what}`).join('; ')}. The fuse-export targets run with \`--threads ${config.threads}\` (the CPU count) and the default queue depth; an io_uring export has one ring queue per CPU, and so has the C reference server.`,
+      'qcow2: the raw image converted with `qemu-img convert -O qcow2 -o preallocation=metadata`, each exporter on its own copy; the first-touch workload starts each exporter on a fresh, empty image (`qemu-img create`; a sparse file for the raw export) for each run and writes every 4 KiB block once in random order, so every cluster is allocated during the run; `qemu-img check` runs on every qcow2 after its export stopped. NBD: two nbdkit memory servers filled with the image by `nbdcopy`, one offering multi-conn, one with `--filter=multi-conn multi-conn-mode=disable`; qemu-storage-daemon’s nbd driver opens one connection.',
       `qemu-storage-daemon gets the same image and the cache mode fuse-export ended up with (\`cache.direct=on\` when fuse-export's ready line says \`directIo: true\`), \`aio=io_uring\`; it is asked for one iothread per CPU (the multi-queue FUSE export of newer QEMU) and falls back to its default single-threaded export when its version refuses that.`,
       'Every export is started once per image and stays up while all the workloads run. The runs are interleaved: for each workload, for each repeat, each target in turn (the order rotates with the repeat), so drift of the machine hits all targets alike. Figures are medians over the repeats.',
       `fio: \`ioengine=io_uring\`, \`time_based\`, \`runtime=${config.runtime}\`, \`randrepeat=0\`, \`norandommap\`, \`group_reporting\`, \`lat_percentiles=1\`, JSON output. \`clat\` is fio's completion latency (\`clat_ns\`: submission to completion), \`lat\` the total (\`lat_ns\` = submission time + clat). Compare targets on \`lat\` at iodepth 1: a read or write that the kernel completes inside \`io_uring_enter\` shows its whole time as submission latency and a clat near zero. The file target is the limit at depth, not always at iodepth 1 on tmpfs: fio's O_DIRECT I/O on a tmpfs file goes through io_uring's worker threads (tmpfs cannot do it without blocking), which can make it slower than an export that copies in its own thread. For randrw, IOPS and bandwidth add up, means are weighted by I/O count and p99 is the larger of the read and write p99s.`,
@@ -384,43 +447,63 @@ export function markdownReport(result) {
 
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
-/** Grouped bars: IOPS relative to `file` per workload and target, one panel per image. */
+/**
+ * The height, relative to the section's limit, at which a ratio target of
+ * the issues sits on `t.target`'s bar: its threshold times the IOPS of what
+ * it is measured against, over the limit's.
+ */
+function markerLevel(result, image, t) {
+  if (t.unit !== 'x') return null;
+  if (t.against === limitOf(image)) return t.threshold;
+  const against = find(result.summary, image.id, t.workload, t.against);
+  return against?.vsFile ? t.threshold * against.vsFile : null;
+}
+
+/** Grouped bars: IOPS relative to each section's limit per workload and target, one panel per section. */
 export function svgChart(result) {
-  const workloads = WORKLOADS.filter((x) => result.config.workloads.includes(x.id));
-  const targets = TARGETS.filter((t) => result.config.targets.includes(t.id));
   const barW = 22;
   const groupGap = 26;
-  const groupW = targets.length * barW + groupGap;
   const left = 56;
   const right = 16;
-  const panelH = 250;
-  const plotTop = 34;
+  const panelH = 270;
+  const plotTop = 52;
   const plotH = 160;
-  const width = Math.max(left + workloads.length * groupW + right, 840);
+  const panels = result.images.map((image) => ({ image, workloads: sectionWorkloads(result, image), targets: sectionTargets(result, image) }));
+  const panelW = (p) => left + p.workloads.length * (p.targets.length * barW + groupGap) + right;
+  const width = Math.max(...panels.map(panelW), 840);
   const header = 72;
-  const legendH = 28;
-  const height = header + result.images.length * panelH + legendH;
+  const height = header + panels.length * panelH;
   const ratios = result.summary.filter((s) => s.vsFile !== null).map((s) => s.vsFile);
-  const maxRatio = Math.max(1.2, ...ratios);
-  const step = maxRatio > 3 ? 0.5 : maxRatio > 1.6 ? 0.25 : 0.2;
+  const maxRatio = Math.min(Math.max(1.2, ...ratios), 3);
+  const step = maxRatio > 1.6 ? 0.25 : 0.2;
   const top = Math.ceil(maxRatio / step) * step;
   const parts = [];
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
-    `<text x="${left}" y="22" font-size="15" font-weight="bold">fuse-export: IOPS relative to the image file (file = 1.0)</text>`,
+    `<text x="${left}" y="22" font-size="15" font-weight="bold">fuse-export: IOPS relative to each section’s limit (limit = 1.0)</text>`,
     `<text x="${left}" y="40" fill="#555">${esc(`${result.config.mode} run of ${result.finishedAt.slice(0, 16).replace('T', ' ')} UTC, ${result.config.runtime} s per run x ${result.config.repeats}; Linux ${result.machine.kernel}, ${result.machine.cpuModel}, ${result.machine.cores} cores`)}</text>`,
-    `<text x="${left}" y="55" fill="#555">${esc('Numbers above the bars: IOPS / file IOPS (medians); under each group: the IOPS of the file itself.')}</text>`,
+    `<text x="${left}" y="55" fill="#555">${esc(`Numbers above the bars: IOPS / the limit's IOPS (medians; bars end at ${top}); under each group: the limit's IOPS. Ticks: targets of the issues (black met, red missed).`)}</text>`,
   );
-  result.images.forEach((image, p) => {
+  panels.forEach(({ image, workloads, targets }, p) => {
     const y0 = header + p * panelH;
     const base = y0 + plotTop + plotH;
     const y = (v) => base - (Math.min(v, top) / top) * plotH;
-    parts.push(`<text x="${left}" y="${y0 + 18}" font-size="13" font-weight="bold">${esc(image.label)}</text>`);
-    for (let v = 0; v <= top + 1e-9; v += step) {
+    const groupW = targets.length * barW + groupGap;
+    const limit = targetById(limitOf(image));
+    parts.push(`<text x="${left}" y="${y0 + 18}" font-size="13" font-weight="bold">${esc(`${image.label} (limit: ${limit.label})`)}</text>`);
+    targets.forEach((t, i) => {
+      const x = left + i * 150;
       parts.push(
-        `<line x1="${left}" x2="${width - right}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="${Math.abs(v - 1) < 1e-9 ? '#333' : '#e3e3e3'}" stroke-width="${Math.abs(v - 1) < 1e-9 ? 1.2 : 1}"${Math.abs(v - 1) < 1e-9 ? ' stroke-dasharray="4 3"' : ''}/>`,
-        `<text x="${left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${v.toFixed(step < 0.25 ? 1 : 2)}</text>`,
+        `<rect x="${x}" y="${y0 + 27}" width="11" height="11" fill="${t.color}"/>`,
+        `<text x="${x + 15}" y="${y0 + 37}">${esc(t.label)}</text>`,
+      );
+    });
+    for (let v = 0; v <= top + 1e-9; v += step) {
+      const one = Math.abs(v - 1) < 1e-9;
+      parts.push(
+        `<line x1="${left}" x2="${width - right}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="${one ? '#333' : '#e3e3e3'}" stroke-width="${one ? 1.2 : 1}"${one ? ' stroke-dasharray="4 3"' : ''}/>`,
+        `<text x="${left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#555">${v.toFixed(2)}</text>`,
       );
     }
     workloads.forEach((w, g) => {
@@ -434,26 +517,25 @@ export function svgChart(result) {
         }
         const h = base - y(s.vsFile);
         parts.push(
-          `<rect x="${x + 1}" y="${y(s.vsFile).toFixed(1)}" width="${barW - 2}" height="${Math.max(h, 0.5).toFixed(1)}" fill="${t.color}"><title>${esc(`${image.id} ${w.label} ${t.label}: ${fmtIops(s.iops)} IOPS, ${fmtBw(s.bwBytes)}, mean ${fmtLat(s.clatMeanNs)}, p99 ${fmtLat(s.clatP99Ns)}; ${fmtRatio(s.vsFile)} file, ${fmtRatio(s.vsQsd)} qsd`)}</title></rect>`,
+          `<rect x="${x + 1}" y="${y(s.vsFile).toFixed(1)}" width="${barW - 2}" height="${Math.max(h, 0.5).toFixed(1)}" fill="${t.color}"><title>${esc(`${image.id} ${w.label} ${t.label}: ${fmtIops(s.iops)} IOPS, ${fmtBw(s.bwBytes)}, mean ${fmtLat(s.clatMeanNs)}, p99 ${fmtLat(s.clatP99Ns)}; ${fmtRatio(s.vsFile)} ${limit.label}`)}</title></rect>`,
           `<text x="${x + barW / 2}" y="${(y(s.vsFile) - 3).toFixed(1)}" text-anchor="middle" font-size="8.5" fill="#333">${s.vsFile >= 10 ? s.vsFile.toFixed(0) : s.vsFile.toFixed(2)}</text>`,
         );
+        for (const target of result.targets.filter((r) => r.image === image.id && r.workload === w.id && r.target === t.id && r.pass !== null)) {
+          const level = markerLevel(result, image, target);
+          if (level === null) continue;
+          parts.push(
+            `<line x1="${x - 1}" x2="${x + barW + 1}" y1="${y(level).toFixed(1)}" y2="${y(level).toFixed(1)}" stroke="${target.pass ? '#111' : '#e74c3c'}" stroke-width="2"><title>${esc(`${target.text}: ${fmtMeasured(target)} (${verdict(target.pass)})`)}</title></line>`,
+          );
+        }
       });
       const cx = gx + (targets.length * barW) / 2;
-      const file = find(result.summary, image.id, w.id, 'file');
+      const limitRow = find(result.summary, image.id, w.id, limit.id);
       parts.push(
         `<text x="${cx}" y="${base + 14}" text-anchor="middle">${esc(w.short[0])}</text>`,
         `<text x="${cx}" y="${base + 27}" text-anchor="middle">${esc(w.short[1])}</text>`,
-        `<text x="${cx}" y="${base + 40}" text-anchor="middle" fill="#777" font-size="9.5">${esc(file ? `${fmtIops(file.iops)} IOPS` : '')}</text>`,
+        `<text x="${cx}" y="${base + 40}" text-anchor="middle" fill="#777" font-size="9.5">${esc(limitRow ? `${fmtIops(limitRow.iops)} IOPS` : '')}</text>`,
       );
     });
-  });
-  const ly = header + result.images.length * panelH + 8;
-  targets.forEach((t, i) => {
-    const x = left + i * 170;
-    parts.push(
-      `<rect x="${x}" y="${ly}" width="12" height="12" fill="${t.color}"/>`,
-      `<text x="${x + 17}" y="${ly + 10}">${esc(t.id === 'file' ? 'file (the image itself)' : t.id === 'qsd' ? 'qemu-storage-daemon' : `fuse-export ${t.label}`)}</text>`,
-    );
   });
   parts.push('</svg>');
   return `${parts.join('\n')}\n`;

@@ -1,17 +1,21 @@
-// The FUSE servers under test: fuse-export (io_uring, legacy, passthrough)
-// and qemu-storage-daemon's FUSE export. Each is started once per image and
-// stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
+// The servers of the benchmark: the FUSE exports under test (fuse-export,
+// qemu-storage-daemon, nbdfuse, the minimal C reference server) and the NBD
+// server behind the NBD section (nbdkit). Each is started once per section
+// and stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { isMounted, killPid, sleep, track, umountLazy } from './proc.mjs';
 
 class Server {
-  constructor({ target, kind, mountpoint, command, args }) {
+  constructor({ target, kind, mountpoint, command, args, env }) {
     this.target = target;
     this.kind = kind;
+    /** The mount to unmount when the server leaves it behind (none for nbdkit). */
     this.mountpoint = mountpoint;
     this.command = command;
     this.args = args;
+    this.env = env;
     this.events = [];
     this.stderr = [];
     this.notes = [];
@@ -21,7 +25,8 @@ class Server {
   }
 
   spawn() {
-    this.child = track(spawn(this.command, this.args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] }));
+    const env = this.env ? { ...process.env, ...this.env } : process.env;
+    this.child = track(spawn(this.command, this.args, { detached: true, env, stdio: ['ignore', 'ignore', 'pipe'] }));
     this.pid = this.child.pid;
     this.closed = new Promise((resolve) => {
       this.child.on('error', (error) => {
@@ -73,7 +78,7 @@ class Server {
       }
     }
     this.stopMs = Date.now() - started;
-    if (isMounted(this.mountpoint)) {
+    if (this.mountpoint && isMounted(this.mountpoint)) {
       const count = umountLazy(this.mountpoint);
       this.notes.push(`${this.mountpoint} was still mounted after the server exited: umount -l (${count})`);
     }
@@ -86,7 +91,7 @@ class Server {
  * Starts fuse-export and waits for its "ready" event. Rejects (after
  * cleaning up) when it logs "failed", exits, or takes too long.
  */
-export async function startFuseExport({ cli, target, image, mountpoint, transport, threads, cache, queueDepth, timeout = 30_000 }) {
+export async function startFuseExport({ cli, target, image, format, mountpoint, transport, threads, cache, queueDepth, timeout = 30_000 }) {
   // The FUSE path with passthrough off; passthrough on a growable export,
   // the kind it serves (fio stays inside the image).
   const passthrough = transport === 'passthrough';
@@ -94,8 +99,7 @@ export async function startFuseExport({ cli, target, image, mountpoint, transpor
     cli,
     '--writable',
     // Named, not probed: a probed raw image keeps writes on the FUSE path.
-    '--format',
-    'raw',
+    ...(format ? ['--format', format] : []),
     ...(passthrough ? ['--growable'] : []),
     '--passthrough',
     passthrough ? 'on' : 'off',
@@ -131,7 +135,19 @@ export async function startFuseExport({ cli, target, image, mountpoint, transpor
     throw outcome.error;
   }
   server.info = outcome.event;
+  server.transport = transport;
   return server;
+}
+
+/** Polls `ready()` while `server` lives; stops it and throws when it dies or times out. */
+async function awaitReady(server, ready, what, timeout) {
+  const deadline = Date.now() + timeout;
+  while (server.alive && !ready() && Date.now() < deadline) await sleep(20);
+  if (server.alive && ready()) return server;
+  await server.stop({ termTimeout: 5_000 });
+  const error = new Error(`${what} ${server.alive ? `was not ready within ${timeout / 1000} s` : `exited (${JSON.stringify(server.exit)})`}`);
+  error.stderr = server.stderr.join('\n');
+  throw error;
 }
 
 /**
@@ -140,7 +156,7 @@ export async function startFuseExport({ cli, target, image, mountpoint, transpor
  * export of newer QEMU: `iothread.N=`), then QEMU's default (the main loop);
  * aio=io_uring, then aio=threads. Ready when the mount appears.
  */
-export async function startQsd({ target, image, mountpoint, threads, directIo, timeout = 30_000 }) {
+export async function startQsd({ target, image, format = 'raw', nbdSocket, mountpoint, threads, directIo, timeout = 30_000 }) {
   const iothreads = Array.from({ length: threads }, (_, i) => `iot${i}`);
   const attempts = [];
   for (const aio of ['io_uring', 'threads']) {
@@ -149,15 +165,20 @@ export async function startQsd({ target, image, mountpoint, threads, directIo, t
   }
   const tried = [];
   for (const attempt of attempts) {
+    // An NBD client has no aio mode of its own: one attempt each.
+    if (nbdSocket && attempt.aio !== 'io_uring') continue;
+    const source = nbdSocket
+      ? `driver=nbd,node-name=file0,server.type=unix,server.path=${nbdSocket}`
+      : `driver=file,node-name=file0,filename=${image},cache.direct=${directIo ? 'on' : 'off'},aio=${attempt.aio}`;
     const args = [
       ...attempt.iothreads.flatMap((id) => ['--object', `iothread,id=${id}`]),
       '--blockdev',
-      `driver=file,node-name=file0,filename=${image},cache.direct=${directIo ? 'on' : 'off'},aio=${attempt.aio}`,
+      source,
       '--blockdev',
-      'driver=raw,node-name=raw0,file=file0',
+      `driver=${format},node-name=fmt0,file=file0`,
       '--export',
       [
-        'type=fuse,id=exp0,node-name=raw0',
+        'type=fuse,id=exp0,node-name=fmt0',
         `mountpoint=${mountpoint}`,
         'writable=on',
         ...attempt.iothreads.map((id, i) => `iothread.${i}=${id}`),
@@ -165,17 +186,52 @@ export async function startQsd({ target, image, mountpoint, threads, directIo, t
     ];
     const server = new Server({ target, kind: 'qemu-storage-daemon', mountpoint, command: 'qemu-storage-daemon', args });
     server.spawn();
-    const deadline = Date.now() + timeout;
-    while (server.alive && !isMounted(mountpoint) && Date.now() < deadline) await sleep(20);
-    if (server.alive && isMounted(mountpoint)) {
-      server.info = { config: attempt.label, aio: attempt.aio, iothreads: attempt.iothreads.length, cacheDirect: directIo, args };
-      server.rejected = tried;
-      return server;
+    try {
+      await awaitReady(server, () => isMounted(mountpoint), 'qemu-storage-daemon', timeout);
+    } catch (error) {
+      tried.push({ config: attempt.label, stderr: error.stderr.trim() });
+      continue;
     }
-    await server.stop({ termTimeout: 5_000 });
-    tried.push({ config: attempt.label, stderr: server.stderr.join('\n').trim() });
+    const label = nbdSocket ? attempt.label.replace(/, aio=.*/, ', nbd driver') : attempt.label;
+    server.info = { config: label, aio: attempt.aio, iothreads: attempt.iothreads.length, cacheDirect: directIo, args };
+    server.rejected = tried;
+    return server;
   }
   const error = new Error(`qemu-storage-daemon did not start in any configuration`);
   error.stderr = tried.map((t) => `${t.config}: ${t.stderr}`).join('\n');
   throw error;
+}
+
+/** libnbd's FUSE client: `nbdfuse DIR/FILE URI` serves the export as DIR/FILE. */
+export async function startNbdfuse({ target, dir, uri, timeout = 30_000 }) {
+  const mountpoint = `${dir}/nbd`;
+  const server = new Server({ target, kind: 'nbdfuse', mountpoint: dir, command: 'nbdfuse', args: [mountpoint, uri] });
+  server.spawn();
+  await awaitReady(server, () => isMounted(dir), 'nbdfuse', timeout);
+  server.info = { config: 'nbdfuse (libnbd), its default connections' };
+  server.file = mountpoint;
+  return server;
+}
+
+/**
+ * The minimal C FUSE server (FUSE-over-io_uring, an in-memory 64 MiB image):
+ * the transport's ceiling. `queues` ring queues of `depth` entries each.
+ */
+export async function startReference({ target, binary, mountpoint, queues, depth, timeout = 30_000 }) {
+  const env = { PROTO_URING: '1', PROTO_NQ: String(queues), PROTO_DEPTH: String(depth) };
+  const server = new Server({ target, kind: 'reference', mountpoint, command: binary, args: [mountpoint], env });
+  server.spawn();
+  await awaitReady(server, () => isMounted(mountpoint) && server.stderr.some((l) => /serving/.test(l)), 'the reference server', timeout);
+  server.info = { config: `C reference server, ${queues} ring queues x ${depth}, in-memory 64 MiB image` };
+  return server;
+}
+
+/** nbdkit serving `plugin` (with `filters`) on a Unix socket, in the foreground. */
+export async function startNbdkit({ target, socket, plugin, filters = [], timeout = 30_000 }) {
+  const args = ['--foreground', '--exit-with-parent', '--unix', socket, ...filters.flatMap((f) => ['--filter', f.name]), ...plugin, ...filters.flatMap((f) => f.params ?? [])];
+  const server = new Server({ target, kind: 'nbdkit', mountpoint: undefined, command: 'nbdkit', args });
+  server.spawn();
+  await awaitReady(server, () => existsSync(socket), 'nbdkit', timeout);
+  server.info = { config: `nbdkit ${[...plugin, ...filters.map((f) => `--filter=${f.name} ${(f.params ?? []).join(' ')}`)].join(' ')}` };
+  return server;
 }

@@ -1,0 +1,265 @@
+// The sections of the benchmark: what each measures, on which image, with
+// which targets, against which limit; how each section's image is made and
+// how each of its targets starts and is reached by fio.
+import { closeSync, constants as fsConstants, copyFileSync, ftruncateSync, mkdirSync, mkdtempSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from './proc.mjs';
+import { startFuseExport, startNbdfuse, startNbdkit, startQsd, startReference } from './servers.mjs';
+
+const MiB = 1024 * 1024;
+const RAW_WORKLOADS = [
+  'randread-4k-qd1',
+  'randwrite-4k-qd1',
+  'randrw70-4k-qd1',
+  'randread-4k-qd16x2',
+  'randwrite-4k-qd16x2',
+  'randrw70-4k-qd16x2',
+  'read-1m-qd4',
+  'write-1m-qd4',
+];
+const PEAK_WORKLOADS = ['randread-4k-qd16x2', 'randwrite-4k-qd16x2', 'read-1m-qd4', 'write-1m-qd4'];
+
+/**
+ * `limit`: what the section's other targets are measured against (the
+ * `vs limit` column, the chart's 1.0); `peer`: the second column, the export
+ * to beat.
+ */
+export const SECTIONS = [
+  {
+    id: 'tmpfs',
+    kind: 'raw',
+    dir: '/dev/shm',
+    label: 'tmpfs image (/dev/shm): the transport’s own cost',
+    cache: 'direct',
+    targets: ['file', 'io_uring', 'legacy', 'passthrough', 'reference', 'qsd'],
+    limit: 'file',
+    peer: 'qsd',
+    workloads: RAW_WORKLOADS,
+  },
+  {
+    id: 'disk',
+    kind: 'raw',
+    dir: '/var/tmp',
+    label: 'disk image (/var/tmp), opened O_DIRECT',
+    cache: 'direct',
+    targets: ['file', 'io_uring', 'legacy', 'passthrough', 'qsd'],
+    limit: 'file',
+    peer: 'qsd',
+    workloads: RAW_WORKLOADS,
+  },
+  {
+    id: 'qcow2',
+    kind: 'qcow2',
+    dir: '/dev/shm',
+    label: 'qcow2 image on tmpfs (metadata preallocated), against the raw export of the same data',
+    cache: 'direct',
+    targets: ['io_uring-raw', 'io_uring-qcow2', 'qsd-qcow2'],
+    limit: 'io_uring-raw',
+    peer: 'qsd-qcow2',
+    workloads: [...PEAK_WORKLOADS, 'alloc-randwrite-4k-qd16x2'],
+  },
+  {
+    id: 'nbd',
+    kind: 'nbd',
+    dir: '/dev/shm',
+    label: 'NBD: nbdkit’s memory plugin over a Unix socket',
+    cache: 'direct',
+    targets: ['fio-nbd', 'io_uring-nbd', 'io_uring-nbd-1conn', 'nbdfuse', 'qsd-nbd'],
+    limit: 'fio-nbd',
+    peer: 'qsd-nbd',
+    workloads: PEAK_WORKLOADS,
+  },
+];
+
+/** Targets that fio reaches without a FUSE server of their own. */
+export const SERVERLESS = new Set(['file', 'fio-nbd']);
+/** Targets that a `fresh` workload restarts on a new, empty image for each run. */
+export const FRESH = new Set(['io_uring-raw', 'io_uring-qcow2', 'qsd-qcow2']);
+
+async function probeDirect(path) {
+  const write = await run('dd', ['if=/dev/zero', `of=${path}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeout: 30_000 });
+  const read = await run('dd', [`if=${path}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { timeout: 30_000 });
+  return write.code === 0 && read.code === 0;
+}
+
+async function must(what, cmd, args, timeout = 300_000) {
+  const out = await run(cmd, args, { timeout });
+  if (out.code !== 0) throw new Error(`${what} failed (${cmd} exited ${out.code ?? out.signal}):\n${out.stderr}${out.stdout.slice(0, 2000)}`);
+  return out;
+}
+
+const nbdUri = (socket) => `nbd+unix:///?socket=${socket}`;
+
+/**
+ * The section's image, filled with data: a raw file for every section (the
+ * qcow2 is converted from it, the NBD servers are filled from it, and
+ * mounts are compared with it); the NBD servers are started here.
+ */
+export async function prepareSection(section, config, ctx) {
+  const workdir = mkdtempSync(join(section.dir, 'fuse-export-bench-'));
+  ctx.ownDir(workdir);
+  const path = join(workdir, 'image.raw');
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, config.size);
+  closeSync(fd);
+  const directWorks = await probeDirect(path);
+  ctx.say(`${section.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
+  const fill = await must('filling the image', 'fio', [
+    '--name=fill', `--filename=${path}`, '--rw=write', '--bs=1m', `--size=${config.size}`, '--ioengine=io_uring', '--iodepth=8',
+    `--direct=${directWorks ? 1 : 0}`, '--end_fsync=1', '--fallocate=none', '--output-format=json',
+  ], 900_000);
+  const fs = (await run('stat', ['-f', '-c', '%T', workdir])).stdout.trim() || 'unknown';
+  const image = {
+    id: section.id,
+    kind: section.kind,
+    label: section.label,
+    dir: section.dir,
+    cache: section.cache,
+    limit: section.limit,
+    peer: section.peer,
+    path,
+    workdir,
+    size: config.size,
+    fs,
+    directWorks,
+    fioDirect: directWorks,
+    fillMs: Math.round(fill.ms),
+  };
+  if (section.kind === 'qcow2') {
+    image.qcow2Path = join(workdir, 'image.qcow2');
+    await must('converting the image to qcow2', 'qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=metadata', path, image.qcow2Path]);
+  }
+  if (section.kind === 'nbd') {
+    // Two servers of the same data: one offers multi-conn (nbdkit's memory
+    // plugin does), one is told not to, to see what one connection costs.
+    image.nbd = {};
+    for (const [name, filters] of [['multi', []], ['single', [{ name: 'multi-conn', params: ['multi-conn-mode=disable'] }]]]) {
+      const socket = join(workdir, `nbdkit-${name}.sock`);
+      const server = await startNbdkit({ target: `nbdkit-${name}`, socket, plugin: ['memory', `size=${config.size}`], filters });
+      ctx.ownServer(server);
+      await must(`filling the ${name}-connection NBD server`, 'nbdcopy', [path, nbdUri(socket)]);
+      image.nbd[name] = { socket, uri: nbdUri(socket), config: server.info.config };
+    }
+  }
+  return image;
+}
+
+/** A fresh, empty image for a `fresh` workload's run of `target`. */
+async function freshImage(image, target) {
+  const path = join(image.workdir, `fresh-${target}.${target === 'io_uring-raw' ? 'raw' : 'qcow2'}`);
+  if (target === 'io_uring-raw') {
+    const fd = openSync(path, 'w');
+    ftruncateSync(fd, image.size);
+    closeSync(fd);
+  } else {
+    await must('creating a fresh qcow2', 'qemu-img', ['create', '-q', '-f', 'qcow2', path, String(image.size)]);
+  }
+  return path;
+}
+
+/** A copy of `path` for one exporter: an exporter that writes locks its image, as QEMU does. */
+function copyFor(image, path, target) {
+  const copy = join(image.workdir, `image-${target}${path.endsWith('.qcow2') ? '.qcow2' : '.raw'}`);
+  copyFileSync(path, copy, fsConstants.COPYFILE_FICLONE);
+  return copy;
+}
+
+function mountFile(image, name) {
+  const mountpoint = join(image.workdir, `mnt-${name}`);
+  closeSync(openSync(mountpoint, 'w'));
+  return mountpoint;
+}
+
+/**
+ * Starts `target` of `image`'s section: the server, with `imagePath` (the
+ * file it serves, for the checks) and `file` (what fio opens) set.
+ * `fresh`: on a new, empty image (see FRESH).
+ */
+export async function startTarget(target, image, config, ctx, { fresh = false } = {}) {
+  // A fresh run's export mounts beside the section's own, which stays up.
+  const name = fresh ? `${target}-fresh` : target;
+  const fuseExport = async (transport, imagePath, format) => {
+    const mountpoint = mountFile(image, name);
+    ctx.ownMountpoint(mountpoint);
+    return startFuseExport({
+      cli: ctx.cli,
+      target,
+      image: imagePath,
+      format,
+      mountpoint,
+      transport,
+      threads: config.threads,
+      cache: image.cache,
+      queueDepth: config.queueDepth,
+    });
+  };
+  const qsd = async (options) => {
+    const mountpoint = mountFile(image, name);
+    ctx.ownMountpoint(mountpoint);
+    // The cache mode fuse-export actually uses (it may decline O_DIRECT,
+    // e.g. on a memory-backed image), or else what the file system allows.
+    const directIo = image.exportDirectIo ?? image.directWorks;
+    const server = await startQsd({ target, mountpoint, threads: config.threads, directIo, ...options });
+    image.qsd = server.info.config + (options.nbdSocket ? '' : `, cache.direct=${directIo ? 'on' : 'off'}`);
+    return server;
+  };
+  const source = async (path) => (fresh ? freshImage(image, target) : copyFor(image, path, target));
+  let server;
+  let imagePath;
+  switch (target) {
+    case 'io_uring':
+    case 'legacy':
+    case 'passthrough':
+      imagePath = copyFor(image, image.path, target);
+      server = await fuseExport(target, imagePath, 'raw');
+      break;
+    case 'io_uring-raw':
+      imagePath = await source(image.path);
+      server = await fuseExport('io_uring', imagePath, 'raw');
+      break;
+    case 'io_uring-qcow2':
+      imagePath = await source(image.qcow2Path);
+      server = await fuseExport('io_uring', imagePath, 'qcow2');
+      break;
+    case 'io_uring-nbd':
+    case 'io_uring-nbd-1conn':
+      server = await fuseExport('io_uring', image.nbd[target === 'io_uring-nbd' ? 'multi' : 'single'].uri, undefined);
+      break;
+    case 'qsd':
+      imagePath = copyFor(image, image.path, target);
+      server = await qsd({ image: imagePath });
+      break;
+    case 'qsd-qcow2':
+      imagePath = await source(image.qcow2Path);
+      server = await qsd({ image: imagePath, format: 'qcow2' });
+      break;
+    case 'qsd-nbd':
+      server = await qsd({ nbdSocket: image.nbd.multi.socket });
+      break;
+    case 'nbdfuse': {
+      const dir = join(image.workdir, `mnt-${target}`);
+      mkdirSync(dir, { recursive: true });
+      ctx.ownMountpoint(dir);
+      server = await startNbdfuse({ target, dir, uri: image.nbd.multi.uri });
+      break;
+    }
+    case 'reference': {
+      const mountpoint = mountFile(image, target);
+      ctx.ownMountpoint(mountpoint);
+      server = await startReference({ target, binary: ctx.referenceBinary, mountpoint, queues: config.threads, depth: config.queueDepth ?? 64 });
+      break;
+    }
+    default:
+      throw new Error(`no way to start target ${target}`);
+  }
+  server.imagePath = imagePath;
+  server.file ??= server.mountpoint;
+  return server;
+}
+
+/** Where fio goes for `target`: { filename } or { nbdUri }, and whether O_DIRECT. */
+export function fioWhere(target, image, server) {
+  if (target === 'file') return { where: { filename: image.path }, direct: image.fioDirect };
+  if (target === 'fio-nbd') return { where: { nbdUri: image.nbd.multi.uri }, direct: false };
+  return { where: { filename: server.file }, direct: true };
+}
