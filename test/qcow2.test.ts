@@ -56,14 +56,15 @@ function writeAt(path: string, offset: number, data: Buffer): void {
 
 /**
  * base.qcow2 (data, a zeroed range) <- mid.qcow2 (data, a compressed
- * cluster) <- top.qcow2 (data): 64 MiB with 64 KiB clusters.
+ * cluster) <- top.qcow2 (data): 64 MiB with 64 KiB clusters, qcow2 v3
+ * unless `options` says otherwise (compat=0.10: v2).
  */
-async function chain(dir: string): Promise<{ base: string; mid: string; top: string }> {
-  const base = await makeQcow2(dir, 'base.qcow2', 64 * MiB);
+async function chain(dir: string, options?: string): Promise<{ base: string; mid: string; top: string }> {
+  const base = await makeQcow2(dir, 'base.qcow2', 64 * MiB, { options });
   await qemuWrite(base, ['write -P 0x11 0 2M', 'write -P 0x22 3M 100k', 'write -P 0x23 40M 1M', 'write -z 40M 64k']);
-  const mid = await makeQcow2(dir, 'mid.qcow2', 64 * MiB, { backing: 'base.qcow2' });
+  const mid = await makeQcow2(dir, 'mid.qcow2', 64 * MiB, { backing: 'base.qcow2', options });
   await qemuWrite(mid, ['write -P 0x33 1M 8k', 'write -c -P 0x44 8M 64k', 'write -P 0x45 20M 3M']);
-  const top = await makeQcow2(dir, 'top.qcow2', 64 * MiB, { backing: 'mid.qcow2' });
+  const top = await makeQcow2(dir, 'top.qcow2', 64 * MiB, { backing: 'mid.qcow2', options });
   await qemuWrite(top, ['write -P 0x55 512k 4k', 'write -P 0x56 21M 100k']);
   return { base, mid, top };
 }
@@ -88,9 +89,10 @@ eachTransport(test, 'a qcow2 chain reads as qemu-img convert -O raw sees it; a r
   t.deepEqual([digest(base), digest(mid), digest(top)], before, 'no file of the chain was modified');
 });
 
-eachTransport(test, 'writes go to the top image with copy-on-write; qemu-img check and compare agree; backing files unchanged', async (t, ioUring) => {
+for (const [version, options] of [['v3', undefined], ['v2', 'compat=0.10']] as const) {
+eachTransport(test, `qcow2 ${version}: writes go to the top image with copy-on-write; qemu-img check and compare agree; backing files unchanged`, async (t, ioUring) => {
   const dir = tmpDir(t);
-  const { base, mid, top } = await chain(dir);
+  const { base, mid, top } = await chain(dir, options);
   const reference = await toRaw(top, dir);
   const before = [digest(base), digest(mid)];
   const mnt = makeMountpoint(dir);
@@ -123,7 +125,10 @@ eachTransport(test, 'writes go to the top image with copy-on-write; qemu-img che
   const compared = await qemuCompare(top, reference);
   t.is(compared.code, 0, compared.out);
   t.deepEqual([digest(base), digest(mid)], before, 'the backing files are unchanged');
+  const specific = (await qemuInfo(top))['format-specific'] as { data?: { compat?: string } } | undefined;
+  t.is(specific?.data?.compat, options ? '0.10' : '1.1', 'the image keeps its version');
 });
+}
 
 /**
  * fio with crc32c verify (4 KiB, O_DIRECT, io_uring) through a writable
