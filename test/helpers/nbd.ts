@@ -59,11 +59,13 @@ export interface NbdkitOptions {
   socket?: string;
   /** Listen on 127.0.0.1 at this port instead of a Unix socket. */
   tcpPort?: number;
+  /** Require TLS with the pre-shared keys in this file. */
+  tlsPsk?: string;
 }
 
 /** nbdkit in the foreground on a Unix socket under `dir` (or 127.0.0.1). */
 export async function startNbdkit(t: ExecutionContext, dir: string, options: NbdkitOptions = {}): Promise<NbdServer> {
-  const { plugin = ['memory', '64M'], filters = [], params = [], readOnly = false, tcpPort } = options;
+  const { plugin = ['memory', '64M'], filters = [], params = [], readOnly = false, tcpPort, tlsPsk } = options;
   const socket = options.socket ?? join(dir, `nbdkit-${process.pid}-${counter++}.sock`);
   const where = tcpPort !== undefined ? ['--ipaddr', '127.0.0.1', '--port', String(tcpPort)] : ['--unix', socket];
   const pidfile = join(dir, `nbdkit-${counter++}.pid`);
@@ -75,6 +77,7 @@ export async function startNbdkit(t: ExecutionContext, dir: string, options: Nbd
     pidfile,
     ...where,
     ...(readOnly ? ['--readonly'] : []),
+    ...(tlsPsk !== undefined ? ['--tls=require', `--tls-psk=${tlsPsk}`] : []),
     ...filters.map((f) => `--filter=${f}`),
     ...plugin,
     ...params,
