@@ -9,7 +9,9 @@
 //! straight in the request's buffer, writes leave straight from it.
 
 mod connection;
+mod driver;
 mod ffi;
+mod handle;
 mod uri;
 
 use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, ThreadImage, Times};
@@ -17,7 +19,9 @@ use crate::runtime::buffer::AlignedBuffer;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
-use connection::{Command, Connection, Driver, Export};
+use connection::{Command, Connection};
+use driver::Driver;
+use handle::{Export, Handle};
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,7 +76,8 @@ impl NbdImage {
         }
         let api = ffi::api().map_err(ImageError)?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let (first, export) = Connection::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
+        let (first, export) = Handle::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
+        let first = Connection::new(first).map_err(ImageError)?;
         if export.read_only && options.writable {
             return Err(ImageError(format!(
                 "The NBD server at {} serves {} read-only: export it without --writable",
@@ -249,7 +254,8 @@ impl ImageBackend for NbdImage {
             let deadline = Instant::now() + CONNECT_TIMEOUT;
             // SAFETY of the unwrap: the library was loaded by `open`.
             let api = ffi::api().ok()?;
-            if let Ok((connection, _)) = Connection::connect(api, &self.uri, &self.address, deadline) {
+            let connected = Handle::connect(api, &self.uri, &self.address, deadline).map(|(handle, _)| handle);
+            if let Ok(connection) = connected.and_then(Connection::new) {
                 connections.push(Arc::new(connection));
             }
         }
