@@ -7,14 +7,21 @@
 //! request's `Remote`: on its own ring without a system call
 //! (`Ring::complete_local`), or, for a command another thread issued on a
 //! shared connection, with a `Poster` (IORING_OP_MSG_RING).
+//!
+//! With a reconnect delay, a connection outlives its handle: when the
+//! server goes, the owner keeps the commands that failed with it, puts a
+//! new handle in place once the server is back (`replace`) and sends them
+//! again (`resend`). Each handle has a generation, and each command notes
+//! the one it ran on, so that a failure on a replaced handle is still known
+//! for a lost connection's.
 
 use super::ffi::CompletionCallback;
 use super::handle::Handle;
 use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// What a command asks of the server. Buffers belong to the request and
 /// stay put until its completion is delivered.
@@ -27,6 +34,10 @@ pub enum Command {
     Zero { len: u64, offset: u64 },
 }
 
+// SAFETY: the buffers are a waiting request's; a command carries them only
+// to the libnbd call that reads or fills them, on whichever thread sends it.
+unsafe impl Send for Command {}
+
 impl Command {
     /// The request's result when the server says yes.
     fn success(self) -> i32 {
@@ -37,24 +48,33 @@ impl Command {
     }
 }
 
-/// A command in flight: who gets its result.
+/// A command in flight: who gets its result, and what to send again if
+/// the connection is lost meanwhile.
 struct InFlight {
     remote: Remote,
-    success: i32,
+    command: Command,
+}
+
+/// A command whose callback ran (or that libnbd refused), not yet delivered.
+struct Ended {
+    slot: u32,
+    errno: i32,
+    /// Of the handle it ran on.
+    generation: u32,
 }
 
 #[derive(Default)]
 struct Commands {
     slots: Vec<Option<InFlight>>,
     free: Vec<u32>,
-    /// (slot, errno) of commands whose callback ran, not yet delivered.
-    finished: Vec<(u32, i32)>,
+    finished: Vec<Ended>,
 }
 
 /// What a completion callback needs: where to note the end of its command.
 struct Ticket {
     connection: *const Connection,
     slot: u32,
+    generation: u32,
 }
 
 unsafe extern "C" fn command_ended(user_data: *mut c_void, error: *mut c_int) -> c_int {
@@ -63,12 +83,12 @@ unsafe extern "C" fn command_ended(user_data: *mut c_void, error: *mut c_int) ->
     let ticket = unsafe { &*(user_data as *const Ticket) };
     let errno = if error.is_null() { 0 } else { unsafe { *error } };
     let connection = unsafe { &*ticket.connection };
-    connection.lock().finished.push((ticket.slot, errno));
+    connection.lock().finished.push(Ended { slot: ticket.slot, errno, generation: ticket.generation });
     1
 }
 
 unsafe extern "C" fn free_ticket(user_data: *mut c_void) {
-    // SAFETY: boxed in `issue`; libnbd calls free exactly once.
+    // SAFETY: boxed in `send`; libnbd calls free exactly once.
     drop(unsafe { Box::from_raw(user_data as *mut Ticket) });
 }
 
@@ -82,32 +102,64 @@ pub fn request_errno(errno: i32) -> i32 {
     }
 }
 
-pub struct Connection {
+/// An eventfd that wakes the thread driving a connection: written by
+/// threads that issue commands on a connection another thread drives (to
+/// look at the direction again) and by the reconnecting helper.
+pub struct Kick(OwnedFd);
+
+impl Kick {
+    fn new() -> Result<Kick, String> {
+        // SAFETY: a fresh eventfd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!("Cannot create an eventfd: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: just created, ours.
+        Ok(Kick(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn kick(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<Kick> {
+        self.0.try_clone().map(Kick)
+    }
+}
+
+/// The handle commands go to now.
+struct Current {
     handle: Handle,
+    generation: u32,
+}
+
+pub struct Connection {
+    current: RwLock<Current>,
     commands: Mutex<Commands>,
-    /// Written by threads that issue commands on a connection another
-    /// thread drives: wakes the owner to look at the direction again.
-    kick: OwnedFd,
+    kick: Kick,
 }
 
 impl Connection {
     pub fn new(handle: Handle) -> Result<Connection, String> {
-        // SAFETY: a fresh eventfd or -1.
-        let kick = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if kick < 0 {
-            return Err(format!("Cannot create an eventfd: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: just created, ours.
-        let kick = unsafe { OwnedFd::from_raw_fd(kick) };
-        Ok(Connection { handle, commands: Mutex::new(Commands::default()), kick })
+        Ok(Connection {
+            current: RwLock::new(Current { handle, generation: 0 }),
+            commands: Mutex::new(Commands::default()),
+            kick: Kick::new()?,
+        })
     }
 
-    pub fn handle(&self) -> &Handle {
-        &self.handle
+    pub fn kick(&self) -> &Kick {
+        &self.kick
     }
 
-    pub fn kick_fd(&self) -> i32 {
-        self.kick.as_raw_fd()
+    fn current(&self) -> RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends `command`; its result comes back to `remote`'s token. Called
@@ -115,7 +167,7 @@ impl Connection {
     pub fn issue(&self, command: Command, remote: Remote) {
         let slot = {
             let mut commands = self.lock();
-            let in_flight = InFlight { remote, success: command.success() };
+            let in_flight = InFlight { remote, command };
             match commands.free.pop() {
                 Some(slot) => {
                     commands.slots[slot as usize] = Some(in_flight);
@@ -127,35 +179,83 @@ impl Connection {
                 }
             }
         };
-        let ticket = Box::into_raw(Box::new(Ticket { connection: self, slot }));
+        self.send(slot, command);
+    }
+
+    /// Sends the command of `slot` on the current handle.
+    fn send(&self, slot: u32, command: Command) {
+        // Held while libnbd may call back, so that the handle is not
+        // replaced under a command being queued on it.
+        let current = self.current();
+        let generation = current.generation;
+        let ticket = Box::into_raw(Box::new(Ticket { connection: self, slot, generation }));
         let callback =
             CompletionCallback { callback: Some(command_ended), user_data: ticket.cast(), free: Some(free_ticket) };
         // SAFETY: the buffers stay valid until the completion is delivered
         // (they belong to a request that waits for it).
-        if let Err(errno) = unsafe { self.handle.send(command, callback) } {
+        if let Err(errno) = unsafe { current.handle.send(command, callback) } {
             // Refused before it was sent (a dead connection, a range the
             // server cannot take): libnbd freed the ticket, never calls back.
+            let errno = if current.handle.is_dead() { libc::ENOTCONN } else { errno };
             let mut commands = self.lock();
-            commands.finished.retain(|&(s, _)| s != slot);
-            commands.finished.push((slot, request_errno(errno)));
+            commands.finished.retain(|ended| ended.slot != slot);
+            commands.finished.push(Ended { slot, errno, generation });
         }
+    }
+
+    /// Sends again the commands of `slots`, kept while the server was away.
+    pub fn resend(&self, slots: Vec<u32>) {
+        for slot in slots {
+            let command = self.lock().slots[slot as usize].as_ref().map(|in_flight| in_flight.command);
+            if let Some(command) = command {
+                self.send(slot, command);
+            }
+        }
+    }
+
+    /// Fails the commands of `slots` (kept for a server that did not come
+    /// back in time) with EIO, at the next `deliver`.
+    pub fn fail(&self, slots: Vec<u32>) {
+        let generation = self.current().generation;
+        let mut commands = self.lock();
+        commands.finished.extend(slots.into_iter().map(|slot| Ended { slot, errno: libc::EIO, generation }));
+    }
+
+    /// Puts `handle` in place of the lost one; the old one is closed.
+    pub fn replace(&self, handle: Handle) {
+        let old = {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            let generation = current.generation.wrapping_add(1);
+            std::mem::replace(&mut *current, Current { handle, generation })
+        };
+        drop(old);
     }
 
     fn lock(&self) -> MutexGuard<'_, Commands> {
         self.commands.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Delivers the results of the commands that ended.
-    pub fn deliver(&self, ring: &mut Ring, poster: &mut Option<Poster>) {
+    /// Delivers the results of the commands that ended. With `keep_lost`,
+    /// commands that failed because their connection was lost are not
+    /// delivered: their slots are returned, to be sent again.
+    pub fn deliver(&self, ring: &mut Ring, poster: &mut Option<Poster>, keep_lost: bool) -> Vec<u32> {
+        let finished = std::mem::take(&mut self.lock().finished);
+        if finished.is_empty() {
+            return Vec::new();
+        }
+        // Read after the commands' ends: a handle that failed them as it
+        // died is dead by the time they are seen.
+        let (generation, dead) = {
+            let current = self.current();
+            (current.generation, current.handle.is_dead())
+        };
+        let lost = |ended: &Ended| keep_lost && ended.errno != 0 && (ended.generation != generation || dead);
+        let (kept, ended): (Vec<Ended>, Vec<Ended>) = finished.into_iter().partition(lost);
         let ended: Vec<(InFlight, i32)> = {
             let mut commands = self.lock();
-            if commands.finished.is_empty() {
-                return;
-            }
-            let finished = std::mem::take(&mut commands.finished);
-            finished
+            ended
                 .into_iter()
-                .filter_map(|(slot, errno)| {
+                .filter_map(|Ended { slot, errno, .. }| {
                     let in_flight = commands.slots[slot as usize].take()?;
                     commands.free.push(slot);
                     Some((in_flight, errno))
@@ -163,7 +263,7 @@ impl Connection {
                 .collect()
         };
         for (in_flight, errno) in ended {
-            let result = if errno == 0 { in_flight.success } else { -request_errno(errno) };
+            let result = if errno == 0 { in_flight.command.success() } else { -request_errno(errno) };
             if let Err(remote) = ring.complete_local(in_flight.remote, result) {
                 let poster = poster.get_or_insert_with(|| Poster::new().expect("a ring to post completions from"));
                 if let Err(e) = poster.post(remote, result) {
@@ -171,17 +271,37 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Wakes the thread that drives this connection.
-    pub fn kick(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write to our eventfd.
-        unsafe { libc::write(self.kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        kept.into_iter().map(|ended| ended.slot).collect()
     }
 
     pub fn is_dead(&self) -> bool {
-        self.handle.is_dead()
+        self.current().handle.is_dead()
+    }
+
+    /// The current handle's socket, the directions libnbd waits for on it
+    /// and the handle's generation; none while the connection is lost.
+    pub fn socket(&self) -> Option<(RawFd, u32, u32)> {
+        let current = self.current();
+        current.handle.socket().map(|(fd, direction)| (fd, direction, current.generation))
+    }
+
+    /// Tells the handle of `generation` its socket is ready for `direction`
+    /// (a poll on a replaced handle's socket is of no interest).
+    pub fn notify(&self, generation: u32, direction: u32) {
+        let current = self.current();
+        let handle = &current.handle;
+        if current.generation != generation || handle.is_dead() {
+            return;
+        }
+        if direction == super::ffi::DIRECTION_WRITE {
+            handle.notify_write();
+        } else if handle.readable() {
+            handle.notify_read();
+        }
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.current().handle.in_flight()
     }
 
     /// The extents of `base:allocation` from `offset`: (length, flags).
@@ -189,8 +309,8 @@ impl Connection {
     /// commands read meanwhile are noted as usual and delivered by the
     /// owner, which is kicked afterwards.
     pub fn block_status(&self, offset: u64, count: u64) -> Result<Vec<(u64, u32)>, i32> {
-        let extents = self.handle.block_status(offset, count);
-        self.kick();
+        let extents = self.current().handle.block_status(offset, count);
+        self.kick.kick();
         extents.map_err(request_errno)
     }
 }

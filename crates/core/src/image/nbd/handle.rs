@@ -17,7 +17,7 @@ unsafe impl Send for Handle {}
 unsafe impl Sync for Handle {}
 
 /// What a successful connection learnt about the export.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Export {
     pub size: u64,
     pub read_only: bool,
@@ -26,6 +26,21 @@ pub struct Export {
     pub can_trim: bool,
     pub can_zero: bool,
     pub base_allocation: bool,
+}
+
+impl Export {
+    /// Why a server that came back cannot stand in for the one we exported
+    /// (`self`), if it cannot: the file's size is fixed, and so is whether
+    /// it may be written.
+    pub fn replacement_refused(&self, found: &Export, writable: bool) -> Option<String> {
+        if found.size != self.size {
+            return Some(format!("it now serves {} bytes, not {}", found.size, self.size));
+        }
+        if writable && found.read_only {
+            return Some("it now serves the export read-only".into());
+        }
+        None
+    }
 }
 
 impl Handle {
@@ -190,5 +205,36 @@ impl Drop for Handle {
         // SAFETY: ours; no command of ours is still in it (a dead handle
         // failed them all; a live one is dropped only once none is out).
         unsafe { (self.api.nbd_close)(self.raw) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPORT: Export = Export {
+        size: 1 << 20,
+        read_only: false,
+        multi_conn: true,
+        can_flush: true,
+        can_trim: true,
+        can_zero: true,
+        base_allocation: true,
+    };
+
+    #[test]
+    fn a_returning_server_must_serve_the_same_size() {
+        assert_eq!(EXPORT.replacement_refused(&EXPORT, true), None);
+        let other = Export { multi_conn: false, can_trim: false, ..EXPORT };
+        assert_eq!(EXPORT.replacement_refused(&other, true), None, "features may change");
+        let bigger = Export { size: 2 << 20, ..EXPORT };
+        assert!(EXPORT.replacement_refused(&bigger, false).unwrap().contains("2097152 bytes, not 1048576"));
+    }
+
+    #[test]
+    fn a_writable_export_needs_a_writable_server() {
+        let read_only = Export { read_only: true, ..EXPORT };
+        assert!(EXPORT.replacement_refused(&read_only, true).unwrap().contains("read-only"));
+        assert_eq!(EXPORT.replacement_refused(&read_only, false), None);
     }
 }
