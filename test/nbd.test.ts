@@ -373,7 +373,14 @@ eachTransport(test, '--reconnect-delay: the server killed under a reader and res
       reads++;
     }
   })();
+  // And load: 2 jobs at iodepth 16 whose commands are in flight when the server dies.
+  const load = run(
+    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
+      '--time_based', '--runtime=8', '--size=16M', '--direct=1', '--ioengine=libaio', '--readonly'],
+    { timeout: 60_000 },
+  );
   await waitUntil(() => reads >= 3, { what: 'the reader to get going' });
+  await sleep(500);
   await server.kill();
   await waitUntil(() => warnings(exp, 'nbd-lost').length > 0, { what: 'the loss to be logged' });
   const inGap = readVia(mnt, 5 * MiB + 512, 100_000, { how: 'rdirect', timeout: 60_000 });
@@ -389,6 +396,8 @@ eachTransport(test, '--reconnect-delay: the server killed under a reader and res
   reading = false;
   await within(60_000, 'the reader', reader);
   t.deepEqual(failures, [], 'no read failed or read wrong bytes');
+  const fio = await load;
+  t.is(fio.code, 0, `fio saw no error: ${fio.stdout}${fio.stderr}`);
 
   const after = pattern(64 * KiB, 23);
   t.is((await writeVia(mnt, 9 * MiB, after, { how: 'rw' })).ok, after.length);
@@ -430,6 +439,7 @@ eachTransport(test, '--reconnect-delay 2 with one shared connection: the server 
   await startNbdkit(t, dir, shared);
   await waitUntil(() => warnings(exp, 'nbd-reconnected').length > 0, { timeout: 20_000, what: 'the reconnection' });
   assertBytes(t, await readVia(mnt, 4 * MiB, 8192, { how: 'rdirect' }), backing.data.subarray(4 * MiB, 4 * MiB + 8192), 'served again');
+  t.log(exp.lines.filter((l) => l.event?.startsWith('nbd-')).map((l) => `${l.event}: ${l.message}`).join('\n'));
   const stopped = await stopExport(t, exp);
   t.true(stopped.errors >= 2, `the failed reads are counted: ${stopped.errors}`);
 });
