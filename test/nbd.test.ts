@@ -19,8 +19,10 @@ import {
   pattern,
   readVia,
   requestCounter,
+  type ReadyExport,
   run,
   runCli,
+  sleep,
   startCli,
   stopExport,
   tmpDir,
@@ -269,7 +271,8 @@ test.serial('bad URIs, no server and --growable: exit 1 within 15 s naming the a
     [['nbd+unix:///export'], /socket=PATH/],
     [['nbd://host:port/'], /port/],
     [['--writable', '--growable', `nbd+unix:///?socket=${missing}`], /fixed size/],
-    [['--reconnect-delay', '5', `nbd+unix:///?socket=${missing}`], /not implemented/],
+    // The delay is for a server that goes while serving: at start it must answer.
+    [['--reconnect-delay', '5', `nbd+unix:///?socket=${missing}`], missing],
   ];
   for (const [args, expected] of cases) {
     const started = Date.now();
@@ -319,4 +322,124 @@ eachTransport(test, 'the server killed under load: requests fail with EIO, the e
   t.not(fio.code, 0, 'fio saw errors, not success');
   t.false(fio.timedOut ?? false, 'fio did not hang');
   assertUnmounted(t, mnt);
+});
+
+/** A 16 MiB file holding `pattern(16 MiB, seed)`, for nbdkit's file plugin (the data survives a restart). */
+function backingFile(dir: string, seed: number): { path: string; data: Buffer } {
+  const path = join(dir, 'backing.img');
+  const data = pattern(16 * MiB, seed);
+  writeFileSync(path, data);
+  return { path, data };
+}
+
+/** The warning lines of `event` the export logged so far. */
+const warnings = (exp: ReadyExport, event: string) => exp.lines.filter((l) => l.level === 'warn' && l.event === event);
+
+/** Races `promise` against a deadline, so that a hung request fails the test instead of hanging it. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+eachTransport(test, '--reconnect-delay: the server killed under a reader and restarted in time: no EIO, reads in the gap right, writes before and after land', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const backing = backingFile(dir, 21);
+  const socket = join(dir, 'restarted.sock');
+  const server = await startNbdkit(t, dir, { plugin: ['file', backing.path], socket });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring, { args: ['--reconnect-delay', '20'] });
+  const before = pattern(64 * KiB, 22);
+  t.is((await writeVia(mnt, 3 * MiB, before, { how: 'rw' })).ok, before.length);
+  t.true((await fsop('fsync', [mnt, ''])).ok === true, 'fsync before the loss');
+  const expected = Buffer.from(backing.data);
+  before.copy(expected, 3 * MiB);
+
+  // A reader that keeps O_DIRECT reads going (each one reaches the server) and checks every byte.
+  let reading = true;
+  let reads = 0;
+  const failures: string[] = [];
+  const reader = (async () => {
+    for (let i = 0; reading; i++) {
+      const offset = ((i * 7919) % 255) * 64 * KiB;
+      const answer = await fsop('read', [mnt, offset, 64 * KiB, 'rdirect'], { timeout: 60_000 });
+      if (!('ok' in answer)) failures.push(`read at ${offset}: ${answer.errno}`);
+      else if (!Buffer.from(answer.ok, 'hex').equals(expected.subarray(offset, offset + 64 * KiB))) failures.push(`read at ${offset}: wrong bytes`);
+      reads++;
+    }
+  })();
+  // And load: 2 jobs at iodepth 16 whose commands are in flight when the server dies.
+  const load = run(
+    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
+      '--time_based', '--runtime=8', '--size=16M', '--direct=1', '--ioengine=libaio', '--readonly'],
+    { timeout: 60_000 },
+  );
+  await waitUntil(() => reads >= 3, { what: 'the reader to get going' });
+  await sleep(500);
+  await server.kill();
+  await waitUntil(() => warnings(exp, 'nbd-lost').length > 0, { what: 'the loss to be logged' });
+  const inGap = readVia(mnt, 5 * MiB + 512, 100_000, { how: 'rdirect', timeout: 60_000 });
+  let answered = false;
+  void inGap.then(() => (answered = true), () => (answered = true));
+  await sleep(1500);
+  t.false(answered, 'a read in the gap waits for the server');
+  const readsInGap = reads;
+  await startNbdkit(t, dir, { plugin: ['file', backing.path], socket });
+  assertBytes(t, await within(30_000, 'the read in the gap', inGap), expected.subarray(5 * MiB + 512, 5 * MiB + 512 + 100_000), 'the read in the gap is served once the server is back');
+  await waitUntil(() => warnings(exp, 'nbd-reconnected').length > 0, { what: 'the return to be logged' });
+  await waitUntil(() => reads > readsInGap + 3, { timeout: 30_000, what: 'the reader to go on' });
+  reading = false;
+  await within(60_000, 'the reader', reader);
+  t.deepEqual(failures, [], 'no read failed or read wrong bytes');
+  const fio = await load;
+  t.is(fio.code, 0, `fio saw no error: ${fio.stdout}${fio.stderr}`);
+
+  const after = pattern(64 * KiB, 23);
+  t.is((await writeVia(mnt, 9 * MiB, after, { how: 'rw' })).ok, after.length);
+  after.copy(expected, 9 * MiB);
+  t.is(warnings(exp, 'nbd-delay-expired').length, 0);
+  t.is(exp.lines.filter((l) => l.event === 'halted').length, 0, 'the export did not halt');
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0, 'no request failed');
+  assertBytes(t, readFileSync(backing.path), expected, 'writes before and after the loss are in the file');
+});
+
+eachTransport(test, '--reconnect-delay 2 with one shared connection: the server killed and not back: EIO after ~2 s, the export stays up and serves again once it is', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const backing = backingFile(dir, 31);
+  const socket = join(dir, 'gone.sock');
+  // Without multi-conn: one connection, driven by thread 0, used by both threads.
+  const plugin = ['file', backing.path];
+  const shared = { plugin, socket, filters: ['multi-conn'], params: ['multi-conn-mode=disable'] };
+  const server = await startNbdkit(t, dir, shared);
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring, { args: ['--reconnect-delay', '2'] });
+  assertBytes(t, await readVia(mnt, MiB, 4096, { how: 'rdirect' }), backing.data.subarray(MiB, MiB + 4096));
+
+  await server.kill();
+  const killed = Date.now();
+  const waited = await within(20_000, 'a read while the server is gone', fsop('read', [mnt, 2 * MiB, 4096, 'rdirect'], { timeout: 20_000 }));
+  const took = Date.now() - killed;
+  t.is(waited.errno, 'EIO', JSON.stringify(waited));
+  t.true(took >= 1500 && took < 5000, `EIO came ${took} ms after the server went, not about 2 s`);
+  t.log(`EIO ${took} ms after the kill`);
+  t.is(warnings(exp, 'nbd-delay-expired').length, 1, 'the expiry is logged once');
+
+  const started = Date.now();
+  const fast = await fsop('read', [mnt, 3 * MiB, 4096, 'rdirect'], { timeout: 20_000 });
+  t.is(fast.errno, 'EIO', 'past the delay new requests fail at once');
+  t.true(Date.now() - started < 1500, `and fast: ${Date.now() - started} ms`);
+  t.false(exp.done, 'the export is still up');
+  t.is(exp.lines.filter((l) => l.event === 'halted').length, 0, 'and did not halt');
+
+  await startNbdkit(t, dir, shared);
+  await waitUntil(() => warnings(exp, 'nbd-reconnected').length > 0, { timeout: 20_000, what: 'the reconnection' });
+  assertBytes(t, await readVia(mnt, 4 * MiB, 8192, { how: 'rdirect' }), backing.data.subarray(4 * MiB, 4 * MiB + 8192), 'served again');
+  t.log(exp.lines.filter((l) => l.event?.startsWith('nbd-')).map((l) => `${l.event}: ${l.message}`).join('\n'));
+  const stopped = await stopExport(t, exp);
+  t.true(stopped.errors >= 2, `the failed reads are counted: ${stopped.errors}`);
 });

@@ -2,7 +2,7 @@
 // test's directory (or on 127.0.0.1), started in the foreground, stopped by
 // their process id in teardown (and by the test when it wants them gone).
 import type { ExecutionContext } from 'ava';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { run, sleep, startChild, waitUntil, type Argv } from './proc.js';
 
@@ -55,7 +55,7 @@ export interface NbdkitOptions {
   /** Filter parameters, e.g. ['logfile=/tmp/x']. */
   params?: string[];
   readOnly?: boolean;
-  /** A socket path to reuse (a restarted server). */
+  /** A socket path to reuse (a restarted server): the dead server's stale socket is removed first. */
   socket?: string;
   /** Listen on 127.0.0.1 at this port instead of a Unix socket. */
   tcpPort?: number;
@@ -67,6 +67,8 @@ export interface NbdkitOptions {
 export async function startNbdkit(t: ExecutionContext, dir: string, options: NbdkitOptions = {}): Promise<NbdServer> {
   const { plugin = ['memory', '64M'], filters = [], params = [], readOnly = false, tcpPort, tlsPsk } = options;
   const socket = options.socket ?? join(dir, `nbdkit-${process.pid}-${counter++}.sock`);
+  // nbdkit will not bind over a socket file its killed predecessor left.
+  if (options.socket !== undefined) rmSync(options.socket, { force: true });
   const where = tcpPort !== undefined ? ['--ipaddr', '127.0.0.1', '--port', String(tcpPort)] : ['--unix', socket];
   const pidfile = join(dir, `nbdkit-${counter++}.pid`);
   const argv = [

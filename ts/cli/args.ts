@@ -64,7 +64,9 @@ const OPTIONS = {
   'reconnect-delay': {
     type: 'number',
     default: DEFAULTS.reconnectDelay,
-    describe: 'NBD images: seconds requests wait for a lost server to come back (0: the export halts)',
+    describe:
+      'NBD images: seconds requests wait for a lost server to come back, then EIO while reconnecting goes on ' +
+      '(0: the export halts when the server goes)',
   },
   'log-format': {
     choices: ['json', 'pretty'] as const,

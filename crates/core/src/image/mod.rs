@@ -182,6 +182,15 @@ pub trait ImageBackend: Send + Sync {
     }
 }
 
+/// Something a backend's thread part wants the user to know that does not
+/// stop the export (the NBD server went away, came back); `kind` names it
+/// for scripts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: &'static str,
+    pub message: String,
+}
+
 /// A backend's per-thread part (see `ImageBackend::attach_thread`). Runs on
 /// its I/O thread only. An `Err` is fatal for the export: the owner halts it
 /// with that reason (reported once).
@@ -191,6 +200,11 @@ pub trait ThreadImage: Send {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Result<(), String>;
     /// A completion on the backend's channel.
     fn complete(&mut self, ring: &mut Ring, token: Token, result: i32) -> Result<(), String>;
+    /// What happened since the last call that the user should hear of
+    /// (asked after every `prepare` and `complete`).
+    fn take_notices(&mut self) -> Vec<Notice> {
+        Vec::new()
+    }
 }
 
 /// The atime, mtime and ctime of an image's file.

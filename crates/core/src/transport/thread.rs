@@ -58,10 +58,14 @@ impl ThreadTransports {
         Self { core, legacy, queues, ring_setup, registration, image }
     }
 
-    /// A fatal error of the image backend halts the export.
-    fn image_outcome(&self, outcome: Result<(), String>) {
+    /// The image backend's notices are warnings; its fatal error halts the
+    /// export.
+    fn image_outcome(core: &RequestCore, image: &mut dyn ThreadImage, outcome: Result<(), String>) {
+        for notice in image.take_notices() {
+            core.status.warn(notice.kind, notice.message);
+        }
         if let Err(reason) = outcome {
-            self.core.status.halt(reason);
+            core.status.halt(reason);
         }
     }
 
@@ -100,7 +104,7 @@ impl Owner for ThreadTransports {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next {
         if let Some(image) = &mut self.image {
             let outcome = image.prepare(ring, phase);
-            self.image_outcome(outcome);
+            Self::image_outcome(&self.core, image.as_mut(), outcome);
         }
         self.legacy.prepare(ring, &self.core, phase);
         for queue in &mut self.queues {
@@ -116,7 +120,7 @@ impl Owner for ThreadTransports {
         if token.channel() == IMAGE_CHANNEL {
             if let Some(image) = &mut self.image {
                 let outcome = image.complete(ring, token, result);
-                self.image_outcome(outcome);
+                Self::image_outcome(core, image.as_mut(), outcome);
             }
             return;
         }

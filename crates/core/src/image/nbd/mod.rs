@@ -7,17 +7,32 @@
 //! (libnbd locks the handle) and kick thread 0 to poll the new direction;
 //! their results come back to them through IORING_OP_MSG_RING. Reads land
 //! straight in the request's buffer, writes leave straight from it.
+//!
+//! A lost server halts the export, or with `--reconnect-delay S` each
+//! connection keeps its commands for up to S seconds while a helper
+//! thread reconnects (`recovery.rs`, `reconnect.rs`).
 
 mod connection;
+mod driver;
 mod ffi;
+mod handle;
+mod outages;
+mod reconnect;
+mod recovery;
+mod retry;
 mod uri;
 
-use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, ThreadImage, Times};
+use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Seek, ThreadImage, Times};
 use crate::runtime::buffer::AlignedBuffer;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
-use connection::{Command, Connection, Driver, Export};
+use connection::{Command, Connection};
+use driver::Driver;
+use handle::{Export, Handle};
+use outages::Outages;
+use reconnect::Target;
+use recovery::Recovery;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,11 +59,14 @@ thread_local! {
 
 pub struct NbdImage {
     id: usize,
-    uri: String,
     shown: String,
-    address: String,
+    /// Where every connection goes, and what it must find there.
+    target: Arc<Target>,
     export: Export,
     writable: bool,
+    /// How long commands wait for a lost server (0: the export halts).
+    reconnect_delay: Duration,
+    outages: Arc<Mutex<Outages>>,
     /// Index = the I/O thread that drives it.
     connections: Mutex<Vec<Arc<Connection>>>,
     opened: Times,
@@ -64,15 +82,10 @@ impl NbdImage {
                 parsed.shown
             )));
         }
-        if !options.reconnect_delay.is_zero() {
-            return Err(ImageError(
-                "--reconnect-delay is not implemented yet: with 0 (the default) the export halts when the NBD server goes"
-                    .into(),
-            ));
-        }
         let api = ffi::api().map_err(ImageError)?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let (first, export) = Connection::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
+        let (first, export) = Handle::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
+        let first = Connection::new(first).map_err(ImageError)?;
         if export.read_only && options.writable {
             return Err(ImageError(format!(
                 "The NBD server at {} serves {} read-only: export it without --writable",
@@ -83,11 +96,18 @@ impl NbdImage {
         let stamp = (now.as_secs(), now.subsec_nanos());
         Ok(Arc::new(NbdImage {
             id: NEXT_IMAGE.fetch_add(1, Ordering::Relaxed),
-            uri: image.to_string(),
             shown: parsed.shown,
-            address: parsed.address,
+            target: Arc::new(Target {
+                api,
+                uri: image.to_string(),
+                address: parsed.address,
+                export,
+                writable: options.writable,
+            }),
             export,
             writable: options.writable,
+            reconnect_delay: options.reconnect_delay,
+            outages: Arc::default(),
             connections: Mutex::new(vec![Arc::new(first)]),
             opened: [stamp; 3],
             zeroes: OnceLock::new(),
@@ -107,7 +127,7 @@ impl NbdImage {
         let remote = context.ring.hand_off(context.token);
         connection.issue(command, remote);
         if !owns {
-            connection.kick();
+            connection.kick().kick();
         }
         Poll::Pending
     }
@@ -249,7 +269,9 @@ impl ImageBackend for NbdImage {
             let deadline = Instant::now() + CONNECT_TIMEOUT;
             // SAFETY of the unwrap: the library was loaded by `open`.
             let api = ffi::api().ok()?;
-            if let Ok((connection, _)) = Connection::connect(api, &self.uri, &self.address, deadline) {
+            let target = &self.target;
+            let connected = Handle::connect(api, &target.uri, &target.address, deadline).map(|(handle, _)| handle);
+            if let Ok(connection) = connected.and_then(Connection::new) {
                 connections.push(Arc::new(connection));
             }
         }
@@ -257,7 +279,9 @@ impl ImageBackend for NbdImage {
             Some(connection) => (connection.clone(), true),
             None => (connections[0].clone(), false),
         };
-        let driver = owns.then(|| Driver::new(connection.clone(), self.address.clone(), channel));
+        let recovery = (!self.reconnect_delay.is_zero())
+            .then(|| Recovery::new(self.target.clone(), self.reconnect_delay, self.outages.clone()));
+        let driver = owns.then(|| Driver::new(connection.clone(), self.target.address.clone(), channel, recovery));
         Some(Box::new(NbdThread { image: self.id, connection, driver, homed: false }))
     }
 }
@@ -290,5 +314,9 @@ impl ThreadImage for NbdThread {
             Some(driver) => driver.complete(ring, token, result),
             None => Ok(()),
         }
+    }
+
+    fn take_notices(&mut self) -> Vec<Notice> {
+        self.driver.as_mut().map(Driver::take_notices).unwrap_or_default()
     }
 }
