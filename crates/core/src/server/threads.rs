@@ -50,10 +50,12 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
         // entry and one image transfer each, plus the runtime's and the
         // image backend's own few.
         let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 16;
-        let ring = Ring::new(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        let mut ring = Ring::new(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        let legacy = LegacyChannel::new(0, fd, &mut ring)
+            .map_err(|e| format!("Failed to offer /dev/fuse read buffers to the io_uring: {e}"))?;
         let transports = ThreadTransports::new(
             plan.core.clone(),
-            LegacyChannel::new(0, fd),
+            legacy,
             queues,
             plan.ring_setup.cloned(),
             plan.core.image().attach_thread(thread, IMAGE_CHANNEL),
