@@ -8,6 +8,9 @@ use io_uring::{cqueue, squeue, IoUring, Probe};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+/// IORING_ENTER_GETEVENTS.
+const ENTER_GETEVENTS: u32 = 1;
+
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
     /// SQEs whose completion has not been seen yet.
@@ -46,10 +49,36 @@ impl Completion {
 
 impl Ring {
     /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once.
+    /// The calling thread is the only one that may submit.
     pub fn new(entries: u32) -> io::Result<Self> {
+        Self::build(entries, false)
+    }
+
+    /// A ring that another thread will submit on, once it has called
+    /// `adopt`. Buffers may be registered before.
+    pub fn for_another_thread(entries: u32) -> io::Result<Self> {
+        Self::build(entries, true)
+    }
+
+    /// Task work (a descriptor became readable, a transfer finished) is
+    /// deferred until the thread asks for completions, rather than
+    /// interrupting whatever system call the thread is in; wake-ups that
+    /// come meanwhile are handled in one go.
+    fn build(entries: u32, disabled: bool) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
-        let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries * 4).setup_single_issuer().setup_defer_taskrun();
+        if disabled {
+            builder.setup_r_disabled();
+        }
+        let ring = builder.build(entries)?;
         Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new() })
+    }
+
+    /// Makes the calling thread the submitter of a ring made
+    /// `for_another_thread`.
+    pub fn adopt(&self) -> io::Result<()> {
+        self.ring.submitter().register_enable_rings()
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
@@ -109,7 +138,15 @@ impl Ring {
     pub fn submit(&mut self, want: usize) {
         let want = if self.local.is_empty() { want } else { 0 };
         loop {
-            match self.ring.submit_and_wait(want) {
+            // Deferred task work runs only when completions are asked for.
+            let entered = if want > 0 {
+                self.ring.submit_and_wait(want)
+            } else {
+                let queued = self.ring.submission().len() as u32;
+                // SAFETY: no argument is passed.
+                unsafe { self.ring.submitter().enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None) }
+            };
+            match entered {
                 Ok(_) => return,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
