@@ -30,7 +30,7 @@ fn run(image: &dyn ImageBackend, ring: &mut Ring, op: ImageOp, offset: u64, data
         }
         ring.submit(1);
         ring.reap(&mut completions);
-        let (_, result) = *completions.first().expect("a completion");
+        let result = completions.first().expect("a completion").result;
         assert_eq!(completions.len(), 1, "one operation in flight, one completion at a time");
         outcome = image.complete(&mut io, result, IoContext { ring, token, buffer: buffer.as_ptr() });
     };

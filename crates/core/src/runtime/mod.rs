@@ -4,6 +4,7 @@
 
 pub mod buffer;
 pub mod control;
+pub mod provided_buffers;
 pub mod remote;
 pub mod ring;
 pub mod thread;

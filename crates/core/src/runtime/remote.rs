@@ -69,6 +69,7 @@ impl Poster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ring::Completion;
 
     #[test]
     fn a_posted_completion_arrives_on_the_owners_ring_with_its_token() {
@@ -80,7 +81,7 @@ mod tests {
         ring.submit(1);
         let mut completions = Vec::new();
         ring.reap(&mut completions);
-        assert_eq!(completions, [(token, 4096)]);
+        assert_eq!(completions, [Completion::new(token, 4096)]);
         assert_eq!(ring.outstanding(), 0);
     }
 
@@ -93,7 +94,7 @@ mod tests {
         ring.submit(1);
         let mut completions = Vec::new();
         ring.reap(&mut completions);
-        assert_eq!(completions, [(token, -5)]);
+        assert_eq!(completions, [Completion::new(token, -5)]);
         assert_eq!(ring.outstanding(), 0);
         let mut other = Ring::new(8).unwrap();
         let foreign = other.hand_off(token);

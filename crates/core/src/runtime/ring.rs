@@ -1,10 +1,15 @@
-//! A thread's io_uring. Every SQE pushed is counted until its completion
-//! comes back: memory an SQE points to may only be reused after that.
+//! A thread's io_uring. Every SQE pushed is counted until its last
+//! completion comes back: memory an SQE points to may only be reused after
+//! that.
 
+use super::provided_buffers::ProvidedBuffers;
 use super::token::Token;
-use io_uring::{cqueue, squeue, IoUring};
+use io_uring::{cqueue, squeue, IoUring, Probe};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+
+/// IORING_ENTER_GETEVENTS.
+const ENTER_GETEVENTS: u32 = 1;
 
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
@@ -15,15 +20,65 @@ pub struct Ring {
     wake_target: Box<u64>,
     /// Completions this thread finished itself (`Ring::complete_local`),
     /// delivered by the next `reap` as if the kernel had posted them.
-    local: Vec<(Token, i32)>,
+    local: Vec<Completion>,
+}
+
+/// One completion as the ring reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub token: Token,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    pub const fn new(token: Token, result: i32) -> Self {
+        Self { token, result, flags: 0 }
+    }
+
+    /// A multishot SQE stays armed and will complete again.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer the kernel filled, for a read that selected one.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
 }
 
 impl Ring {
     /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once.
+    /// The calling thread is the only one that may submit.
     pub fn new(entries: u32) -> io::Result<Self> {
+        Self::build(entries, false)
+    }
+
+    /// A ring that another thread will submit on, once it has called
+    /// `adopt`. Buffers may be registered before.
+    pub fn for_another_thread(entries: u32) -> io::Result<Self> {
+        Self::build(entries, true)
+    }
+
+    /// Task work (a descriptor became readable, a transfer finished) is
+    /// deferred until the thread asks for completions, rather than
+    /// interrupting whatever system call the thread is in; wake-ups that
+    /// come meanwhile are handled in one go.
+    fn build(entries: u32, disabled: bool) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
-        let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries * 4).setup_single_issuer().setup_defer_taskrun();
+        if disabled {
+            builder.setup_r_disabled();
+        }
+        let ring = builder.build(entries)?;
         Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new() })
+    }
+
+    /// Makes the calling thread the submitter of a ring made
+    /// `for_another_thread`.
+    pub fn adopt(&self) -> io::Result<()> {
+        self.ring.submitter().register_enable_rings()
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
@@ -58,7 +113,23 @@ impl Ring {
 
     /// A completion that this very thread produced for a counted token.
     pub(super) fn push_local(&mut self, token: Token, result: i32) {
-        self.local.push((token, result));
+        self.local.push(Completion::new(token, result));
+    }
+
+    /// Whether the kernel knows `opcode` (IORING_OP_*).
+    pub fn supports(&self, opcode: u8) -> bool {
+        let mut probe = Probe::new();
+        self.ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(opcode)
+    }
+
+    /// Lets SQEs that select a buffer from `buffers.group()` take them.
+    /// `buffers` must stay alive as long as the ring.
+    pub fn register_provided_buffers(&mut self, buffers: &ProvidedBuffers) -> io::Result<()> {
+        // SAFETY: the entries are page-aligned, hold `capacity` entries and
+        // live as long as the ring (the caller's promise).
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(buffers.address(), buffers.capacity(), buffers.group(), 0)
+        }
     }
 
     /// Submits what is queued and waits for `want` completions. A full
@@ -67,7 +138,15 @@ impl Ring {
     pub fn submit(&mut self, want: usize) {
         let want = if self.local.is_empty() { want } else { 0 };
         loop {
-            match self.ring.submit_and_wait(want) {
+            // Deferred task work runs only when completions are asked for.
+            let entered = if want > 0 {
+                self.ring.submit_and_wait(want)
+            } else {
+                let queued = self.ring.submission().len() as u32;
+                // SAFETY: no argument is passed.
+                unsafe { self.ring.submitter().enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None) }
+            };
+            match entered {
                 Ok(_) => return,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
@@ -76,12 +155,17 @@ impl Ring {
         }
     }
 
-    /// Takes the completions that are ready.
-    pub fn reap(&mut self, into: &mut Vec<(Token, i32)>) {
+    /// Takes the completions that are ready. A multishot SQE stays
+    /// outstanding until its completion without `more`.
+    pub fn reap(&mut self, into: &mut Vec<Completion>) {
         into.clear();
-        into.extend(self.ring.completion().map(|cqe| (Token::from_user_data(cqe.user_data()), cqe.result())));
+        into.extend(self.ring.completion().map(|cqe| Completion {
+            token: Token::from_user_data(cqe.user_data()),
+            result: cqe.result(),
+            flags: cqe.flags(),
+        }));
         into.append(&mut self.local);
-        self.outstanding -= into.len();
+        self.outstanding -= into.iter().filter(|completion| !completion.more()).count();
     }
 }
 

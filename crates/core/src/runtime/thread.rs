@@ -3,7 +3,7 @@
 //! backend; it knows the phase, its wake-up eventfd and the `Owner` interface.
 
 use super::control::{Control, Phase};
-use super::ring::Ring;
+use super::ring::{Completion, Ring};
 use super::token::{Token, RUNTIME_CHANNEL};
 use io_uring::{opcode, types};
 use std::mem::ManuallyDrop;
@@ -18,7 +18,7 @@ pub trait Owner {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next;
 
     /// A completion of an SQE this owner pushed.
-    fn complete(&mut self, ring: &mut Ring, token: Token, result: i32, phase: Phase);
+    fn complete(&mut self, ring: &mut Ring, completion: Completion, phase: Phase);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +53,11 @@ pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: 
         }
         ring.submit(if next == Next::Wait { 1 } else { 0 });
         ring.reap(&mut completions);
-        for &(token, result) in &completions {
-            if token == WAKE {
+        for &completion in &completions {
+            if completion.token == WAKE {
                 wake_armed = false;
-            } else if token.channel() != RUNTIME_CHANNEL {
-                owner.complete(ring, token, result, phase);
+            } else if completion.token.channel() != RUNTIME_CHANNEL {
+                owner.complete(ring, completion, phase);
             }
         }
     }

@@ -50,10 +50,12 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
         // entry and one image transfer each, plus the runtime's and the
         // image backend's own few.
         let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 16;
-        let ring = Ring::new(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        let mut ring = Ring::for_another_thread(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        let legacy = LegacyChannel::new(0, fd, &mut ring)
+            .map_err(|e| format!("Failed to offer /dev/fuse read buffers to the io_uring: {e}"))?;
         let transports = ThreadTransports::new(
             plan.core.clone(),
-            LegacyChannel::new(0, fd),
+            legacy,
             queues,
             plan.ring_setup.cloned(),
             plan.core.image().attach_thread(thread, IMAGE_CHANNEL),
@@ -64,15 +66,21 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
             .spawn(move || {
                 Counters::bind_current_thread(thread);
                 pin_to(transports.queue_cpu());
+                let halt = |reason: String| {
+                    core.status.halt(reason);
+                    control.wake_all();
+                };
+                if let Err(e) = ring.adopt() {
+                    return halt(format!("I/O thread {thread} could not enable its io_uring: {e}"));
+                }
                 let served = contain_panic((ring, transports), |(ring, transports)| {
                     serve(ring, transports, &control, thread)
                 });
                 if let Err(panic) = served {
-                    core.status.halt(format!(
+                    halt(format!(
                         "I/O thread {thread} panicked: {panic} (its buffers are kept, not freed, \
                          since the kernel may still write into them)"
                     ));
-                    control.wake_all();
                 }
             })
             .map_err(|e| format!("Failed to start an I/O thread: {e}"))?;

@@ -1,10 +1,12 @@
 //! The classic transport: requests read from a /dev/fuse descriptor (one
 //! cloned fd per I/O thread), replies written back to the same fd, both as
-//! SQEs on the thread's ring. One read is armed at a time; many requests can
-//! be in flight in the other slots while their image I/O runs. The read
-//! stays armed while paused (requests are held until resumed) and while
-//! halted (they are answered EIO), so that the end of the connection is
-//! always seen.
+//! SQEs on the thread's ring. One multishot read stays armed: every free
+//! slot's buffer is provided to it, and each wake-up of the descriptor
+//! drains every pending request into them, one completion each, without an
+//! SQE or a system call per request. Replies leave with the thread's next
+//! submit. The read stays armed while paused (requests are held until
+//! resumed) and while halted (they are answered EIO), so that the end of the
+//! connection is always seen.
 
 use super::kind;
 use crate::image::ImageIo;
@@ -15,9 +17,11 @@ use crate::protocol::{Operation, Reply, Request};
 use crate::request::{Carrier, Outcome, RequestCore, Via};
 use crate::runtime::buffer::{AlignedBuffer, PAGE};
 use crate::runtime::control::Phase;
-use crate::runtime::ring::Ring;
+use crate::runtime::provided_buffers::ProvidedBuffers;
+use crate::runtime::ring::{Completion, Ring};
 use crate::runtime::token::Token;
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use vm_memory::ByteValued;
 
@@ -67,30 +71,58 @@ impl Slot {
         // SAFETY: PAYLOAD_OFFSET is inside the buffer.
         unsafe { self.buffer.as_ptr().add(PAYLOAD_OFFSET) }
     }
+
+    /// Where a request is read to.
+    fn read_target(&self) -> *mut u8 {
+        // SAFETY: READ_OFFSET + READ_LEN is the buffer's size.
+        unsafe { self.buffer.as_ptr().add(READ_OFFSET) }
+    }
 }
 
 pub struct LegacyChannel {
     channel: u16,
     fd: OwnedFd,
     slots: Vec<Slot>,
-    free: Vec<u32>,
-    /// The slot whose read is outstanding.
-    armed: Option<u32>,
+    /// The read target of every slot not in use, offered to the read.
+    buffers: ProvidedBuffers,
+    /// Slots whose buffer is offered and not yet filled.
+    provided: usize,
+    /// Whether the kernel keeps a read armed after it completes
+    /// (IORING_OP_READ_MULTISHOT, Linux 6.7); otherwise every read
+    /// takes one offered buffer and ends.
+    multishot: bool,
+    /// The read is outstanding.
+    armed: bool,
     cancelling: bool,
     /// Slots holding a request that arrived while paused.
     held: Vec<u32>,
 }
 
 impl LegacyChannel {
-    pub fn new(channel: u16, fd: OwnedFd) -> Self {
-        let slots = (0..SLOTS_PER_CHANNEL).map(|_| Slot::new()).collect();
-        let free = (0..SLOTS_PER_CHANNEL as u32).rev().collect();
-        Self { channel, fd, slots, free, armed: None, cancelling: false, held: Vec::new() }
+    /// Offers every slot's buffer to reads on `fd` through `ring`.
+    pub fn new(channel: u16, fd: OwnedFd, ring: &mut Ring) -> io::Result<Self> {
+        let buffers = ProvidedBuffers::new(SLOTS_PER_CHANNEL as u16, channel);
+        ring.register_provided_buffers(&buffers)?;
+        let mut legacy = Self {
+            channel,
+            fd,
+            slots: (0..SLOTS_PER_CHANNEL).map(|_| Slot::new()).collect(),
+            buffers,
+            provided: 0,
+            multishot: ring.supports(opcode::ReadMulti::CODE),
+            armed: false,
+            cancelling: false,
+            held: Vec::new(),
+        };
+        for slot in 0..SLOTS_PER_CHANNEL as u32 {
+            legacy.release(slot);
+        }
+        Ok(legacy)
     }
 
-    /// Takes up requests held while paused, then keeps one read outstanding
-    /// while the connection lives and the thread is not stopping (and
-    /// cancels it when stopping).
+    /// Takes up requests held while paused, then keeps the read armed while
+    /// the connection lives, the thread is not stopping and a buffer is
+    /// offered (and cancels it when stopping).
     pub fn prepare(&mut self, ring: &mut Ring, core: &RequestCore, phase: Phase) {
         if phase != Phase::Paused {
             for slot in std::mem::take(&mut self.held) {
@@ -99,39 +131,71 @@ impl LegacyChannel {
         }
         let read_wanted = phase != Phase::Stopping && !core.status.is_disconnected();
         match (read_wanted, self.armed) {
-            (true, None) => {
-                let Some(slot) = self.free.pop() else { return };
-                let buffer = self.slots[slot as usize].buffer.as_ptr();
-                // SAFETY: READ_OFFSET + READ_LEN is the buffer's size.
-                let target = unsafe { buffer.add(READ_OFFSET) };
-                let read = opcode::Read::new(types::Fd(self.fd.as_raw_fd()), target, READ_LEN as u32).build();
-                ring.push(read, Token::new(kind::FUSE_READ, self.channel, slot));
-                self.armed = Some(slot);
+            (true, false) if self.provided > 0 => {
+                ring.push(self.read(), self.read_token());
+                self.armed = true;
             }
-            (false, Some(slot)) if !self.cancelling => {
-                let read = Token::new(kind::FUSE_READ, self.channel, slot);
-                ring.push(opcode::AsyncCancel::new(read.user_data()).build(), Token::new(kind::CANCEL, self.channel, slot));
+            (false, true) if !self.cancelling => {
+                let cancel = opcode::AsyncCancel::new(self.read_token().user_data()).build();
+                ring.push(cancel, Token::new(kind::CANCEL, self.channel, 0));
                 self.cancelling = true;
             }
             _ => {}
         }
     }
 
-    /// A read of /dev/fuse completed.
-    pub fn on_read(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, result: i32, phase: Phase) {
-        self.armed = None;
-        self.cancelling = false;
+    fn read(&self) -> squeue::Entry {
+        let fd = types::Fd(self.fd.as_raw_fd());
+        let group = self.buffers.group();
+        if self.multishot {
+            opcode::ReadMulti::new(fd, 0, group).build()
+        } else {
+            let read = opcode::Read::new(fd, std::ptr::null_mut(), READ_LEN as u32).buf_group(group).build();
+            read.flags(squeue::Flags::BUFFER_SELECT)
+        }
+    }
+
+    /// The slot a request lands in is the buffer's, known at its completion.
+    fn read_token(&self) -> Token {
+        Token::new(kind::FUSE_READ, self.channel, 0)
+    }
+
+    /// A read of /dev/fuse completed; a multishot read stays armed while
+    /// its completions say `more`.
+    pub fn on_read(&mut self, ring: &mut Ring, core: &RequestCore, completion: Completion, phase: Phase) {
+        if !completion.more() {
+            self.armed = false;
+            self.cancelling = false;
+        }
+        let slot = completion.buffer().map(u32::from);
+        if let Some(slot) = slot {
+            self.provided -= 1;
+            if completion.result < 0 {
+                self.release(slot);
+            }
+        }
+        let result = completion.result;
         if result < 0 {
-            self.free.push(slot);
             match -result {
-                libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED => {}
+                // ENOBUFS: every slot is in use; re-armed once one is free.
+                libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED | libc::ENOBUFS => {}
                 libc::ENODEV => core.status.disconnected(),
                 errno => core.status.halt(format!("reading /dev/fuse failed: {}", describe_errno(errno))),
             }
             return;
         }
+        let Some(slot) = slot else {
+            return core.status.halt("a read of /dev/fuse completed without a buffer");
+        };
         self.slots[slot as usize].len = result as usize;
         self.admit(ring, core, slot, phase);
+    }
+
+    /// Offers a slot that is done with its request to the read again.
+    fn release(&mut self, slot: u32) {
+        let target = self.slots[slot as usize].read_target();
+        self.buffers.provide(target, READ_LEN as u32, slot as u16);
+        self.provided += 1;
     }
 
     fn admit(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, phase: Phase) {
@@ -143,7 +207,7 @@ impl LegacyChannel {
             Phase::Stopping => core.refuse(decoded, Via::Legacy),
         };
         let Some((unique, outcome)) = started else {
-            self.free.push(slot);
+            self.release(slot);
             return;
         };
         let entry = &mut self.slots[slot as usize];
@@ -168,7 +232,7 @@ impl LegacyChannel {
             _ => {}
         }
         core.counters.local().request_finished();
-        self.free.push(slot);
+        self.release(slot);
         std::mem::take(&mut self.slots[slot as usize].is_init)
     }
 
@@ -182,7 +246,7 @@ impl LegacyChannel {
             Outcome::Reply(reply) => self.send_reply(ring, slot, reply),
             Outcome::NoReply => {
                 core.counters.local().request_finished();
-                self.free.push(slot);
+                self.release(slot);
             }
             Outcome::Pending => {}
         }
@@ -202,5 +266,19 @@ impl LegacyChannel {
         let count = if reply.data_len() > 0 { 2 } else { 1 };
         let write = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), slot.iov.as_ptr(), count).build();
         ring.push(write, Token::new(kind::REPLY, self.channel, slot_index));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_data_lands_on_a_page_and_the_largest_request_fits_the_slot() {
+        let slot = Slot::new();
+        let target = slot.read_target() as usize;
+        assert_eq!((target + WRITE_HEADER_SIZE) % PAGE, 0);
+        assert_eq!(target + WRITE_HEADER_SIZE, slot.payload() as usize);
+        assert_eq!(READ_OFFSET + READ_LEN, slot.buffer.len());
     }
 }

@@ -9,9 +9,8 @@ use super::uring_setup::RingSetup;
 use crate::image::ThreadImage;
 use crate::request::RequestCore;
 use crate::runtime::control::Phase;
-use crate::runtime::ring::Ring;
+use crate::runtime::ring::{Completion, Ring};
 use crate::runtime::thread::{Next, Owner};
-use crate::runtime::token::Token;
 use std::sync::Arc;
 
 /// Token channel of the thread's /dev/fuse descriptor; FUSE queues follow.
@@ -113,7 +112,8 @@ impl Owner for ThreadTransports {
         self.register(ring)
     }
 
-    fn complete(&mut self, ring: &mut Ring, token: Token, result: i32, phase: Phase) {
+    fn complete(&mut self, ring: &mut Ring, completion: Completion, phase: Phase) {
+        let Completion { token, result, .. } = completion;
         let core = &*self.core;
         let slot = token.slot();
         let queue = (token.channel() as usize).wrapping_sub(1);
@@ -125,7 +125,7 @@ impl Owner for ThreadTransports {
             return;
         }
         match (token.kind(), token.channel()) {
-            (kind::FUSE_READ, _) => self.legacy.on_read(ring, core, slot, result, phase),
+            (kind::FUSE_READ, _) => self.legacy.on_read(ring, core, completion, phase),
             (kind::IMAGE_IO, LEGACY_CHANNEL) => self.legacy.on_image_io(ring, core, slot, result),
             (kind::IMAGE_IO, _) => self.queues[queue].on_image_io(ring, core, slot, result),
             (kind::REPLY, _) => {
