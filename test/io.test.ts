@@ -17,6 +17,7 @@ import {
   fsopOk,
   KiB,
   killGroup,
+  loopDevice,
   makeImage,
   makeMountpoint,
   MiB,
@@ -260,8 +261,7 @@ test.serial('a block device exports with its size, serves reads and writes, and 
   const dir = tmpDir(t);
   const data = pattern(4 * MiB, 21);
   const backing = makeImage(dir, 'backing.img', 4 * MiB, [[0, data]]);
-  const loop = (await check(['losetup', '--find', '--show', backing])).stdout.trim();
-  t.teardown(() => run(['losetup', '-d', loop]));
+  const loop = await loopDevice(t, backing);
   const mnt = makeMountpoint(dir);
 
   const refused = await runCli(['--io-uring', 'off', '--writable', '--growable', loop, mnt]);
