@@ -74,8 +74,9 @@ async function soak(transport) {
     const ready = readEvents(stderr).find((e) => e.event === 'ready');
     if (!ready) throw new Error(`the export did not start: ${stderr}`);
     const perJob = Math.floor(Number(values['image-size-mb']) / JOBS);
+    // A time-based verify job would leave local-soak-*-verify.state in the working directory.
     const fio = spawnSync('fio', [
-      '--name=soak', `--filename=${mountpoint}`, '--rw=randrw', '--rwmixread=50', '--bs=4k',
+      '--verify_state_save=0', '--name=soak', `--filename=${mountpoint}`, '--rw=randrw', '--rwmixread=50', '--bs=4k',
       `--size=${perJob}M`, `--offset_increment=${perJob}M`, `--numjobs=${JOBS}`, '--iodepth=16',
       '--ioengine=io_uring', '--direct=1', '--verify=crc32c', '--verify_backlog=256', '--verify_fatal=1',
       '--time_based', `--runtime=${duration}`, '--group_reporting', '--output-format=json',

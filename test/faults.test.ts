@@ -7,6 +7,7 @@ import {
   assertBytes,
   exported,
   exportImage,
+  fio,
   FSOP,
   fsop,
   makeImage,
@@ -106,8 +107,8 @@ eachTransport(test, 'odd but legal requests: 1-byte, unaligned, across EOF, 1 Mi
   t.deepEqual(await writeVia(mnt, 2 * MiB, big, { how: 'direct' }), { ok: MiB }, '1 MiB direct write');
   big.copy(content, 2 * MiB);
   assertBytes(t, await readVia(mnt, 2 * MiB, MiB, { how: 'rdirect' }), big, '1 MiB direct read');
-  const jobs = await run(
-    ['fio', '--name=many', `--filename=${mnt}`, '--rw=randread', '--bs=512-64k', '--numjobs=8', '--iodepth=8',
+  const jobs = await fio(
+    ['--name=many', `--filename=${mnt}`, '--rw=randread', '--bs=512-64k', '--numjobs=8', '--iodepth=8',
       '--ioengine=io_uring', '--size=8M', '--runtime=2', '--time_based', '--group_reporting'],
     { timeout: 60_000 },
   );
@@ -118,8 +119,8 @@ eachTransport(test, 'odd but legal requests: 1-byte, unaligned, across EOF, 1 Mi
 
 eachTransport(test, 'truncate racing with I/O: every request is answered, the size ends as set', async (t, ioUring) => {
   const { mnt } = await exported(t, { ioUring, writable: true, growable: true, size: 16 * MiB });
-  const load = run(
-    ['fio', '--name=race', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--numjobs=2', '--iodepth=8',
+  const load = fio(
+    ['--name=race', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--numjobs=2', '--iodepth=8',
       '--ioengine=io_uring', '--size=16M', '--runtime=3', '--time_based', '--direct=1'],
     { timeout: 60_000 },
   );

@@ -12,10 +12,12 @@ import {
   exported,
   exportImage,
   fileStat,
+  fio,
   fsop,
   fsopOk,
   KiB,
   killGroup,
+  loopDevice,
   makeImage,
   makeMountpoint,
   MiB,
@@ -172,7 +174,6 @@ eachTransport(test, 'fio: 2 jobs x iodepth 16, direct 4k random writes, crc32c v
   const perJob = 16 * MiB;
   const { mnt, image, exp } = await exported(t, { ioUring, size: 2 * perJob, writable: true });
   const job = (filename: string, engine: string, extra: string[] = []) => [
-    'fio',
     '--name=verify',
     `--filename=${filename}`,
     `--ioengine=${engine}`,
@@ -189,15 +190,15 @@ eachTransport(test, 'fio: 2 jobs x iodepth 16, direct 4k random writes, crc32c v
     '--group_reporting',
     ...extra,
   ];
-  const fio = await run(job(mnt, 'io_uring'), { timeout: 120_000 });
-  t.is(fio.code, 0, `${fio.stdout}${fio.stderr}`);
-  t.regex(fio.stdout, /err= 0/);
-  t.notRegex(fio.stdout + fio.stderr, /verify: bad|crc32c: verify failed/);
+  const result = await fio(job(mnt, 'io_uring'), { timeout: 120_000 });
+  t.is(result.code, 0, `${result.stdout}${result.stderr}`);
+  t.regex(result.stdout, /err= 0/);
+  t.notRegex(result.stdout + result.stderr, /verify: bad|crc32c: verify failed/);
   const stopped = await stopExport(t, exp);
   t.true(stopped.bytesWritten >= 2 * perJob, `bytesWritten ${stopped.bytesWritten}`);
   t.is(stopped.errors, 0);
   // The same blocks, checked again on the image itself after the export is gone.
-  const again = await run(job(image, 'psync', ['--verify_only', '--iodepth=1']), { timeout: 120_000 });
+  const again = await fio(job(image, 'psync', ['--verify_only', '--iodepth=1']), { timeout: 120_000 });
   t.is(again.code, 0, `verify on the image: ${again.stdout}${again.stderr}`);
   t.notRegex(again.stdout + again.stderr, /verify: bad|verify failed/);
 });
@@ -260,8 +261,7 @@ test.serial('a block device exports with its size, serves reads and writes, and 
   const dir = tmpDir(t);
   const data = pattern(4 * MiB, 21);
   const backing = makeImage(dir, 'backing.img', 4 * MiB, [[0, data]]);
-  const loop = (await check(['losetup', '--find', '--show', backing])).stdout.trim();
-  t.teardown(() => run(['losetup', '-d', loop]));
+  const loop = await loopDevice(t, backing);
   const mnt = makeMountpoint(dir);
 
   const refused = await runCli(['--io-uring', 'off', '--writable', '--growable', loop, mnt]);

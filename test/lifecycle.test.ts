@@ -8,6 +8,7 @@ import {
   assertUnmounted,
   exported,
   exportImage,
+  fio,
   makeImage,
   makeMountpoint,
   MiB,
@@ -24,8 +25,8 @@ import {
 } from './helpers/index.js';
 
 function fioLoad(file: string, seconds: number) {
-  return run(
-    ['fio', '--name=load', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=16M', '--numjobs=2',
+  return fio(
+    ['--name=load', `--filename=${file}`, '--rw=randwrite', '--bs=4k', '--size=16M', '--numjobs=2',
       '--offset_increment=16M', '--iodepth=16', '--ioengine=io_uring', '--direct=1', '--time_based',
       `--runtime=${seconds}`],
     { timeout: 60_000 },
@@ -51,7 +52,7 @@ eachTransport(test, 'kill -9, then a restart on the same mountpoint recovers the
 
 eachTransport(test, 'SIGTERM while fio writes: exit 0 within the timeout, nothing left mounted', async (t, ioUring) => {
   const { exp, mnt } = await exported(t, { ioUring, writable: true, size: 32 * MiB, args: ['--shutdown-timeout', '5'] });
-  const fio = fioLoad(mnt, 10);
+  const load = fioLoad(mnt, 10);
   await new Promise((r) => setTimeout(r, 1500));
   const signalled = Date.now();
   exp.signal('SIGTERM');
@@ -62,7 +63,7 @@ eachTransport(test, 'SIGTERM while fio writes: exit 0 within the timeout, nothin
   t.is(stopped?.reason, 'signal');
   t.true(stopped?.bytesWritten > 0);
   // fio still holds the file: it sees errors now, but must not hang.
-  t.false((await fio).timedOut);
+  t.false((await load).timedOut);
   assertUnmounted(t, mnt);
 });
 

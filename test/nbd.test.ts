@@ -11,6 +11,7 @@ import {
   eachTransport,
   errorText,
   exportImage,
+  fio,
   fsop,
   fsopOk,
   KiB,
@@ -128,14 +129,14 @@ eachTransport(test, 'fio crc32c verify, 2 jobs at iodepth 16, against nbdkit mem
   const dir = tmpDir(t);
   const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'] });
   const { mnt, exp } = await exportServer(t, dir, server, ioUring);
-  const fio = await run(
-    ['fio', '--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
+  const result = await fio(
+    ['--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
       '--size=16M', '--offset_increment=16M', '--direct=1', '--ioengine=libaio', '--verify=crc32c',
       '--do_verify=1', '--verify_fatal=1', '--group_reporting'],
     { timeout: 120_000 },
   );
-  t.is(fio.code, 0, fio.stdout + fio.stderr);
-  t.notRegex(fio.stdout + fio.stderr, /verify: bad|crc32c: verify failed/);
+  t.is(result.code, 0, result.stdout + result.stderr);
+  t.notRegex(result.stdout + result.stderr, /verify: bad|crc32c: verify failed/);
   const stopped = await stopExport(t, exp);
   t.is(stopped.errors, 0);
 });
@@ -145,13 +146,13 @@ eachTransport(test, 'many reads are in flight at once: 64 reads with 100 ms serv
   const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'], filters: ['delay'], params: ['delay-read=100ms'] });
   const { mnt } = await exportServer(t, dir, server, ioUring, { writable: false });
   const started = Date.now();
-  const fio = await run(
-    ['fio', '--name=lat', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=1',
+  const result = await fio(
+    ['--name=lat', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=1',
       '--number_ios=64', '--size=16M', '--direct=1', '--ioengine=libaio', '--readonly'],
     { timeout: 60_000 },
   );
   const took = Date.now() - started;
-  t.is(fio.code, 0, fio.stdout + fio.stderr);
+  t.is(result.code, 0, result.stdout + result.stderr);
   t.true(took < 3_000, `64 reads at 100 ms each took ${took} ms: they were not in flight together`);
 });
 
@@ -307,8 +308,8 @@ eachTransport(test, 'the server killed under load: requests fail with EIO, the e
   const mnt = makeMountpoint(dir);
   const exp = startCli(t, ['--io-uring', ioUring, '--writable', '--threads', '2', server.uri, mnt]);
   await exp.event('ready');
-  const load = run(
-    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
+  const load = fio(
+    ['--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
       '--time_based', '--runtime=30', '--size=64M', '--direct=1', '--ioengine=libaio'],
     { timeout: 60_000 },
   );
@@ -318,9 +319,9 @@ eachTransport(test, 'the server killed under load: requests fail with EIO, the e
   t.regex(halted.reason ?? halted.message, /NBD server/);
   const { code } = await exp.wait(30_000);
   t.is(code, 2, exp.stderr());
-  const fio = await load;
-  t.not(fio.code, 0, 'fio saw errors, not success');
-  t.false(fio.timedOut ?? false, 'fio did not hang');
+  const result = await load;
+  t.not(result.code, 0, 'fio saw errors, not success');
+  t.false(result.timedOut ?? false, 'fio did not hang');
   assertUnmounted(t, mnt);
 });
 

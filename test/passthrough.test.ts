@@ -7,10 +7,12 @@ import {
   eachTransport,
   errorText,
   exported,
+  exportImage,
   fileStat,
   fsop,
   fsopOk,
   KiB,
+  loopDevice,
   makeImage,
   makeMountpoint,
   MiB,
@@ -83,6 +85,21 @@ eachTransport(test, 'a writable image probed as raw keeps the FUSE path: auto sa
   t.false(exp.ready.passthrough);
   t.regex(String(exp.lines.find((l) => l.event === 'transport')!.passthroughReason), /probed as raw/);
   await stopExport(t, exp);
+});
+
+eachTransport(test, 'a block device keeps the FUSE path (the kernel passes through to regular files only): auto says why, on refuses', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const loop = await loopDevice(t, makeImage(dir, 'backing.img', MiB));
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image: loop, mountpoint: mnt, ioUring, passthrough: 'auto' });
+  t.false(exp.ready.passthrough);
+  t.regex(String(exp.lines.find((l) => l.event === 'transport')!.passthroughReason), /regular files only/);
+  t.falsy(exp.lines.find((l) => l.level === 'warn'), 'a decision, not a fallback to warn about');
+  await stopExport(t, exp);
+
+  const refused = await runCli(['--passthrough', 'on', loop, mnt]);
+  t.is(refused.code, 1);
+  t.regex(errorText(refused), /--passthrough on, but the kernel passes through to regular files only/);
 });
 
 eachTransport(test, 'a fixed-size writable export keeps the FUSE path: auto says why, on refuses', async (t, ioUring) => {

@@ -13,6 +13,7 @@ import {
   errorText,
   exportImage,
   fileStat,
+  fio,
   fsop,
   fsopOk,
   type IoUring,
@@ -132,16 +133,16 @@ eachTransport(test, `qcow2 ${version}: writes go to the top image with copy-on-w
 
 /**
  * fio with crc32c verify (4 KiB, O_DIRECT, io_uring) through a writable
- * export of a fresh qcow2 made with `options`; then the export's counters
- * and qemu-img check.
+ * export of a fresh qcow2 made with `options`, running `job` (fio's job
+ * options); then the export's counters and qemu-img check.
  */
-async function verifyOnFresh(t: ExecutionContext, ioUring: IoUring, size: number, options: string, fio: string[]) {
+async function verifyOnFresh(t: ExecutionContext, ioUring: IoUring, size: number, options: string, job: string[]) {
   const dir = tmpDir(t);
   const image = await makeQcow2(dir, 'fresh.qcow2', size, { options });
   const mnt = makeMountpoint(dir);
   const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, writable: true });
-  const result = await run(
-    ['fio', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--verify=crc32c', '--verify_fatal=1', ...fio],
+  const result = await fio(
+    [`--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--verify=crc32c', '--verify_fatal=1', ...job],
     { timeout: 180_000 },
   );
   t.is(result.code, 0, `${result.stdout}${result.stderr}`);

@@ -5,6 +5,7 @@ import test from 'ava';
 import {
   assertUnmounted,
   exported,
+  fio,
   MiB,
   pattern,
   readFile,
@@ -24,9 +25,9 @@ const uringTest = kernelHasUring ? test.serial : test.serial.skip;
 
 /** fio with crc32c verification: 2 jobs at iodepth 16, each its own range. */
 function fioVerify(file: string, { seconds = 3, size = '8M' } = {}) {
-  return run(
+  return fio(
     [
-      'fio', '--name=verify', `--filename=${file}`, '--rw=randwrite', '--bs=4k', `--size=${size}`,
+      '--name=verify', `--filename=${file}`, '--rw=randwrite', '--bs=4k', `--size=${size}`,
       `--offset_increment=${size}`, '--numjobs=2', '--iodepth=16', '--ioengine=io_uring', '--direct=1',
       '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', `--runtime=${seconds}`, '--group_reporting',
     ],
@@ -100,8 +101,8 @@ uringTest('--queue-depth 1 still serves 2 jobs at iodepth 16', async (t) => {
 uringTest('an unmount from outside while fio runs ends the export cleanly', async (t) => {
   setUring(t, 'Y');
   const { exp, mnt } = await exported(t, { ioUring: 'on', writable: true, size: 32 * MiB });
-  const fio = run(
-    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--size=32M', '--numjobs=2',
+  const load = fio(
+    ['--name=load', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--size=32M', '--numjobs=2',
       '--iodepth=16', '--ioengine=io_uring', '--direct=1', '--time_based', '--runtime=5'],
     { timeout: 60_000 },
   );
@@ -109,7 +110,7 @@ uringTest('an unmount from outside while fio runs ends the export cleanly', asyn
   const umount = await run(['umount', mnt], { timeout: 20_000 });
   // Busy while fio holds the file: a lazy unmount is what such a user does.
   if (umount.code !== 0) t.is((await run(['umount', '-l', mnt], { timeout: 20_000 })).code, 0);
-  const result = await fio;
+  const result = await load;
   t.false(result.timedOut, 'fio is not left hanging');
   const { code } = await exp.wait(30_000);
   t.is(code, 0, exp.stderr());

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { asUser, killGroup, run, type Argv, type Exit, type RunResult, type User } from './proc.js';
 import { assertUnmounted } from './mounts.js';
 import { register } from './registry.js';
+import { assertPassthroughOfPass, DEFAULT_PASSTHROUGH, formatOfPass, type ReadyPassthrough } from './passthrough-pass.js';
 
 export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 const READY_TIMEOUT = 20_000;
@@ -39,15 +40,16 @@ export function parseLines(text: string): LogLine[] {
 export type CliOptions = Omit<ExportOptions, 'image' | 'mountpoint'> & { pidfile?: string };
 
 /**
- * Passthrough is 'off' unless a test asks for it: with it the kernel serves
- * reads and writes itself, and the FUSE path under test would see none.
+ * Passthrough is the pass's default unless a test asks for one ('off' but in
+ * the passthrough pass): with it the kernel serves reads and writes itself,
+ * and the FUSE path under test would see none.
  */
 export function cliOptions({
   writable,
   growable,
   allowOther,
   ioUring,
-  passthrough = 'off',
+  passthrough = DEFAULT_PASSTHROUGH,
   threads,
   queueDepth,
   cache,
@@ -205,8 +207,13 @@ export async function exportImage(
   t: ExecutionContext,
   { image, mountpoint, ioUring = 'off', args = [], user, onLine, env, ...options }: ExportImageOptions,
 ): Promise<ReadyExport> {
-  const exp = startCli(t, [...cliOptions({ ioUring, ...options }), ...args, image, mountpoint], { user, onLine, env });
-  return Object.assign(exp, { ready: await exp.event('ready') });
+  const asked = { ...options, root: (user?.uid ?? 0) === 0 };
+  const format = formatOfPass(image, asked);
+  const exp = startCli(t, [...cliOptions({ ioUring, ...options, format }), ...args, image, mountpoint], { user, onLine, env });
+  const ready = await exp.event('ready');
+  const reason = exp.lines.find((l) => l.event === 'transport')?.passthroughReason;
+  assertPassthroughOfPass(t, ready as ReadyPassthrough, { ...asked, format }, reason);
+  return Object.assign(exp, { ready });
 }
 
 /**

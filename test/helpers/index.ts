@@ -1,5 +1,6 @@
 // Everything the end-to-end tests share.
 export * from './proc.js';
+export * from './fio.js';
 export * from './files.js';
 export * from './mounts.js';
 export * from './cli.js';

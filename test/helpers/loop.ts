@@ -9,6 +9,13 @@ export async function loopsOf(file: string): Promise<string[]> {
   return stdout.split('\n').filter(Boolean);
 }
 
+/** A loop device backed by `file`; detached in teardown. */
+export async function loopDevice(t: ExecutionContext, file: string): Promise<string> {
+  const loop = (await check(['losetup', '--find', '--show', file])).stdout.trim();
+  t.teardown(() => run(['losetup', '-d', loop]));
+  return loop;
+}
+
 /** Mounts `source` (a file, through a loop device) on `target`; undone in teardown. */
 export async function loopMount(t: ExecutionContext, source: string, target: string, options = 'loop'): Promise<void> {
   mkdirSync(target, { recursive: true });

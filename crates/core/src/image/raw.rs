@@ -347,9 +347,15 @@ impl ImageBackend for RawImage {
     }
 
     fn passthrough_fd(&self) -> Result<RawFd, String> {
+        // FUSE_DEV_IOC_BACKING_OPEN answers EINVAL for anything but a
+        // regular file: asking would only turn into a warning (auto) or a
+        // cryptic failure (on).
+        if self.kind == Kind::BlockDevice {
+            return Err("the kernel passes through to regular files only, not to a block device".into());
+        }
         // The kernel would write past the end of a fixed-size file and grow
         // it, where the contract says such a write is short.
-        if self.kind == Kind::File && self.writable && !self.growable {
+        if self.writable && !self.growable {
             return Err("a fixed-size writable image must refuse writes past its end, which passthrough would let \
                         through: export it read-only or --growable to use passthrough"
                 .into());
