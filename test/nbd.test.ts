@@ -375,8 +375,8 @@ eachTransport(test, '--reconnect-delay: the server killed under a reader and res
     }
   })();
   // And load: 2 jobs at iodepth 16 whose commands are in flight when the server dies.
-  const load = run(
-    ['fio', '--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
+  const load = fio(
+    ['--name=load', `--filename=${mnt}`, '--rw=randread', '--bs=4k', '--iodepth=16', '--numjobs=2',
       '--time_based', '--runtime=8', '--size=16M', '--direct=1', '--ioengine=libaio', '--readonly'],
     { timeout: 60_000 },
   );
@@ -397,8 +397,8 @@ eachTransport(test, '--reconnect-delay: the server killed under a reader and res
   reading = false;
   await within(60_000, 'the reader', reader);
   t.deepEqual(failures, [], 'no read failed or read wrong bytes');
-  const fio = await load;
-  t.is(fio.code, 0, `fio saw no error: ${fio.stdout}${fio.stderr}`);
+  const loaded = await load;
+  t.is(loaded.code, 0, `fio saw no error: ${loaded.stdout}${loaded.stderr}`);
 
   const after = pattern(64 * KiB, 23);
   t.is((await writeVia(mnt, 9 * MiB, after, { how: 'rw' })).ok, after.length);
