@@ -13,7 +13,7 @@ export const TARGETS = [
     color: '#27ae60',
     what: 'fuse-export --passthrough on --growable (the kernel reads and writes the image itself)',
   },
-  { id: 'reference', label: 'reference', color: '#8e44ad', what: 'the minimal C FUSE-over-io_uring server (in-memory 64 MiB image): the transport’s ceiling' },
+  { id: 'reference', label: 'reference', color: '#8e44ad', what: 'the minimal C FUSE-over-io_uring server (an in-memory 64 MiB image, filled with data before the runs): the transport’s ceiling' },
   { id: 'qsd', label: 'qsd', color: '#c0392b', what: "qemu-storage-daemon's FUSE export" },
   { id: 'io_uring-raw', label: 'raw', color: '#7f8c8d', what: 'fuse-export --io-uring on, the raw image (the limit of the qcow2 section)' },
   { id: 'io_uring-qcow2', label: 'qcow2', color: '#2471a3', what: 'fuse-export --io-uring on, a qcow2 of the same data' },

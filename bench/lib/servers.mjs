@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { isMounted, killPid, sleep, track, umountLazy } from './proc.mjs';
+import { isMounted, killPid, run, sleep, track, umountLazy } from './proc.mjs';
 
 class Server {
   constructor({ target, kind, mountpoint, command, args, env }) {
@@ -222,7 +222,15 @@ export async function startReference({ target, binary, mountpoint, queues, depth
   const server = new Server({ target, kind: 'reference', mountpoint, command: binary, args: [mountpoint], env });
   server.spawn();
   await awaitReady(server, () => isMounted(mountpoint) && server.stderr.some((l) => /serving/.test(l)), 'the reference server', timeout);
-  server.info = { config: `C reference server, ${queues} ring queues x ${depth}, in-memory 64 MiB image` };
+  // Its image starts as an untouched anonymous mapping: every read would
+  // copy the one shared zero page, always in cache, where a real image's
+  // reads copy distinct pages. Filled with data, as the image files are.
+  const fill = await run('dd', ['if=/dev/urandom', `of=${mountpoint}`, 'bs=1M', 'count=64', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeout: 60_000 });
+  if (fill.code !== 0) {
+    await server.stop({ termTimeout: 5_000 });
+    throw new Error(`filling the reference server's image failed: ${fill.stderr}`);
+  }
+  server.info = { config: `C reference server, ${queues} ring queues x ${depth}, in-memory 64 MiB image filled with data` };
   return server;
 }
 
