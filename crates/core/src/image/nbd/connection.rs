@@ -23,6 +23,10 @@ use std::ffi::{c_int, c_void};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
+/// Replies read on one read readiness at most, so that a server that
+/// keeps the socket full cannot hold the thread from its other work.
+const REPLIES_PER_TURN: usize = 64;
+
 /// What a command asks of the server. Buffers belong to the request and
 /// stay put until its completion is delivered.
 #[derive(Debug, Clone, Copy)]
@@ -287,6 +291,11 @@ impl Connection {
 
     /// Tells the handle of `generation` its socket is ready for `direction`
     /// (a poll on a replaced handle's socket is of no interest).
+    ///
+    /// Reading, it goes on while replies wait in the socket: libnbd reads
+    /// one reply per notification, and a poll on the ring for each of the
+    /// others costs a turn of the loop, often a wake-up. Taking them all
+    /// at once halved the CPU time per 4 KiB read (DESIGN.md).
     pub fn notify(&self, generation: u32, direction: u32) {
         let current = self.current();
         let handle = &current.handle;
@@ -295,7 +304,12 @@ impl Connection {
         }
         if direction == super::ffi::DIRECTION_WRITE {
             handle.notify_write();
-        } else if handle.readable() {
+            return;
+        }
+        for _ in 0..REPLIES_PER_TURN {
+            if handle.is_dead() || !handle.readable() {
+                return;
+            }
             handle.notify_read();
         }
     }
