@@ -53,8 +53,10 @@ fn main() {
         std::process::exit(1);
     });
     let info = server.info();
-    eprintln!("serving {image} ({} bytes) on {mountpoint} over {} ({}); Ctrl-C stops",
-        info.size, info.transport, info.transport_reason);
+    eprintln!(
+        "serving {image} ({} bytes) on {mountpoint} over {} ({}); Ctrl-C stops",
+        info.size, info.transport, info.transport_reason
+    );
 
     wait_for_signal(&signals);
     let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
@@ -74,7 +76,10 @@ fn main() {
     }
     let still_running = server.stop(Duration::from_secs(1));
     let stats = server.stats();
-    eprintln!("stopped: {} bytes read, {} written, {still_running} thread(s) left", stats.bytes_read, stats.bytes_written);
+    eprintln!(
+        "stopped: {} bytes read, {} written, {still_running} thread(s) left",
+        stats.bytes_read, stats.bytes_written
+    );
 }
 
 fn block_signals(signals: &[i32]) -> libc::sigset_t {

@@ -91,6 +91,7 @@ fn every_module_imports_only_from_layers_below_it() {
 
 #[test]
 fn the_check_sees_plain_and_grouped_paths() {
-    let used = used_modules("use crate::runtime::ring::Ring;\nuse crate::{status::Status, image};\nlet x = crate::server::X;");
+    let used =
+        used_modules("use crate::runtime::ring::Ring;\nuse crate::{status::Status, image};\nlet x = crate::server::X;");
     assert_eq!(used.into_iter().collect::<Vec<_>>(), ["image", "runtime", "server", "status"]);
 }

@@ -28,8 +28,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let path = std::env::temp_dir()
-            .join(format!("fuse-export-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let path = std::env::temp_dir().join(format!(
+            "fuse-export-fuzz-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::write(&path, vec![7u8; 64 << 10]).unwrap();
         let options = ImageOptions {
             path: path.clone(),
@@ -43,8 +46,7 @@ impl Harness {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let status = Arc::new(Status::new(Box::new(move |e| sink.lock().unwrap().push(e))));
-        let settings =
-            Settings {
+        let settings = Settings {
             allow_other: false,
             ring_wanted: false,
             passthrough: None,
@@ -59,8 +61,12 @@ impl Harness {
     }
 
     fn begin(&mut self, decoded: Result<Request, Malformed>) -> Option<(u64, Outcome)> {
-        let carrier =
-            Carrier { ring: &mut self.ring, token: Token::new(3, 0, 0), buffer: self.buffer.as_ptr(), io: &mut self.io };
+        let carrier = Carrier {
+            ring: &mut self.ring,
+            token: Token::new(3, 0, 0),
+            buffer: self.buffer.as_ptr(),
+            io: &mut self.io,
+        };
         self.core.begin(decoded, Via::Legacy, carrier)
     }
 }
@@ -78,16 +84,31 @@ fn errno(reply: &Reply) -> i32 {
 
 /// A message with a valid header for `opcode` and arbitrary arguments.
 fn message(opcode: u32, args: &[u8]) -> Vec<u8> {
-    let header = InHeader { len: (IN_HEADER_SIZE + args.len()) as u32, opcode, unique: 1, nodeid: 1, ..Default::default() };
+    let header =
+        InHeader { len: (IN_HEADER_SIZE + args.len()) as u32, opcode, unique: 1, nodeid: 1, ..Default::default() };
     let mut bytes = header.as_slice().to_vec();
     bytes.extend_from_slice(args);
     bytes
 }
 
 const OPCODES: &[u32] = &[
-    opcode::INIT, opcode::LOOKUP, opcode::GETATTR, opcode::SETATTR, opcode::OPEN, opcode::READ, opcode::WRITE,
-    opcode::RELEASE, opcode::FSYNC, opcode::FLUSH, opcode::FALLOCATE, opcode::LSEEK, opcode::FORGET,
-    opcode::INTERRUPT, opcode::BATCH_FORGET, 52, 9999,
+    opcode::INIT,
+    opcode::LOOKUP,
+    opcode::GETATTR,
+    opcode::SETATTR,
+    opcode::OPEN,
+    opcode::READ,
+    opcode::WRITE,
+    opcode::RELEASE,
+    opcode::FSYNC,
+    opcode::FLUSH,
+    opcode::FALLOCATE,
+    opcode::LSEEK,
+    opcode::FORGET,
+    opcode::INTERRUPT,
+    opcode::BATCH_FORGET,
+    52,
+    9999,
 ];
 
 proptest! {

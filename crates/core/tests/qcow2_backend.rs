@@ -57,11 +57,19 @@ fn reads_writes_growth_discards_zeroes_and_flushes_match_a_model() {
     model.resize(4 << 20, 0);
     model[3 << 20..(3 << 20) + 65536].fill(0x6b);
 
-    let options = ImageOptions { path: top.clone(), writable: true, growable: true, cache: CacheMode::Direct, format: FormatChoice::Auto, reconnect_delay: Default::default() };
+    let options = ImageOptions {
+        path: top.clone(),
+        writable: true,
+        growable: true,
+        cache: CacheMode::Direct,
+        format: FormatChoice::Auto,
+        reconnect_delay: Default::default(),
+    };
     let (image, _) = image::open(&options).unwrap();
     assert_eq!((image.format(), image.size()), ("qcow2", 4 << 20));
     let mut ring = Ring::new(16).unwrap();
-    let pattern = |len: usize, seed: u8| (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<_>>();
+    let pattern =
+        |len: usize, seed: u8| (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<_>>();
     let mut write = |image: &dyn ImageBackend, model: &mut Vec<u8>, offset: usize, data: Vec<u8>| {
         let (result, _) = run(image, &mut ring, ImageOp::Write, offset as u64, &data, data.len() as u64);
         assert_eq!(result, data.len() as i32, "write at {offset}");
@@ -84,7 +92,9 @@ fn reads_writes_growth_discards_zeroes_and_flushes_match_a_model() {
     assert_eq!(run(&*image, &mut ring, ImageOp::WriteZeroes, 3 << 20, &[], 8192).0, 0);
     model[3 << 20..(3 << 20) + 8192].fill(0);
     assert_eq!(run(&*image, &mut ring, ImageOp::Flush, 0, &[], 0).0, 0);
-    for (offset, len) in [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20), (3 << 20, 1 << 20), (4 << 20, model.len() - (4 << 20))] {
+    for (offset, len) in
+        [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20), (3 << 20, 1 << 20), (4 << 20, model.len() - (4 << 20))]
+    {
         let (result, bytes) = run(&*image, &mut ring, ImageOp::Read, offset as u64, &[], len as u64);
         assert_eq!(result, len as i32);
         assert!(bytes == model[offset..offset + len], "read at {offset} differs from the model");

@@ -1,9 +1,9 @@
 //! The napi-rs binding: JavaScript starts, steers and stops an export and
 //! reads its counters; requests never cross this line.
 
-use fuse_export_core::status::Event;
 use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions};
 use fuse_export_core::server::{Server, StartOptions, Switch};
+use fuse_export_core::status::Event;
 use fuse_export_core::transport::mount;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -89,9 +89,8 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         "writeback" => CacheMode::Writeback,
         other => return Err(Error::from_reason(format!("cache must be direct or writeback, not {other:?}"))),
     };
-    let format = FormatChoice::parse(&options.format).ok_or_else(|| {
-        Error::from_reason(format!("format must be auto, raw or qcow2, not {:?}", options.format))
-    })?;
+    let format = FormatChoice::parse(&options.format)
+        .ok_or_else(|| Error::from_reason(format!("format must be auto, raw or qcow2, not {:?}", options.format)))?;
     Ok(StartOptions {
         image: ImageOptions {
             path: options.image.clone().into(),

@@ -263,9 +263,8 @@ pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String
         FormatChoice::Auto => probe::is_qcow2(&first),
         FormatChoice::Qcow2 if probe::is_qcow2(&first) => true,
         FormatChoice::Qcow2 => {
-            std::fs::metadata(&options.path).map_err(|e| {
-                ImageError(format!("Failed to open image {shown}: {}", crate::os_error::describe(&e)))
-            })?;
+            std::fs::metadata(&options.path)
+                .map_err(|e| ImageError(format!("Failed to open image {shown}: {}", crate::os_error::describe(&e))))?;
             return Err(ImageError(format!(
                 "Image {shown} is not a qcow2 image (it does not start with the qcow2 magic): \
                  export it with --format raw, or --format auto to detect the format"

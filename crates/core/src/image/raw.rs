@@ -4,7 +4,10 @@
 
 use super::lock::{self, Access};
 use super::probe::QCOW2_MAGIC;
-use super::{in_use, open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use super::{
+    in_use, open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext,
+    Seek, Times,
+};
 use crate::os_error::describe;
 use crate::runtime::buffer::AlignedBuffer;
 use io_uring::{opcode, squeue, types};
@@ -64,11 +67,7 @@ pub struct RawImage {
 const BLKGETSIZE64: libc::Ioctl = 0x8008_1272_u32 as libc::Ioctl;
 
 fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .custom_flags(libc::O_CLOEXEC | extra_flags)
-        .open(path)
+    OpenOptions::new().read(true).write(writable).custom_flags(libc::O_CLOEXEC | extra_flags).open(path)
 }
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -101,7 +100,8 @@ impl RawImage {
         let file = open_file(path, options.writable, 0).map_err(|e| open_failed(path, options.writable, &e))?;
         let access = if options.writable { Access::ReadWrite } else { Access::ReadOnly };
         lock::acquire(&file, access).map_err(|holder| in_use(path, holder))?;
-        let meta = file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
+        let meta =
+            file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
         let kind = if meta.file_type().is_block_device() {
             Kind::BlockDevice
         } else if meta.is_file() {
@@ -111,8 +111,9 @@ impl RawImage {
         };
         let size = match kind {
             Kind::File => meta.len(),
-            Kind::BlockDevice => block_device_size(&file)
-                .map_err(|e| ImageError(format!("Failed to read the size of block device {shown}: {}", describe(&e))))?,
+            Kind::BlockDevice => block_device_size(&file).map_err(|e| {
+                ImageError(format!("Failed to read the size of block device {shown}: {}", describe(&e)))
+            })?,
         };
         if options.growable && kind == Kind::BlockDevice {
             return Err(ImageError(format!("Block device {shown} cannot grow: export it without --growable")));

@@ -3,8 +3,8 @@
 //! here from `include/uapi/linux/fuse.h`.
 
 pub use fuse_backend_rs::abi::fuse_abi::{
-    Attr, AttrOut, FallocateIn, FsOptions, FsyncIn, InHeader, InitIn, InitOut, LseekIn, LseekOut,
-    OpenIn, OpenOut, OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
+    Attr, AttrOut, FallocateIn, FsOptions, FsyncIn, InHeader, InitIn, InitOut, LseekIn, LseekOut, OpenIn, OpenOut,
+    OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
 };
 use vm_memory::ByteValued;
 

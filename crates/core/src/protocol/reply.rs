@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn an_error_reply_is_a_bare_header_with_a_negative_errno() {
         let header = Reply::error(libc::ENOSYS).out_header(12);
-        assert_eq!(header.as_slice(), [16u32.to_ne_bytes().as_slice(), &(-38i32).to_ne_bytes(), &12u64.to_ne_bytes()].concat());
+        assert_eq!(
+            header.as_slice(),
+            [16u32.to_ne_bytes().as_slice(), &(-38i32).to_ne_bytes(), &12u64.to_ne_bytes()].concat()
+        );
     }
 
     #[test]

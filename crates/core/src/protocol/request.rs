@@ -6,7 +6,10 @@ use super::abi::*;
 /// buffer. WRITE data stays where it arrived: the transport knows where.
 #[derive(Debug, Clone, Copy)]
 pub enum Operation {
-    Init { arg: InitIn, flags: u64 },
+    Init {
+        arg: InitIn,
+        flags: u64,
+    },
     Lookup,
     Getattr,
     Setattr(SetattrIn),

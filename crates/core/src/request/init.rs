@@ -120,7 +120,11 @@ mod tests {
         let (out, negotiated) = negotiate(&init_in(45), u64::MAX, wanted).unwrap();
         assert!(negotiated.passthrough());
         let bytes = out.as_slice();
-        assert_eq!(&bytes[32..36], &((1u32 << 5) | (1 << 4)).to_ne_bytes(), "flags2: PASSTHROUGH, DIRECT_IO_ALLOW_MMAP");
+        assert_eq!(
+            &bytes[32..36],
+            &((1u32 << 5) | (1 << 4)).to_ne_bytes(),
+            "flags2: PASSTHROUGH, DIRECT_IO_ALLOW_MMAP"
+        );
         assert_eq!(&bytes[36..40], &1u32.to_ne_bytes(), "max_stack_depth");
         let (out, negotiated) = negotiate(&init_in(45), WANTED, wanted).unwrap();
         assert!(!negotiated.passthrough(), "not offered, not taken");

@@ -131,8 +131,11 @@ impl RequestCore {
             }
         };
         self.counters.local().request_started(via);
-        let outcome =
-            if self.status.is_halted() { Outcome::Reply(Reply::error(libc::EIO)) } else { self.handle(&request, carrier) };
+        let outcome = if self.status.is_halted() {
+            Outcome::Reply(Reply::error(libc::EIO))
+        } else {
+            self.handle(&request, carrier)
+        };
         Some((request.header.unique, outcome))
     }
 

@@ -29,8 +29,10 @@ impl RequestCore {
         }
         // With passthrough the kernel may have grown the image behind our
         // back. Asked only for these rare requests: the question locks INIT's latch.
-        let size_matters =
-            matches!(request.operation, Operation::Getattr | Operation::Setattr(_) | Operation::Fallocate(_) | Operation::Lseek(_));
+        let size_matters = matches!(
+            request.operation,
+            Operation::Getattr | Operation::Setattr(_) | Operation::Fallocate(_) | Operation::Lseek(_)
+        );
         if size_matters && self.passthrough_backing().is_some_and(|backing| backing.is_ok()) {
             self.image.sync_size();
         }

@@ -128,7 +128,12 @@ impl Ring {
         // SAFETY: the entries are page-aligned, hold `capacity` entries and
         // live as long as the ring (the caller's promise).
         unsafe {
-            self.ring.submitter().register_buf_ring_with_flags(buffers.address(), buffers.capacity(), buffers.group(), 0)
+            self.ring.submitter().register_buf_ring_with_flags(
+                buffers.address(),
+                buffers.capacity(),
+                buffers.group(),
+                0,
+            )
         }
     }
 

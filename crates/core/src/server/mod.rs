@@ -39,8 +39,8 @@ mod transport_choice;
 
 use crate::faults::Faults;
 use crate::image::{self, ImageOptions};
-use crate::request::counters::Snapshot;
 use crate::os_error::describe;
+use crate::request::counters::Snapshot;
 use crate::request::passthrough::Passthrough;
 use crate::request::{RequestCore, Settings};
 use crate::runtime::control::Control;
@@ -174,8 +174,7 @@ impl Server {
             threads: options.threads,
         };
         let core = Arc::new(RequestCore::new(image, settings, status));
-        let control =
-            Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
+        let control = Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
         let queues = if ring_wanted { uring_setup::possible_cpus() } else { 0 };
         let ring_setup = ring_wanted.then(|| {
             Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.min(queues), control.clone()))
@@ -367,12 +366,8 @@ fn mount_with_policy(
     faults: &Faults,
     warnings: &mut Vec<String>,
 ) -> Result<(Mounted, bool), String> {
-    let request = |allow_other| MountRequest {
-        mountpoint: &options.mountpoint,
-        fsname,
-        allow_other,
-        read_only: !writable,
-    };
+    let request =
+        |allow_other| MountRequest { mountpoint: &options.mountpoint, fsname, allow_other, read_only: !writable };
     let mount = |allow_other| mount::mount(&request(allow_other), faults).map(|m| (m, allow_other));
     match options.allow_other {
         Switch::Off => mount(false).map_err(|e| e.to_string()),

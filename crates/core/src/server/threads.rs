@@ -50,7 +50,8 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
         // entry and one image transfer each, plus the runtime's and the
         // image backend's own few.
         let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 16;
-        let mut ring = Ring::for_another_thread(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        let mut ring =
+            Ring::for_another_thread(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
         let legacy = LegacyChannel::new(0, fd, &mut ring)
             .map_err(|e| format!("Failed to offer /dev/fuse read buffers to the io_uring: {e}"))?;
         let transports = ThreadTransports::new(
@@ -73,9 +74,8 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
                 if let Err(e) = ring.adopt() {
                     return halt(format!("I/O thread {thread} could not enable its io_uring: {e}"));
                 }
-                let served = contain_panic((ring, transports), |(ring, transports)| {
-                    serve(ring, transports, &control, thread)
-                });
+                let served =
+                    contain_panic((ring, transports), |(ring, transports)| serve(ring, transports, &control, thread));
                 if let Err(panic) = served {
                     halt(format!(
                         "I/O thread {thread} panicked: {panic} (its buffers are kept, not freed, \

@@ -5,6 +5,7 @@
 //! into or out of the entry's payload buffer.
 
 use super::kind;
+use crate::image::ImageIo;
 use crate::os_error::describe_errno;
 use crate::protocol::abi::*;
 use crate::protocol::request::decode_ring_entry;
@@ -14,7 +15,6 @@ use crate::runtime::buffer::AlignedBuffer;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
-use crate::image::ImageIo;
 use io_uring::{opcode, squeue, types};
 use std::os::fd::RawFd;
 use vm_memory::ByteValued;
@@ -125,7 +125,14 @@ impl FuseQueue {
     }
 
     /// A REGISTER or COMMIT_AND_FETCH completed: a request, or an error.
-    pub fn on_command(&mut self, ring: &mut Ring, core: &RequestCore, index: u32, result: i32, phase: Phase) -> QueueEvent {
+    pub fn on_command(
+        &mut self,
+        ring: &mut Ring,
+        core: &RequestCore,
+        index: u32,
+        result: i32,
+        phase: Phase,
+    ) -> QueueEvent {
         let entry = &mut self.entries[index as usize];
         if result < 0 {
             return match -result {

@@ -238,7 +238,12 @@ impl LegacyChannel {
 
     fn carrier<'a>(&'a mut self, ring: &'a mut Ring, slot: u32) -> Carrier<'a> {
         let entry = &mut self.slots[slot as usize];
-        Carrier { ring, token: Token::new(kind::IMAGE_IO, self.channel, slot), buffer: entry.payload(), io: &mut entry.io }
+        Carrier {
+            ring,
+            token: Token::new(kind::IMAGE_IO, self.channel, slot),
+            buffer: entry.payload(),
+            io: &mut entry.io,
+        }
     }
 
     fn follow(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, outcome: Outcome) {
@@ -258,10 +263,8 @@ impl LegacyChannel {
         let args = reply.args();
         slot.reply_head[..OUT_HEADER_SIZE].copy_from_slice(header.as_slice());
         slot.reply_head[OUT_HEADER_SIZE..OUT_HEADER_SIZE + args.len()].copy_from_slice(args);
-        slot.iov[0] = libc::iovec {
-            iov_base: slot.reply_head.as_mut_ptr().cast(),
-            iov_len: OUT_HEADER_SIZE + args.len(),
-        };
+        slot.iov[0] =
+            libc::iovec { iov_base: slot.reply_head.as_mut_ptr().cast(), iov_len: OUT_HEADER_SIZE + args.len() };
         slot.iov[1] = libc::iovec { iov_base: slot.payload().cast(), iov_len: reply.data_len() as usize };
         let count = if reply.data_len() > 0 { 2 } else { 1 };
         let write = opcode::Writev::new(types::Fd(self.fd.as_raw_fd()), slot.iov.as_ptr(), count).build();

@@ -57,7 +57,10 @@ pub fn running_as_root() -> bool {
 /// A path or option for the kernel; a NUL byte inside would cut it short.
 fn cstring(what: &str, bytes: &[u8]) -> Result<CString, MountError> {
     CString::new(bytes).map_err(|_| {
-        MountError::Failed(format!("{what} {:?} contains a NUL byte, which no path may", String::from_utf8_lossy(bytes)))
+        MountError::Failed(format!(
+            "{what} {:?} contains a NUL byte, which no path may",
+            String::from_utf8_lossy(bytes)
+        ))
     })
 }
 
@@ -157,7 +160,10 @@ fn mount_directly(request: &MountRequest, faults: &Faults) -> Result<Mounted, Mo
     let target = open_mountpoint(request.mountpoint)?;
     faults.pause_before_mount();
     let fuse = open_dev_fuse().map_err(|e| {
-        MountError::Failed(format!("Failed to open /dev/fuse: {} (is the fuse module loaded? try: modprobe fuse)", describe(&e)))
+        MountError::Failed(format!(
+            "Failed to open /dev/fuse: {} (is the fuse module loaded? try: modprobe fuse)",
+            describe(&e)
+        ))
     })?;
     let failed = |step: &str, e: io::Error| {
         MountError::Failed(format!("Failed to mount on {} ({step}): {}", request.mountpoint.display(), describe(&e)))
@@ -188,7 +194,14 @@ fn mount_directly(request: &MountRequest, faults: &Faults) -> Result<Mounted, Mo
     }
     // SAFETY: fsconfig on our context descriptor, no pointers.
     let rc = unsafe {
-        libc::syscall(libc::SYS_fsconfig, context.as_raw_fd(), mount_api::FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            mount_api::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
     if rc < 0 {
         return Err(failed("creating the FUSE superblock", io::Error::last_os_error()));
@@ -198,8 +211,9 @@ fn mount_directly(request: &MountRequest, faults: &Faults) -> Result<Mounted, Mo
         attributes |= mount_api::MOUNT_ATTR_RDONLY;
     }
     // SAFETY: fsmount on our context descriptor, no pointers.
-    let mount = owned(unsafe { libc::syscall(libc::SYS_fsmount, context.as_raw_fd(), mount_api::FSMOUNT_CLOEXEC, attributes) })
-        .map_err(|e| failed("fsmount", e))?;
+    let mount =
+        owned(unsafe { libc::syscall(libc::SYS_fsmount, context.as_raw_fd(), mount_api::FSMOUNT_CLOEXEC, attributes) })
+            .map_err(|e| failed("fsmount", e))?;
     let flags = mount_api::MOVE_MOUNT_F_EMPTY_PATH | mount_api::MOVE_MOUNT_T_EMPTY_PATH;
     // SAFETY: empty paths with both descriptors, as the flags say.
     let rc = unsafe {
@@ -265,9 +279,8 @@ fn mount_with_fusermount(request: &MountRequest) -> Result<OwnedFd, MountError> 
     })?;
     drop(theirs);
     let received = receive_fd(&ours);
-    let output = child
-        .wait_with_output()
-        .map_err(|e| MountError::Failed(format!("Failed to wait for fusermount3: {e}")))?;
+    let output =
+        child.wait_with_output().map_err(|e| MountError::Failed(format!("Failed to wait for fusermount3: {e}")))?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     match received {
         Ok(fd) if output.status.success() => Ok(fd),
@@ -445,11 +458,16 @@ mod tests {
 
     #[test]
     fn paths_with_a_nul_byte_are_refused_before_anything_is_mounted() {
-        let request =
-            MountRequest { mountpoint: Path::new("/tmp/a\0b"), fsname: "disk.img", allow_other: false, read_only: true };
+        let request = MountRequest {
+            mountpoint: Path::new("/tmp/a\0b"),
+            fsname: "disk.img",
+            allow_other: false,
+            read_only: true,
+        };
         let refused = mount(&request, &Faults::from_env()).err().unwrap().to_string();
         assert!(refused.contains("NUL byte"), "{refused}");
-        let request = MountRequest { mountpoint: Path::new("/tmp/x"), fsname: "a\0b", allow_other: false, read_only: true };
+        let request =
+            MountRequest { mountpoint: Path::new("/tmp/x"), fsname: "a\0b", allow_other: false, read_only: true };
         assert!(mount(&request, &Faults::from_env()).err().unwrap().to_string().contains("Image path"));
     }
 

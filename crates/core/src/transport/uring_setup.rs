@@ -5,8 +5,8 @@
 use crate::latch::Latch;
 use crate::request::RequestCore;
 use crate::runtime::control::Control;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 

@@ -108,8 +108,12 @@ impl Handle {
         // SAFETY: the caller keeps the buffers; the handle is ours.
         let cookie = unsafe {
             match command {
-                Command::Read { buffer, len, offset } => (api.nbd_aio_pread)(h, buffer.cast(), len as usize, offset, callback, 0),
-                Command::Write { buffer, len, offset } => (api.nbd_aio_pwrite)(h, buffer.cast(), len as usize, offset, callback, 0),
+                Command::Read { buffer, len, offset } => {
+                    (api.nbd_aio_pread)(h, buffer.cast(), len as usize, offset, callback, 0)
+                }
+                Command::Write { buffer, len, offset } => {
+                    (api.nbd_aio_pwrite)(h, buffer.cast(), len as usize, offset, callback, 0)
+                }
                 Command::Flush => (api.nbd_aio_flush)(h, callback, 0),
                 Command::Trim { len, offset } => (api.nbd_aio_trim)(h, len, offset, callback, 0),
                 Command::Zero { len, offset } => (api.nbd_aio_zero)(h, len, offset, callback, 0),

@@ -116,9 +116,8 @@ impl NbdImage {
 
     /// This thread's connection and whether it drives it.
     fn home(&self) -> (Arc<Connection>, bool) {
-        let found = HOME.with(|home| {
-            home.borrow().iter().find(|(id, _, _)| *id == self.id).map(|(_, c, owns)| (c.clone(), *owns))
-        });
+        let found = HOME
+            .with(|home| home.borrow().iter().find(|(id, _, _)| *id == self.id).map(|(_, c, owns)| (c.clone(), *owns)));
         found.unwrap_or_else(|| (self.connections.lock().unwrap()[0].clone(), false))
     }
 

@@ -58,9 +58,7 @@ impl Reconnector {
     pub fn start(target: Arc<Target>, wake: Kick) -> std::io::Result<Reconnector> {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
-        std::thread::Builder::new()
-            .name("nbd-reconnect".into())
-            .spawn(move || reconnect(&target, &theirs, &wake))?;
+        std::thread::Builder::new().name("nbd-reconnect".into()).spawn(move || reconnect(&target, &theirs, &wake))?;
         Ok(Reconnector { shared })
     }
 
@@ -101,7 +99,8 @@ fn reconnect(target: &Target, shared: &Shared, wake: &Kick) {
         }
         let found = shared.lock();
         let pause = backoff.pause();
-        let found = shared.abandoned.wait_timeout_while(found, pause, |f| !f.abandoned).unwrap_or_else(|e| e.into_inner()).0;
+        let found =
+            shared.abandoned.wait_timeout_while(found, pause, |f| !f.abandoned).unwrap_or_else(|e| e.into_inner()).0;
         if found.abandoned {
             return;
         }

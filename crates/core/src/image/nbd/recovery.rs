@@ -107,7 +107,10 @@ impl Recovery {
         let (refusal, handle) = (reconnector.take_refusal(), reconnector.take());
         if let Some(why) = refusal {
             let address = &self.target.address;
-            self.tell("nbd-refused", format!("the NBD server at {address} answered but cannot stand in for the export: {why}; still trying"));
+            self.tell(
+                "nbd-refused",
+                format!("the NBD server at {address} answered but cannot stand in for the export: {why}; still trying"),
+            );
         }
         let Some(handle) = handle else { return };
         connection.replace(handle);
@@ -115,7 +118,10 @@ impl Recovery {
         self.outage = None;
         if self.outages().restored() {
             let (address, after) = (&self.target.address, self.lost_at.elapsed().as_secs_f64());
-            self.tell("nbd-reconnected", format!("reconnected to the NBD server at {address} after {after:.1} s; serving again"));
+            self.tell(
+                "nbd-reconnected",
+                format!("reconnected to the NBD server at {address} after {after:.1} s; serving again"),
+            );
         }
     }
 

@@ -62,10 +62,8 @@ pub fn strip(uri: &str) -> String {
         None => (before_query, None),
     };
     let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| SHOWN_PARAMETERS.iter().any(|name| p.split('=').next() == Some(*name)))
-        .collect();
+    let kept: Vec<&str> =
+        query.split('&').filter(|p| SHOWN_PARAMETERS.iter().any(|name| p.split('=').next() == Some(*name))).collect();
     let mut shown = format!("{scheme}://{host}");
     if let Some(path) = path {
         shown.push('/');
@@ -141,10 +139,7 @@ mod tests {
         let parsed = parse(uri).unwrap();
         assert_eq!(parsed.shown, "nbds://server:10809/disk");
         assert!(!parsed.shown.contains("hunter2") && !parsed.shown.contains("alice") && !parsed.shown.contains("psk"));
-        assert_eq!(
-            strip("nbds+unix://bob@/e?tls-psk-file=/k&socket=/s&tls-username=bob"),
-            "nbds+unix:///e?socket=/s"
-        );
+        assert_eq!(strip("nbds+unix://bob@/e?tls-psk-file=/k&socket=/s&tls-username=bob"), "nbds+unix:///e?socket=/s");
         assert!(!parse("nbd://u:secret@h:x/").unwrap_err().contains("secret"));
     }
 }

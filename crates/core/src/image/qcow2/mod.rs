@@ -25,7 +25,9 @@ mod workers;
 
 use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
-use super::{open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times};
+use super::{
+    open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times,
+};
 use crate::os_error::describe;
 use discard_guard::DiscardGuard;
 use gate::ChainGate;
@@ -35,8 +37,8 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, Mapping};
 use io_uring::{opcode, types};
-use std::io;
 use std::fs::File;
+use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -141,11 +143,13 @@ impl Qcow2Image {
             return Err(unusable(problem));
         }
         let direct = options.cache == CacheMode::Direct;
-        let top = HostFile::open_path(path, options.writable, direct)
-            .map_err(|e| open_failed(path, options.writable, &e))?;
+        let top =
+            HostFile::open_path(path, options.writable, direct).map_err(|e| open_failed(path, options.writable, &e))?;
         let memory_backed = is_memory_filesystem(top.file());
-        let top_file =
-            top.file().try_clone().map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
+        let top_file = top
+            .file()
+            .try_clone()
+            .map_err(|e| ImageError(format!("Failed to open image {shown}: {}", describe(&e))))?;
         let mut warnings = Vec::new();
         if direct && !memory_backed && top.direct_fd().is_none() {
             warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
@@ -210,7 +214,8 @@ impl Qcow2Image {
                 Ok(found) => found,
                 Err(e) if is_miss(&e) => {
                     leave(image);
-                    let job: Job<Shared> = Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
+                    let job: Job<Shared> =
+                        Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
                     return self.hand_off(io, WARMING, context, job);
                 }
                 Err(e) => {
@@ -261,7 +266,8 @@ impl Qcow2Image {
                 _ => {
                     // The worker counts its allocation in itself, when it runs.
                     leave(image);
-                    let job: Job<Shared> = Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
+                    let job: Job<Shared> =
+                        Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
             };
