@@ -17,7 +17,7 @@ import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os'
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fioArgs, parseFio, WORKLOADS } from './lib/fio.mjs';
+import { fioArgs, fioSeconds, parseFio, WORKLOADS } from './lib/fio.mjs';
 import { clockTicks, cpuTicks, isMounted, killGroup, liveChildren, memory, resetPeakRss, run, umountLazy } from './lib/proc.mjs';
 import { evaluateTargets, find, fmtIops, fmtLat, markdownReport, summarise, svgChart, TARGETS, textReport } from './lib/report.mjs';
 import { FRESH, fioWhere, prepareSection, SECTIONS, SERVERLESS, startTarget } from './lib/sections.mjs';
@@ -476,7 +476,7 @@ async function measure({ image, workload, repeat, position, target, server, conf
     record.peakReset = resetPeakRss(server.pid);
     cpuBefore = cpuTicks(server.pid);
   }
-  const limit = (workload.fresh ? config.runtime * 6 : config.runtime) + 60;
+  const limit = fioSeconds(workload, config.runtime) + 60;
   const out = await run('fio', args, { timeout: limit * 1000, onSpawn: (child) => (state.fio = child) });
   state.fio = undefined;
   record.wallMs = Math.round(out.ms);

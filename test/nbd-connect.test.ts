@@ -11,6 +11,7 @@ import {
   errorText,
   exportImage,
   makeMountpoint,
+  MiB,
   parseLines,
   pattern,
   readVia,
@@ -21,8 +22,6 @@ import {
   writeVia,
 } from './helpers/index.js';
 import { startNbdkit } from './helpers/nbd.js';
-
-const MiB = 1024 * 1024;
 
 /** A PSK file (username:hex key) as nbdkit and libnbd read it. */
 function pskFile(dir: string): string {

@@ -23,6 +23,11 @@ export const WORKLOADS = [
   },
 ];
 
+/** How long fio may run: `runtime`, or for a `fresh` workload a cap well above what it needs. */
+export function fioSeconds(workload, runtime) {
+  return workload.fresh ? runtime * 6 : runtime;
+}
+
 /**
  * The fio command line of one measured run against `where`: { filename }
  * (through io_uring) or { nbdUri } (fio's own NBD client). A `fresh`
@@ -30,7 +35,7 @@ export const WORKLOADS = [
  * `runtime` seconds (which then only caps it).
  */
 export function fioArgs(workload, where, { direct, runtime, size }) {
-  const seconds = workload.fresh ? runtime * 6 : runtime;
+  const seconds = fioSeconds(workload, runtime);
   const half = size / 2;
   return [
     `--name=${workload.id}`,

@@ -113,7 +113,10 @@ export function find(summary, image, workload, target) {
  */
 export function evaluateTargets(summary, servers, images) {
   const results = [];
-  const ratioTarget = (group, image, workload, target, against, threshold, text, { atMost = false } = {}) => {
+  // Only the sections this run measured.
+  const measuredImages = new Set(images);
+  const ratioTarget = (group, image, workload, target, against, threshold, text) => {
+    if (!measuredImages.has(image)) return;
     const measured = find(summary, image, workload, target)?.vs?.[against] ?? null;
     results.push({
       id: `${target}-${workload}-vs-${against}-${image}`,
@@ -126,10 +129,11 @@ export function evaluateTargets(summary, servers, images) {
       threshold,
       measured,
       unit: 'x',
-      pass: measured === null ? null : atMost ? measured <= threshold : measured >= threshold,
+      pass: measured === null ? null : measured >= threshold,
     });
   };
   const latencyTarget = (group, image, workload, target, against, threshold, text) => {
+    if (!measuredImages.has(image)) return;
     const mine = find(summary, image, workload, target)?.latMeanNs;
     const theirs = find(summary, image, workload, against)?.latMeanNs;
     const measured = mine != null && theirs != null ? (mine - theirs) / 1000 : null;
@@ -170,8 +174,6 @@ export function evaluateTargets(summary, servers, images) {
     ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'qsd-nbd', 1.5, `NBD ${w}: io_uring >= 1.5x qsd's nbd driver`);
     ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'fio-nbd', 0.7, `NBD ${w}: io_uring >= 0.7x fio's nbd engine`);
   }
-  const measuredImages = new Set(images);
-  results.splice(0, results.length, ...results.filter((r) => measuredImages.has(r.image)));
   for (const server of servers.filter((s) => s.target.startsWith('io_uring') && s.info?.ringQueues)) {
     const queues = server.info?.ringQueues ?? null;
     const depth = server.info?.queueDepth ?? null;

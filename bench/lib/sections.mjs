@@ -3,6 +3,7 @@
 // how each of its targets starts and is reached by fio.
 import { closeSync, constants as fsConstants, copyFileSync, ftruncateSync, mkdirSync, mkdtempSync, openSync } from 'node:fs';
 import { join } from 'node:path';
+import { DEFAULTS } from '../../dist/options.js';
 import { run } from './proc.mjs';
 import { startFuseExport, startNbdfuse, startNbdkit, startQsd, startReference } from './servers.mjs';
 
@@ -246,7 +247,7 @@ export async function startTarget(target, image, config, ctx, { fresh = false } 
     case 'reference': {
       const mountpoint = mountFile(image, target);
       ctx.ownMountpoint(mountpoint);
-      server = await startReference({ target, binary: ctx.referenceBinary, mountpoint, queues: config.threads, depth: config.queueDepth ?? 64 });
+      server = await startReference({ target, binary: ctx.referenceBinary, mountpoint, queues: config.threads, depth: config.queueDepth ?? DEFAULTS.queueDepth });
       break;
     }
     default:

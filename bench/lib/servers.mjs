@@ -159,14 +159,13 @@ async function awaitReady(server, ready, what, timeout) {
 export async function startQsd({ target, image, format = 'raw', nbdSocket, mountpoint, threads, directIo, timeout = 30_000 }) {
   const iothreads = Array.from({ length: threads }, (_, i) => `iot${i}`);
   const attempts = [];
-  for (const aio of ['io_uring', 'threads']) {
+  // An NBD client has no aio mode of its own: one attempt each.
+  for (const aio of nbdSocket ? ['io_uring'] : ['io_uring', 'threads']) {
     if (threads > 1) attempts.push({ aio, iothreads, label: `${threads} iothreads (multi-queue), aio=${aio}` });
     attempts.push({ aio, iothreads: [], label: `default (main loop, no iothread), aio=${aio}` });
   }
   const tried = [];
   for (const attempt of attempts) {
-    // An NBD client has no aio mode of its own: one attempt each.
-    if (nbdSocket && attempt.aio !== 'io_uring') continue;
     const source = nbdSocket
       ? `driver=nbd,node-name=file0,server.type=unix,server.path=${nbdSocket}`
       : `driver=file,node-name=file0,filename=${image},cache.direct=${directIo ? 'on' : 'off'},aio=${attempt.aio}`;
