@@ -158,10 +158,22 @@ async function freshImage(image, target) {
   return path;
 }
 
-/** A copy of `path` for one exporter: an exporter that writes locks its image, as QEMU does. */
-function copyFor(image, path, target) {
-  const copy = join(image.workdir, `image-${target}${path.endsWith('.qcow2') ? '.qcow2' : '.raw'}`);
-  copyFileSync(path, copy, fsConstants.COPYFILE_FICLONE);
+/**
+ * `target`'s own copy of the image at `path` (an exporter that writes locks
+ * its image, as QEMU does). A raw image, where O_DIRECT works, is written
+ * like the original (1 MiB O_DIRECT writes): on this machine's disk a copy
+ * made through the page cache took 4 KiB O_DIRECT random writes at half the
+ * rate of the original (28k vs 57k IOPS, fio on the files themselves), which
+ * made every export look slow against the file.
+ */
+async function copyFor(image, path, target) {
+  const qcow2 = path.endsWith('.qcow2');
+  const copy = join(image.workdir, `image-${target}${qcow2 ? '.qcow2' : '.raw'}`);
+  if (image.directWorks && !qcow2) {
+    await must('copying the image', 'dd', [`if=${path}`, `of=${copy}`, 'bs=1M', 'iflag=direct', 'oflag=direct', 'conv=fsync', 'status=none'], 900_000);
+  } else {
+    copyFileSync(path, copy, fsConstants.COPYFILE_FICLONE);
+  }
   return copy;
 }
 
@@ -211,7 +223,7 @@ export async function startTarget(target, image, config, ctx, { fresh = false } 
     case 'io_uring':
     case 'legacy':
     case 'passthrough':
-      imagePath = copyFor(image, image.path, target);
+      imagePath = await copyFor(image, image.path, target);
       server = await fuseExport(target, imagePath, 'raw');
       break;
     case 'io_uring-raw':
@@ -227,7 +239,7 @@ export async function startTarget(target, image, config, ctx, { fresh = false } 
       server = await fuseExport('io_uring', image.nbd[target === 'io_uring-nbd' ? 'multi' : 'single'].uri, undefined);
       break;
     case 'qsd':
-      imagePath = copyFor(image, image.path, target);
+      imagePath = await copyFor(image, image.path, target);
       server = await qsd({ image: imagePath });
       break;
     case 'qsd-qcow2':
