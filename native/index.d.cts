@@ -55,6 +55,8 @@ export interface NativeOptions {
   passthrough: string
   threads: number
   queueDepth: number
+  /** Microseconds an idle I/O thread may busy-poll before it sleeps. */
+  pollMaxUs: number
   /** "direct" | "writeback" */
   cache: string
   /** "auto" | "raw" | "qcow2" */

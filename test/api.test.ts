@@ -99,6 +99,7 @@ test.serial('set-up errors reject with the contract messages and leave nothing m
   await t.throwsAsync(start({ image: join(dir, 'nope.img') }), { message: /nope\.img/ });
   await t.throwsAsync(start({ growable: true }), { message: /--writable|writable/ });
   await t.throwsAsync(start({ threads: 0 }), { message: /threads/ });
+  await t.throwsAsync(start({ pollMaxUs: -1 }), { message: /poll-max-us/ });
   assertUnmounted(t, mnt);
 
   // A second export on a mountpoint this process already exports: refused

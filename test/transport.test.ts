@@ -98,6 +98,22 @@ uringTest('--queue-depth 1 still serves 2 jobs at iodepth 16', async (t) => {
   t.is(fio.code, 0, fio.stdout + fio.stderr);
 });
 
+for (const ioUring of ['on', 'off'] as const) {
+  uringTest(`--poll-max-us 0 (threads never busy-poll) serves iodepth 16 and iodepth 1 (--io-uring ${ioUring})`, async (t) => {
+    setUring(t, 'Y');
+    const { mnt } = await exported(t, { ioUring, writable: true, pollMaxUs: 0, size: 32 * MiB });
+    const deep = await fioVerify(mnt, { seconds: 2 });
+    t.is(deep.code, 0, deep.stdout + deep.stderr);
+    const shallow = await fio(
+      ['--name=shallow', `--filename=${mnt}`, '--rw=randwrite', '--bs=4k', '--size=8M', '--iodepth=1',
+        '--ioengine=io_uring', '--direct=1', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1'],
+      { timeout: 120_000 },
+    );
+    t.is(shallow.code, 0, shallow.stdout + shallow.stderr);
+    t.regex(shallow.stdout, /err= 0/);
+  });
+}
+
 uringTest('an unmount from outside while fio runs ends the export cleanly', async (t) => {
   setUring(t, 'Y');
   const { exp, mnt } = await exported(t, { ioUring: 'on', writable: true, size: 32 * MiB });

@@ -23,6 +23,12 @@ export interface ExportOptions {
   passthrough?: Switch;
   threads?: number;
   queueDepth?: number;
+  /**
+   * Microseconds an I/O thread may busy-poll for its next completion before
+   * it sleeps, adapted to how soon completions come (0: never poll). Cuts
+   * the latency of shallow I/O at the cost of CPU while it lasts.
+   */
+  pollMaxUs?: number;
   cache?: CacheMode;
   /** `auto` (default): qcow2 when the header says so, else raw. */
   format?: ImageFormat;
@@ -52,6 +58,7 @@ export const CACHE_MODES: readonly CacheMode[] = ['direct', 'writeback'];
 export const FORMATS: readonly ImageFormat[] = ['auto', 'raw', 'qcow2'];
 export const MAX_THREADS = 1024;
 export const MAX_QUEUE_DEPTH = 4096;
+export const MAX_POLL_US = 10_000;
 
 export const DEFAULTS = {
   writable: false,
@@ -61,6 +68,7 @@ export const DEFAULTS = {
   passthrough: 'auto' as Switch,
   threads: availableParallelism(),
   queueDepth: 64,
+  pollMaxUs: 250,
   cache: 'direct' as CacheMode,
   format: 'auto' as ImageFormat,
   shutdownTimeout: 10_000,
@@ -108,6 +116,7 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   oneOf('format', merged.format, FORMATS);
   integerIn('threads', merged.threads, 1, MAX_THREADS);
   integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);
+  integerIn('poll-max-us', merged.pollMaxUs, 0, MAX_POLL_US);
   integerIn('shutdown-timeout', merged.shutdownTimeout, 0, 24 * 3600 * 1000);
   if (!Number.isFinite(merged.reconnectDelay) || merged.reconnectDelay < 0 || merged.reconnectDelay > 3600) {
     throw new OptionError(`reconnect-delay must be from 0 to 3600 seconds, not ${merged.reconnectDelay}`);

@@ -35,11 +35,11 @@ export function parseLines(text: string): LogLine[] {
     });
 }
 
-/** Builds the option list from camelCase options, as the Node API takes them. */
 /** The Node API's options, plus the CLI's --pidfile. */
 export type CliOptions = Omit<ExportOptions, 'image' | 'mountpoint'> & { pidfile?: string };
 
 /**
+ * Builds the option list from camelCase options, as the Node API takes them.
  * Passthrough is the pass's default unless a test asks for one ('off' but in
  * the passthrough pass): with it the kernel serves reads and writes itself,
  * and the FUSE path under test would see none.
@@ -52,6 +52,7 @@ export function cliOptions({
   passthrough = DEFAULT_PASSTHROUGH,
   threads,
   queueDepth,
+  pollMaxUs,
   cache,
   format,
   pidfile,
@@ -63,6 +64,7 @@ export function cliOptions({
   if (ioUring !== undefined) args.push('--io-uring', ioUring);
   if (threads !== undefined) args.push('--threads', String(threads));
   if (queueDepth !== undefined) args.push('--queue-depth', String(queueDepth));
+  if (pollMaxUs !== undefined) args.push('--poll-max-us', String(pollMaxUs));
   if (cache !== undefined) args.push('--cache', cache);
   if (format !== undefined) args.push('--format', format);
   if (pidfile !== undefined) args.push('--pidfile', pidfile);

@@ -44,6 +44,11 @@ const OPTIONS = {
   },
   threads: { type: 'number', default: DEFAULTS.threads, describe: 'I/O threads' },
   'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
+  'poll-max-us': {
+    type: 'number',
+    default: DEFAULTS.pollMaxUs,
+    describe: 'microseconds an I/O thread may busy-poll before it sleeps, adapted to the load (0: never)',
+  },
   cache: {
     choices: CACHE_MODES,
     default: DEFAULTS.cache,
@@ -120,6 +125,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       passthrough: parsed.passthrough as Switch,
       threads: number('threads', parsed.threads),
       queueDepth: number('queue-depth', parsed['queue-depth']),
+      pollMaxUs: number('poll-max-us', parsed['poll-max-us']),
       cache: parsed.cache as CacheMode,
       format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),

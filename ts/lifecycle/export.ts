@@ -148,6 +148,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           passthrough: resolved.passthrough,
           threads: resolved.threads,
           queueDepth: resolved.queueDepth,
+          pollMaxUs: resolved.pollMaxUs,
           cache: resolved.cache,
           format: resolved.format,
           reconnectDelay: resolved.reconnectDelay,

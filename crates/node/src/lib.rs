@@ -24,6 +24,8 @@ pub struct NativeOptions {
     pub passthrough: String,
     pub threads: u32,
     pub queue_depth: u32,
+    /// Microseconds an idle I/O thread may busy-poll before it sleeps.
+    pub poll_max_us: u32,
     /// "direct" | "writeback"
     pub cache: String,
     /// "auto" | "raw" | "qcow2"
@@ -106,6 +108,7 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         passthrough: switch("passthrough", &options.passthrough)?,
         threads: options.threads as usize,
         queue_depth: options.queue_depth,
+        poll_max: std::time::Duration::from_micros(options.poll_max_us.into()),
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod buffer;
 pub mod control;
+pub mod poll;
 pub mod provided_buffers;
 pub mod remote;
 pub mod ring;

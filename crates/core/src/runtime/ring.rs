@@ -96,6 +96,11 @@ impl Ring {
         }
     }
 
+    /// Whether `reap` would return something now.
+    pub fn has_completions(&mut self) -> bool {
+        !self.local.is_empty() || !self.ring.completion().is_empty()
+    }
+
     pub fn outstanding(&self) -> usize {
         self.outstanding
     }

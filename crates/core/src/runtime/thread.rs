@@ -3,6 +3,7 @@
 //! backend; it knows the phase, its wake-up eventfd and the `Owner` interface.
 
 use super::control::{Control, Phase};
+use super::poll::AdaptivePoll;
 use super::ring::{Completion, Ring};
 use super::token::{Token, RUNTIME_CHANNEL};
 use io_uring::{opcode, types};
@@ -32,7 +33,7 @@ const CANCEL_WAKE: Token = Token::new(2, RUNTIME_CHANNEL, 0);
 
 /// Serves until stopped and every SQE has completed, so that no memory the
 /// kernel may write into is released while an SQE still points at it.
-pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize) {
+pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize, poll: &mut AdaptivePoll) {
     let waker = types::Fd(control.waker(thread).as_raw_fd());
     let (mut wake_armed, mut wake_cancelled) = (false, false);
     let mut completions = Vec::with_capacity(256);
@@ -51,7 +52,10 @@ pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: 
         if stopping && ring.outstanding() == 0 {
             return;
         }
-        ring.submit(if next == Next::Wait { 1 } else { 0 });
+        match next {
+            Next::Wait => poll.wait(ring),
+            Next::Poll => ring.submit(0),
+        }
         ring.reap(&mut completions);
         for &completion in &completions {
             if completion.token == WAKE {

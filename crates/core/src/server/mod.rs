@@ -70,6 +70,9 @@ pub struct StartOptions {
     pub passthrough: Switch,
     pub threads: usize,
     pub queue_depth: u32,
+    /// The longest an idle I/O thread busy-polls for its next completion
+    /// before it sleeps (zero: never).
+    pub poll_max: Duration,
 }
 
 /// What the export ended up with, for the `ready` event.
@@ -194,6 +197,7 @@ impl Server {
         let plan = ThreadPlan {
             threads: options.threads,
             queue_depth: options.queue_depth as usize,
+            poll_max: options.poll_max,
             queues,
             core: &server.core,
             control: &server.control,

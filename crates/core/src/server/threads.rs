@@ -7,6 +7,7 @@ use crate::protocol::abi::{MAX_PAGES, MAX_WRITE};
 use crate::request::counters::Counters;
 use crate::request::RequestCore;
 use crate::runtime::control::Control;
+use crate::runtime::poll::AdaptivePoll;
 use crate::runtime::ring::Ring;
 use crate::runtime::thread::{contain_panic, serve};
 use crate::transport::fuse_queue::FuseQueue;
@@ -17,10 +18,13 @@ use crate::transport::uring_setup::{self, RingSetup};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub struct ThreadPlan<'a> {
     pub threads: usize,
     pub queue_depth: usize,
+    /// The longest an idle I/O thread busy-polls before it sleeps.
+    pub poll_max: Duration,
     /// Kernel FUSE queues to serve (0: /dev/fuse only).
     pub queues: usize,
     pub core: &'a Arc<RequestCore>,
@@ -62,6 +66,7 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
             plan.core.image().attach_thread(thread, IMAGE_CHANNEL),
         );
         let (core, control) = (plan.core.clone(), plan.control.clone());
+        let mut poll = AdaptivePoll::new(plan.poll_max);
         let handle = std::thread::Builder::new()
             .name(format!("fuse-export-io{thread}"))
             .spawn(move || {
@@ -74,8 +79,9 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
                 if let Err(e) = ring.adopt() {
                     return halt(format!("I/O thread {thread} could not enable its io_uring: {e}"));
                 }
-                let served =
-                    contain_panic((ring, transports), |(ring, transports)| serve(ring, transports, &control, thread));
+                let served = contain_panic((ring, transports), |(ring, transports)| {
+                    serve(ring, transports, &control, thread, &mut poll)
+                });
                 if let Err(panic) = served {
                     halt(format!(
                         "I/O thread {thread} panicked: {panic} (its buffers are kept, not freed, \
