@@ -46,7 +46,7 @@ const OPTIONS = {
   'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
   'poll-max-us': {
     type: 'number',
-    default: DEFAULTS.pollMaxUs,
+    defaultDescription: `${DEFAULTS.pollMaxUs}; 0 for NBD images`,
     describe: 'microseconds an I/O thread may busy-poll before it sleeps, adapted to the load (0: never)',
   },
   cache: {
@@ -125,7 +125,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       passthrough: parsed.passthrough as Switch,
       threads: number('threads', parsed.threads),
       queueDepth: number('queue-depth', parsed['queue-depth']),
-      pollMaxUs: number('poll-max-us', parsed['poll-max-us']),
+      pollMaxUs: parsed['poll-max-us'] === undefined ? undefined : number('poll-max-us', parsed['poll-max-us']),
       cache: parsed.cache as CacheMode,
       format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
