@@ -26,8 +26,8 @@ export interface ExportOptions {
   /**
    * Microseconds an I/O thread may busy-poll for its next completion before
    * it sleeps, adapted to how soon completions come (0: never poll). Cuts
-   * the latency of shallow I/O at the cost of CPU while it lasts. Default
-   * 250, but 0 for NBD images (see `defaultPollMaxUs`).
+   * the latency of shallow I/O at the cost of CPU while it lasts, and costs
+   * deep I/O its batching: off (0) unless asked for. 250 suits a disk.
    */
   pollMaxUs?: number;
   cache?: CacheMode;
@@ -69,23 +69,12 @@ export const DEFAULTS = {
   passthrough: 'auto' as Switch,
   threads: availableParallelism(),
   queueDepth: 64,
-  pollMaxUs: 250,
+  pollMaxUs: 0,
   cache: 'direct' as CacheMode,
   format: 'auto' as ImageFormat,
   shutdownTimeout: 10_000,
   reconnectDelay: 0,
 };
-
-/**
- * An NBD server's replies need CPU, and when the server runs on this
- * machine a polling thread takes it from the server: measured with nbdkit
- * over a Unix socket, 4 KiB reads at iodepth 16 x 2 fell from 69-78k to
- * 10-56k IOPS with polling (iodepth 1 rose from 11k to 18k). So NBD images
- * poll only when asked to (a remote server, a latency-bound load).
- */
-export function defaultPollMaxUs(image: string): number {
-  return isNbdUri(image) ? 0 : DEFAULTS.pollMaxUs;
-}
 
 /** Whether the image argument names an NBD server rather than a file. */
 export function isNbdUri(image: string): boolean {
@@ -117,7 +106,7 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   if (typeof options.mountpoint !== 'string' || options.mountpoint === '') {
     throw new OptionError('a mountpoint path is required');
   }
-  const merged = { ...DEFAULTS, pollMaxUs: defaultPollMaxUs(options.image), ...stripUndefined(options) } as ResolvedOptions;
+  const merged = { ...DEFAULTS, ...stripUndefined(options) } as ResolvedOptions;
   if (merged.growable && !merged.writable) {
     throw new OptionError('--growable needs --writable');
   }

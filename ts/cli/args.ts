@@ -46,8 +46,10 @@ const OPTIONS = {
   'queue-depth': { type: 'number', default: DEFAULTS.queueDepth, describe: 'entries per io_uring queue' },
   'poll-max-us': {
     type: 'number',
-    defaultDescription: `${DEFAULTS.pollMaxUs}; 0 for NBD images`,
-    describe: 'microseconds an I/O thread may busy-poll before it sleeps, adapted to the load (0: never)',
+    default: DEFAULTS.pollMaxUs,
+    describe:
+      'microseconds an I/O thread may busy-poll before it sleeps, adapted to the load: lower latency at ' +
+      'iodepth 1 for CPU, fewer IOPS at depth (0: never; 250 suits a disk at iodepth 1)',
   },
   cache: {
     choices: CACHE_MODES,
@@ -125,7 +127,7 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       passthrough: parsed.passthrough as Switch,
       threads: number('threads', parsed.threads),
       queueDepth: number('queue-depth', parsed['queue-depth']),
-      pollMaxUs: parsed['poll-max-us'] === undefined ? undefined : number('poll-max-us', parsed['poll-max-us']),
+      pollMaxUs: number('poll-max-us', parsed['poll-max-us']),
       cache: parsed.cache as CacheMode,
       format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),

@@ -39,7 +39,7 @@ fn main() {
         passthrough: Switch::Auto,
         threads: 2,
         queue_depth: 64,
-        poll_max: Duration::from_micros(250),
+        poll_max: Duration::ZERO,
     };
     // Events come from the I/O threads: the disconnect is what the stop waits for.
     let (disconnected, connection_ended) = mpsc::channel();
