@@ -10,6 +10,7 @@ use io_uring::{opcode, types};
 use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 /// Whoever puts SQEs on a thread's ring gets their completions back here.
 pub trait Owner {
@@ -33,7 +34,9 @@ const CANCEL_WAKE: Token = Token::new(2, RUNTIME_CHANNEL, 0);
 
 /// Serves until stopped and every SQE has completed, so that no memory the
 /// kernel may write into is released while an SQE still points at it.
-pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize, poll: &mut AdaptivePoll) {
+/// Before sleeping it busy-polls for up to `poll_max` (see `AdaptivePoll`).
+pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize, poll_max: Duration) {
+    let mut poll = AdaptivePoll::new(poll_max);
     let waker = types::Fd(control.waker(thread).as_raw_fd());
     let (mut wake_armed, mut wake_cancelled) = (false, false);
     let mut completions = Vec::with_capacity(256);

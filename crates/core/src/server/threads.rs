@@ -7,7 +7,6 @@ use crate::protocol::abi::{MAX_PAGES, MAX_WRITE};
 use crate::request::counters::Counters;
 use crate::request::RequestCore;
 use crate::runtime::control::Control;
-use crate::runtime::poll::AdaptivePoll;
 use crate::runtime::ring::Ring;
 use crate::runtime::thread::{contain_panic, serve};
 use crate::transport::fuse_queue::FuseQueue;
@@ -66,7 +65,6 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
             plan.core.image().attach_thread(thread, IMAGE_CHANNEL),
         );
         let (core, control) = (plan.core.clone(), plan.control.clone());
-        let mut poll = AdaptivePoll::new(plan.poll_max);
         let handle = std::thread::Builder::new()
             .name(format!("fuse-export-io{thread}"))
             .spawn(move || {
@@ -80,7 +78,7 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
                     return halt(format!("I/O thread {thread} could not enable its io_uring: {e}"));
                 }
                 let served = contain_panic((ring, transports), |(ring, transports)| {
-                    serve(ring, transports, &control, thread, &mut poll)
+                    serve(ring, transports, &control, thread, plan.poll_max)
                 });
                 if let Err(panic) = served {
                     halt(format!(
