@@ -11,6 +11,24 @@ ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mk
 ldconfig -p | grep 'libnbd\.so\.0 ' >/dev/null || ensure_debian_packages libnbd0:/nonexistent/libnbd0
 ensure_rust
 ensure_build test-faults
+# The specs that act as another user (attributes, setup, user) run the CLI
+# and test/helpers/fsop.py from this checkout as nobody, so every directory
+# above it must let others through. A clone under a private directory
+# (`mktemp -d` makes them 0700) gets o+x on those for the run, put back on
+# exit, as the specs put back /dev/fuse's mode.
+opened=()
+restore_private_dirs() { [ ${#opened[@]} -eq 0 ] || chmod o-x "${opened[@]}"; }
+trap restore_private_dirs EXIT
+dir="$ROOT"
+while [ "$dir" != / ]; do
+  # The last of the ten mode letters: x or t when others may pass.
+  if [[ "$(stat -c %A "$dir")" != *[xt] ]]; then
+    chmod o+x "$dir"
+    opened+=("$dir")
+  fi
+  dir="$(dirname "$dir")"
+done
+[ ${#opened[@]} -eq 0 ] || echo "NOTE: let other users through ${opened[*]} for the run (the specs run as nobody); put back on exit" >&2
 check_generated_loader
 cargo test --workspace --quiet
 # A type error in a spec (or a core interface the fake core no longer fits) fails here.
