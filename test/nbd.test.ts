@@ -1,8 +1,10 @@
 // Remote images over NBD: fuse-export in front of real servers (nbdkit,
 // qemu-nbd) on Unix sockets in the test's directory and on 127.0.0.1.
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   assertBytes,
@@ -141,6 +143,21 @@ eachTransport(test, 'fio crc32c verify, 2 jobs at iodepth 16, against nbdkit mem
   t.is(stopped.errors, 0);
 });
 
+eachTransport(test, 'iodepth 2 for 8 s, reads and writes: every command is answered, none is stranded in libnbd', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const result = await fio(
+    ['--name=qd2', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=2', '--numjobs=1', '--size=32M',
+      '--time_based', '--runtime=8', '--direct=1', '--ioengine=io_uring', '--group_reporting'],
+    { timeout: 40_000 },
+  );
+  t.is(result.code, 0, result.stdout + result.stderr);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  t.is(stopped.inFlight, 0, 'nothing left in flight');
+});
+
 eachTransport(test, 'many reads are in flight at once: 64 reads with 100 ms server latency take far less than 6.4 s', async (t, ioUring) => {
   const dir = tmpDir(t);
   const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'], filters: ['delay'], params: ['delay-read=100ms'] });
@@ -221,6 +238,65 @@ eachTransport(test, 'SEEK_DATA / SEEK_HOLE follow base:allocation; without it ev
   t.is(await fsopOk('lseek', [other.mnt, 12345, 'data']), 12345, 'all data');
   t.is(await fsopOk('lseek', [other.mnt, 0, 'hole']), 16 * MiB, 'the only hole is the end');
   await stopExport(t, other.exp);
+});
+
+eachTransport(test, 'a multi-conn server that takes one client: its first connection serves both threads, data and block status', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  // The data connections would ask for simple replies; the limit filter turns them away.
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'], filters: ['limit'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const data = pattern(2 * MiB, 8);
+  t.is((await writeVia(mnt, 40 * MiB, data, { how: 'rw' })).ok, data.length);
+  t.is(await fsopOk('lseek', [mnt, 0, 'data']), 40 * MiB, 'base:allocation on the one connection');
+  const result = await fio(
+    ['--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
+      '--size=8M', '--offset_increment=8M', '--direct=1', '--ioengine=libaio', '--verify=crc32c',
+      '--do_verify=1', '--verify_fatal=1', '--group_reporting'],
+    { timeout: 120_000 },
+  );
+  t.is(result.code, 0, result.stdout + result.stderr);
+  assertBytes(t, await readVia(mnt, 40 * MiB, data.length), data);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+});
+
+/** Prints SEEK_DATA from 12345 and SEEK_HOLE from 0 of argv[1], then closes it. */
+const SEEK_AND_CLOSE = [
+  'import os, sys',
+  'fd = os.open(sys.argv[1], os.O_RDONLY)',
+  'print(os.lseek(fd, 12345, os.SEEK_DATA), os.lseek(fd, 0, os.SEEK_HOLE), flush=True)',
+  'os.close(fd)',
+].join('\n');
+
+eachTransport(test, 'SEEK_DATA while the server is away (--reconnect-delay): every byte is data; base:allocation again once it is back', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const path = join(dir, 'sparse.img');
+  const data = pattern(MiB, 9);
+  writeFileSync(path, '');
+  truncateSync(path, 16 * MiB);
+  const fd = openSync(path, 'r+');
+  writeSync(fd, data, 0, data.length, 4 * MiB);
+  closeSync(fd);
+  const socket = join(dir, 'sparse.sock');
+  const server = await startNbdkit(t, dir, { plugin: ['file', path], socket });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring, { args: ['--reconnect-delay', '20'] });
+  t.is(await fsopOk('lseek', [mnt, 0, 'data']), 4 * MiB, 'the first data');
+  t.is(await fsopOk('lseek', [mnt, 4 * MiB, 'hole']), 5 * MiB, 'the hole after it');
+  await server.kill();
+  // The seeks are answered at once; the close's FLUSH waits for the server.
+  const seeker = spawn('python3', ['-c', SEEK_AND_CLOSE, mnt], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => seeker.kill('SIGKILL'));
+  const exited = once(seeker, 'exit');
+  const [answer] = await within(10_000, 'the seeks with the server away', once(seeker.stdout, 'data'));
+  t.is(String(answer).trim(), `12345 ${16 * MiB}`, 'no server: all data, the only hole is the end');
+  await startNbdkit(t, dir, { plugin: ['file', path], socket });
+  const [code] = await within(30_000, 'the close once the server is back', exited);
+  t.is(code, 0, 'the close (FLUSH) succeeded');
+  await waitUntil(async () => (await fsopOk('lseek', [mnt, 0, 'data'])) === 4 * MiB, { timeout: 30_000, what: 'block status to come back' });
+  t.is(await fsopOk('lseek', [mnt, 4 * MiB, 'hole']), 5 * MiB);
+  assertBytes(t, await readVia(mnt, 4 * MiB, data.length), data, 'and the data reads right');
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0, 'no request failed');
 });
 
 eachTransport(test, 'a server error is that request’s errno; the export keeps serving; errors counted, logged once', async (t, ioUring) => {

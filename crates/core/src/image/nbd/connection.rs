@@ -16,7 +16,7 @@
 //! for a lost connection's.
 
 use super::ffi::CompletionCallback;
-use super::handle::Handle;
+use super::handle::{Extents, Handle};
 use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
@@ -306,6 +306,12 @@ impl Connection {
             handle.notify_write();
             return;
         }
+        // libnbd must not hear of a read with nothing to read: it then
+        // waits inside its reply state, where commands are only queued,
+        // for a reply that may never come. The socket may be empty though
+        // the poll fired (a synchronous block-status call may have read
+        // it meanwhile, and without one a readiness was still seen to
+        // outlive its data), so each notification is preceded by a peek.
         for _ in 0..REPLIES_PER_TURN {
             if handle.is_dead() || !handle.readable() {
                 return;
@@ -322,7 +328,7 @@ impl Connection {
     /// Synchronous (SEEK_DATA / SEEK_HOLE are rare); replies to other
     /// commands read meanwhile are noted as usual and delivered by the
     /// owner, which is kicked afterwards.
-    pub fn block_status(&self, offset: u64, count: u64) -> Result<Vec<(u64, u32)>, i32> {
+    pub fn block_status(&self, offset: u64, count: u64) -> Result<Extents, i32> {
         let extents = self.current().handle.block_status(offset, count);
         self.kick.kick();
         extents.map_err(request_errno)

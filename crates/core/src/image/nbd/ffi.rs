@@ -77,6 +77,7 @@ api! {
     nbd_get_errno: fn() -> c_int;
     nbd_set_handle_name: fn(H, *const c_char) -> c_int;
     nbd_add_meta_context: fn(H, *const c_char) -> c_int;
+    nbd_set_request_structured_replies: fn(H, bool) -> c_int;
     nbd_set_uri_allow_local_file: fn(H, bool) -> c_int;
     nbd_aio_connect_uri: fn(H, *const c_char) -> c_int;
     nbd_aio_is_connecting: fn(H) -> c_int;

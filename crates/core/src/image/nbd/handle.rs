@@ -16,6 +16,19 @@ unsafe impl Send for Handle {}
 // SAFETY: as above.
 unsafe impl Sync for Handle {}
 
+/// `base:allocation` extents: (length, flags).
+pub type Extents = Vec<(u64, u32)>;
+
+/// The replies a connection asks the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replies {
+    /// Structured replies, with `base:allocation`: they carry block status.
+    Structured,
+    /// Simple replies: a read's reply is a header and the data, two `recv`
+    /// calls where a structured one takes four; no block status.
+    Simple,
+}
+
 /// What a successful connection learnt about the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Export {
@@ -46,7 +59,13 @@ impl Export {
 impl Handle {
     /// Connects to `uri` (as given, secrets and all) and completes the
     /// handshake by `deadline`. The error names `address`.
-    pub fn connect(api: &'static Api, uri: &str, address: &str, deadline: Instant) -> Result<(Handle, Export), String> {
+    pub fn connect(
+        api: &'static Api,
+        uri: &str,
+        address: &str,
+        replies: Replies,
+        deadline: Instant,
+    ) -> Result<(Handle, Export), String> {
         let failed = |why: String| format!("Cannot connect to the NBD server at {address}: {why}");
         // SAFETY: no arguments; NULL on failure.
         let raw = unsafe { (api.nbd_create)() };
@@ -58,7 +77,10 @@ impl Handle {
         // SAFETY: a valid handle and NUL-terminated strings.
         unsafe {
             (api.nbd_set_handle_name)(raw, c"fuse-export".as_ptr());
-            (api.nbd_add_meta_context)(raw, ffi::BASE_ALLOCATION.as_ptr());
+            match replies {
+                Replies::Structured => (api.nbd_add_meta_context)(raw, ffi::BASE_ALLOCATION.as_ptr()),
+                Replies::Simple => (api.nbd_set_request_structured_replies)(raw, false),
+            };
             // The URI is the user's own: its TLS key and certificate files
             // (tls-psk-file=, tls-certificates=) may be read.
             (api.nbd_set_uri_allow_local_file)(raw, true);
@@ -170,11 +192,11 @@ impl Handle {
 
     /// The extents of `base:allocation` from `offset`: (length, flags), or
     /// libnbd's errno. Synchronous.
-    pub fn block_status(&self, offset: u64, count: u64) -> Result<Vec<(u64, u32)>, i32> {
-        let mut extents: Vec<(u64, u32)> = Vec::new();
+    pub fn block_status(&self, offset: u64, count: u64) -> Result<Extents, i32> {
+        let mut extents = Extents::new();
         let callback = ExtentCallback {
             callback: Some(extents_seen),
-            user_data: (&mut extents as *mut Vec<(u64, u32)>).cast(),
+            user_data: (&mut extents as *mut Extents).cast(),
             free: None,
         };
         // SAFETY: `extents` outlives the synchronous call.
@@ -198,7 +220,7 @@ unsafe extern "C" fn extents_seen(
     if metacontext.is_null() || unsafe { CStr::from_ptr(metacontext) } != ffi::BASE_ALLOCATION || entries.is_null() {
         return 0;
     }
-    let extents = unsafe { &mut *(user_data as *mut Vec<(u64, u32)>) };
+    let extents = unsafe { &mut *(user_data as *mut Extents) };
     let entries = unsafe { std::slice::from_raw_parts(entries, nr_entries) };
     extents.extend(entries.chunks_exact(2).map(|pair| (u64::from(pair[0]), pair[1])));
     0

@@ -2,10 +2,12 @@
 //! NBD URI is given.
 //!
 //! Connections: one per I/O thread when the server offers multi-conn (each
-//! thread then drives its own socket on its own ring); otherwise one,
-//! driven by thread 0, on which the other threads issue their commands too
-//! (libnbd locks the handle) and kick thread 0 to poll the new direction;
-//! their results come back to them through IORING_OP_MSG_RING. Reads land
+//! thread then drives its own socket on its own ring; they ask for simple
+//! replies, and block status comes from one more connection, `status.rs`);
+//! otherwise one, driven by thread 0, on which the other threads issue
+//! their commands too (libnbd locks the handle) and kick thread 0 to poll
+//! the new direction; their results come back to them through
+//! IORING_OP_MSG_RING. Reads land
 //! straight in the request's buffer, writes leave straight from it.
 //!
 //! A lost server halts the export, or with `--reconnect-delay S` each
@@ -20,6 +22,7 @@ mod outages;
 mod reconnect;
 mod recovery;
 mod retry;
+mod status;
 mod uri;
 
 use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Seek, ThreadImage, Times};
@@ -29,10 +32,11 @@ use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use connection::{Command, Connection};
 use driver::Driver;
-use handle::{Export, Handle};
+use handle::{Export, Extents, Handle, Replies};
 use outages::Outages;
 use reconnect::Target;
 use recovery::Recovery;
+use status::StatusConnection;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,6 +73,9 @@ pub struct NbdImage {
     outages: Arc<Mutex<Outages>>,
     /// Index = the I/O thread that drives it.
     connections: Mutex<Vec<Arc<Connection>>>,
+    /// Where block status comes from when the connections above cannot
+    /// carry it (simple replies); otherwise each thread asks its own.
+    status: Option<StatusConnection>,
     opened: Times,
     zeroes: OnceLock<AlignedBuffer>,
 }
@@ -84,31 +91,52 @@ impl NbdImage {
         }
         let api = ffi::api().map_err(ImageError)?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let (first, export) = Handle::connect(api, image, &parsed.address, deadline).map_err(ImageError)?;
-        let first = Connection::new(first).map_err(ImageError)?;
+        let (first, export) =
+            Handle::connect(api, image, &parsed.address, Replies::Structured, deadline).map_err(ImageError)?;
         if export.read_only && options.writable {
             return Err(ImageError(format!(
                 "The NBD server at {} serves {} read-only: export it without --writable",
                 parsed.address, parsed.shown
             )));
         }
+        // With multi-conn every connection sees the same data: the data
+        // connections then ask for simple replies (a 4 KiB read costs two
+        // system calls fewer) and the first one stays for block status.
+        // A server that takes no second connection gets one that does all.
+        let simple = export
+            .multi_conn
+            .then(|| Handle::connect(api, image, &parsed.address, Replies::Simple, deadline).ok())
+            .flatten();
+        let target = |replies| {
+            Arc::new(Target {
+                api,
+                uri: image.to_string(),
+                address: parsed.address.clone(),
+                export,
+                writable: options.writable,
+                replies,
+            })
+        };
+        let (data, status, replies) = match simple {
+            Some((data, _)) => {
+                let status = export.base_allocation.then(|| StatusConnection::new(first, target(Replies::Structured)));
+                (data, status, Replies::Simple)
+            }
+            None => (first, None, Replies::Structured),
+        };
+        let first = Connection::new(data).map_err(ImageError)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let stamp = (now.as_secs(), now.subsec_nanos());
         Ok(Arc::new(NbdImage {
             id: NEXT_IMAGE.fetch_add(1, Ordering::Relaxed),
+            target: target(replies),
             shown: parsed.shown,
-            target: Arc::new(Target {
-                api,
-                uri: image.to_string(),
-                address: parsed.address,
-                export,
-                writable: options.writable,
-            }),
             export,
             writable: options.writable,
             reconnect_delay: options.reconnect_delay,
             outages: Arc::default(),
             connections: Mutex::new(vec![Arc::new(first)]),
+            status,
             opened: [stamp; 3],
             zeroes: OnceLock::new(),
         }))
@@ -153,14 +181,33 @@ impl NbdImage {
         self.issue(command, context)
     }
 
+    /// The `base:allocation` extents from `offset`; none when they cannot
+    /// be had now.
+    fn extents(&self, offset: u64, count: u64) -> Result<Option<Extents>, i32> {
+        match &self.status {
+            Some(status) => status.extents(offset, count),
+            None => self.home().0.block_status(offset, count).map(Some),
+        }
+    }
+
+    /// The answer to a seek when every byte is data.
+    fn all_data(&self, offset: u64, what: Seek) -> u64 {
+        if what == Seek::Data {
+            offset
+        } else {
+            self.export.size
+        }
+    }
+
     /// SEEK_DATA / SEEK_HOLE from `base:allocation`.
     fn seek_extents(&self, offset: u64, what: Seek) -> io::Result<u64> {
         let size = self.export.size;
-        let (connection, _) = self.home();
         let mut position = offset;
         while position < size {
             let count = (size - position).min(1 << 30);
-            let extents = connection.block_status(position, count).map_err(io::Error::from_raw_os_error)?;
+            let Some(extents) = self.extents(position, count).map_err(io::Error::from_raw_os_error)? else {
+                return Ok(self.all_data(offset, what));
+            };
             if extents.is_empty() {
                 break;
             }
@@ -221,7 +268,7 @@ impl ImageBackend for NbdImage {
             return Err(io::Error::from_raw_os_error(libc::ENXIO));
         }
         if !self.export.base_allocation {
-            return Ok(if what == Seek::Data { offset } else { self.export.size });
+            return Ok(self.all_data(offset, what));
         }
         self.seek_extents(offset, what)
     }
@@ -269,7 +316,8 @@ impl ImageBackend for NbdImage {
             // SAFETY of the unwrap: the library was loaded by `open`.
             let api = ffi::api().ok()?;
             let target = &self.target;
-            let connected = Handle::connect(api, &target.uri, &target.address, deadline).map(|(handle, _)| handle);
+            let connected =
+                Handle::connect(api, &target.uri, &target.address, target.replies, deadline).map(|(handle, _)| handle);
             if let Ok(connection) = connected.and_then(Connection::new) {
                 connections.push(Arc::new(connection));
             }

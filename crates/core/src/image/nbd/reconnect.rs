@@ -7,7 +7,7 @@
 
 use super::connection::Kick;
 use super::ffi::Api;
-use super::handle::{Export, Handle};
+use super::handle::{Export, Handle, Replies};
 use super::retry::Backoff;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ pub struct Target {
     /// The export as first found: a server that came back must match it.
     pub export: Export,
     pub writable: bool,
+    pub replies: Replies,
 }
 
 #[derive(Default)]
@@ -55,7 +56,8 @@ pub struct Reconnector {
 }
 
 impl Reconnector {
-    pub fn start(target: Arc<Target>, wake: Kick) -> std::io::Result<Reconnector> {
+    /// `wake` hears of each server that answered, taken or refused.
+    pub fn start(target: Arc<Target>, wake: Option<Kick>) -> std::io::Result<Reconnector> {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         std::thread::Builder::new().name("nbd-reconnect".into()).spawn(move || reconnect(&target, &theirs, &wake))?;
@@ -80,11 +82,13 @@ impl Drop for Reconnector {
     }
 }
 
-fn reconnect(target: &Target, shared: &Shared, wake: &Kick) {
+fn reconnect(target: &Target, shared: &Shared, wake: &Option<Kick>) {
     let mut backoff = Backoff::new();
     loop {
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
-        if let Ok((handle, export)) = Handle::connect(target.api, &target.uri, &target.address, deadline) {
+        if let Ok((handle, export)) =
+            Handle::connect(target.api, &target.uri, &target.address, target.replies, deadline)
+        {
             let mut found = shared.lock();
             match target.export.replacement_refused(&export, target.writable) {
                 None => found.handle = Some(handle),
@@ -92,7 +96,9 @@ fn reconnect(target: &Target, shared: &Shared, wake: &Kick) {
             }
             let done = found.handle.is_some();
             drop(found);
-            wake.kick();
+            if let Some(wake) = wake {
+                wake.kick();
+            }
             if done {
                 return;
             }

@@ -126,7 +126,7 @@ impl Recovery {
     }
 
     fn start_reconnecting(&mut self, connection: &Connection) {
-        match connection.kick().try_clone().and_then(|wake| Reconnector::start(self.target.clone(), wake)) {
+        match connection.kick().try_clone().and_then(|wake| Reconnector::start(self.target.clone(), Some(wake))) {
             Ok(reconnector) => self.reconnector = Some(reconnector),
             // Tried again at the next turn; until then the delay runs.
             Err(e) => self.tell("nbd-lost", format!("cannot start reconnecting to the NBD server yet: {e}")),
