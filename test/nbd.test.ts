@@ -127,18 +127,23 @@ eachTransport(test, 'qemu-nbd serving a qcow2: ext4 built, loop-mounted and fill
   }
 });
 
-eachTransport(test, 'fio crc32c verify, 2 jobs at iodepth 16, against nbdkit memory', async (t, ioUring) => {
-  const dir = tmpDir(t);
-  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'] });
-  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+/** fio's crc32c verify of 4 KiB random reads and writes, 2 jobs at iodepth 16, each on its own `mib` MiB of `mnt`. */
+async function fioVerify(t: ExecutionContext, mnt: string, mib: number): Promise<void> {
   const result = await fio(
     ['--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
-      '--size=16M', '--offset_increment=16M', '--direct=1', '--ioengine=libaio', '--verify=crc32c',
+      `--size=${mib}M`, `--offset_increment=${mib}M`, '--direct=1', '--ioengine=libaio', '--verify=crc32c',
       '--do_verify=1', '--verify_fatal=1', '--group_reporting'],
     { timeout: 120_000 },
   );
   t.is(result.code, 0, result.stdout + result.stderr);
   t.notRegex(result.stdout + result.stderr, /verify: bad|crc32c: verify failed/);
+}
+
+eachTransport(test, 'fio crc32c verify, 2 jobs at iodepth 16, against nbdkit memory', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  await fioVerify(t, mnt, 16);
   const stopped = await stopExport(t, exp);
   t.is(stopped.errors, 0);
 });
@@ -248,13 +253,7 @@ eachTransport(test, 'a multi-conn server that takes one client: its first connec
   const data = pattern(2 * MiB, 8);
   t.is((await writeVia(mnt, 40 * MiB, data, { how: 'rw' })).ok, data.length);
   t.is(await fsopOk('lseek', [mnt, 0, 'data']), 40 * MiB, 'base:allocation on the one connection');
-  const result = await fio(
-    ['--name=verify', `--filename=${mnt}`, '--rw=randrw', '--bs=4k', '--iodepth=16', '--numjobs=2',
-      '--size=8M', '--offset_increment=8M', '--direct=1', '--ioengine=libaio', '--verify=crc32c',
-      '--do_verify=1', '--verify_fatal=1', '--group_reporting'],
-    { timeout: 120_000 },
-  );
-  t.is(result.code, 0, result.stdout + result.stderr);
+  await fioVerify(t, mnt, 8);
   assertBytes(t, await readVia(mnt, 40 * MiB, data.length), data);
   const stopped = await stopExport(t, exp);
   t.is(stopped.errors, 0);
