@@ -4,7 +4,7 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   assertBytes,
@@ -17,6 +17,7 @@ import {
   fsop,
   fsopOk,
   KiB,
+  makeImage,
   makeMountpoint,
   MiB,
   pattern,
@@ -269,13 +270,8 @@ const SEEK_AND_CLOSE = [
 
 eachTransport(test, 'SEEK_DATA while the server is away (--reconnect-delay): every byte is data; base:allocation again once it is back', async (t, ioUring) => {
   const dir = tmpDir(t);
-  const path = join(dir, 'sparse.img');
   const data = pattern(MiB, 9);
-  writeFileSync(path, '');
-  truncateSync(path, 16 * MiB);
-  const fd = openSync(path, 'r+');
-  writeSync(fd, data, 0, data.length, 4 * MiB);
-  closeSync(fd);
+  const path = makeImage(dir, 'sparse.img', 16 * MiB, [[4 * MiB, data]]);
   const socket = join(dir, 'sparse.sock');
   const server = await startNbdkit(t, dir, { plugin: ['file', path], socket });
   const { mnt, exp } = await exportServer(t, dir, server, ioUring, { args: ['--reconnect-delay', '20'] });

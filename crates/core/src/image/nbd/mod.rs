@@ -7,8 +7,8 @@
 //! otherwise one, driven by thread 0, on which the other threads issue
 //! their commands too (libnbd locks the handle) and kick thread 0 to poll
 //! the new direction; their results come back to them through
-//! IORING_OP_MSG_RING. Reads land
-//! straight in the request's buffer, writes leave straight from it.
+//! IORING_OP_MSG_RING. Reads land straight in the request's buffer, writes
+//! leave straight from it.
 //!
 //! A lost server halts the export, or with `--reconnect-delay S` each
 //! connection keeps its commands for up to S seconds while a helper
