@@ -92,6 +92,8 @@ api! {
     nbd_can_trim: fn(H) -> c_int;
     nbd_can_zero: fn(H) -> c_int;
     nbd_can_meta_context: fn(H, *const c_char) -> c_int;
+    nbd_get_structured_replies_negotiated: fn(H) -> c_int;
+    nbd_get_tls_negotiated: fn(H) -> c_int;
     nbd_aio_pread: fn(H, *mut c_void, usize, u64, CompletionCallback, u32) -> i64;
     nbd_aio_pwrite: fn(H, *const c_void, usize, u64, CompletionCallback, u32) -> i64;
     nbd_aio_flush: fn(H, CompletionCallback, u32) -> i64;

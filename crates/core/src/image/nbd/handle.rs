@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 pub struct Handle {
     api: &'static Api,
     raw: *mut RawHandle,
+    /// Simple replies in the clear: what a reply takes from the socket is
+    /// known from its command (`Command::simple_reply_bytes`).
+    metered: bool,
 }
 
 // SAFETY: libnbd handles are thread-safe: every call takes the handle's lock.
@@ -72,7 +75,7 @@ impl Handle {
         if raw.is_null() {
             return Err(failed(api.last_error().0));
         }
-        let handle = Handle { api, raw };
+        let mut handle = Handle { api, raw, metered: false };
         let c_uri = ffi::c_string(uri)?;
         // SAFETY: a valid handle and NUL-terminated strings.
         unsafe {
@@ -118,6 +121,7 @@ impl Handle {
             // SAFETY: a connected handle and a NUL-terminated name.
             base_allocation: unsafe { (api.nbd_can_meta_context)(raw, ffi::BASE_ALLOCATION.as_ptr()) } > 0,
         };
+        handle.metered = !flag(api.nbd_get_structured_replies_negotiated) && !flag(api.nbd_get_tls_negotiated);
         Ok((handle, export))
     }
 
@@ -170,6 +174,19 @@ impl Handle {
     pub fn notify_write(&self) {
         // SAFETY: our handle.
         unsafe { (self.api.nbd_aio_notify_write)(self.raw) };
+    }
+
+    /// The bytes waiting in the socket, on a metered handle (none else:
+    /// encrypted or structured, they do not tell how many replies wait).
+    pub fn bytes_waiting(&self) -> Option<u64> {
+        if !self.metered {
+            return None;
+        }
+        let (fd, _) = self.socket()?;
+        let mut waiting: c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) };
+        Some(if rc < 0 { 0 } else { waiting as u64 })
     }
 
     /// Whether a read would find something (data, the end, an error). A
