@@ -92,7 +92,6 @@ struct Ticket {
     connection: *const Connection,
     slot: u32,
     generation: u32,
-    reply_bytes: u64,
 }
 
 unsafe extern "C" fn command_ended(user_data: *mut c_void, error: *mut c_int) -> c_int {
@@ -101,8 +100,11 @@ unsafe extern "C" fn command_ended(user_data: *mut c_void, error: *mut c_int) ->
     let ticket = unsafe { &*(user_data as *const Ticket) };
     let errno = if error.is_null() { 0 } else { unsafe { *error } };
     let connection = unsafe { &*ticket.connection };
-    connection.replied_bytes.fetch_add(ticket.reply_bytes, Ordering::Relaxed);
-    connection.lock().finished.push(Ended { slot: ticket.slot, errno, generation: ticket.generation });
+    let mut commands = connection.lock();
+    if let Some(in_flight) = &commands.slots[ticket.slot as usize] {
+        connection.replied_bytes.fetch_add(in_flight.command.simple_reply_bytes(), Ordering::Relaxed);
+    }
+    commands.finished.push(Ended { slot: ticket.slot, errno, generation: ticket.generation });
     1
 }
 
@@ -211,8 +213,7 @@ impl Connection {
         // replaced under a command being queued on it.
         let current = self.current();
         let generation = current.generation;
-        let reply_bytes = command.simple_reply_bytes();
-        let ticket = Box::into_raw(Box::new(Ticket { connection: self, slot, generation, reply_bytes }));
+        let ticket = Box::into_raw(Box::new(Ticket { connection: self, slot, generation }));
         let callback =
             CompletionCallback { callback: Some(command_ended), user_data: ticket.cast(), free: Some(free_ticket) };
         // SAFETY: the buffers stay valid until the completion is delivered
@@ -335,34 +336,23 @@ impl Connection {
             handle.notify_write();
             return;
         }
-        let Some(mut waiting) = handle.bytes_waiting() else {
-            for _ in 0..REPLIES_PER_TURN {
-                if handle.is_dead() || !handle.readable() {
-                    return;
-                }
-                handle.notify_read();
-            }
-            return;
-        };
-        if waiting == 0 {
-            // Not a reply: the end of the stream (or one that came since).
-            if handle.readable() {
-                handle.notify_read();
-            }
-            return;
-        }
+        // Nothing counted (the end of the stream, or a reply that came
+        // since the readiness) is left to the peek.
+        let mut waiting = handle.bytes_waiting().filter(|&bytes| bytes > 0);
         for _ in 0..REPLIES_PER_TURN {
-            if waiting == 0 || handle.is_dead() {
+            if handle.is_dead() || !waiting.map_or_else(|| handle.readable(), |bytes| bytes > 0) {
                 return;
             }
             let before = self.replied_bytes.load(Ordering::Relaxed);
             handle.notify_read();
-            let replied = self.replied_bytes.load(Ordering::Relaxed) - before;
-            if replied == 0 {
-                // A reply read in part: the socket is empty now.
-                return;
+            if let Some(bytes) = waiting.as_mut() {
+                let replied = self.replied_bytes.load(Ordering::Relaxed) - before;
+                if replied == 0 {
+                    // A reply read in part: the socket is empty now.
+                    return;
+                }
+                *bytes = bytes.saturating_sub(replied);
             }
-            waiting = waiting.saturating_sub(replied);
         }
     }
 

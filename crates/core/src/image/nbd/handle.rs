@@ -160,8 +160,13 @@ impl Handle {
     /// handle is dead (libnbd closed the socket).
     pub fn socket(&self) -> Option<(c_int, c_uint)> {
         // SAFETY: our handle.
+        self.fd().map(|fd| (fd, unsafe { (self.api.nbd_aio_get_direction)(self.raw) }))
+    }
+
+    fn fd(&self) -> Option<c_int> {
+        // SAFETY: our handle.
         let fd = unsafe { (self.api.nbd_aio_get_fd)(self.raw) };
-        (fd >= 0).then(|| (fd, unsafe { (self.api.nbd_aio_get_direction)(self.raw) }))
+        (fd >= 0).then_some(fd)
     }
 
     /// Tells libnbd the socket is readable. A failure leaves it dead.
@@ -182,7 +187,7 @@ impl Handle {
         if !self.metered {
             return None;
         }
-        let (fd, _) = self.socket()?;
+        let fd = self.fd()?;
         let mut waiting: c_int = 0;
         // SAFETY: FIONREAD writes one int.
         let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) };
@@ -195,7 +200,7 @@ impl Handle {
     /// with nothing to read leaves it waiting for a reply before it sends
     /// the next command, which may never come.
     pub fn readable(&self) -> bool {
-        let Some((fd, _)) = self.socket() else { return true };
+        let Some(fd) = self.fd() else { return true };
         let mut byte = 0u8;
         // SAFETY: a one-byte peek that never blocks.
         let peeked = unsafe { libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
