@@ -97,6 +97,17 @@ export function cpuTicks(pid) {
   }
 }
 
+/**
+ * The machine's CPU time so far, in clock ticks (the first line of
+ * /proc/stat): all of it, and `steal`, the part the hypervisor gave to other
+ * guests while this one had work to run.
+ */
+export function machineCpu() {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  // user nice system idle iowait irq softirq steal (guest time is inside user).
+  return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] ?? 0 };
+}
+
 /** VmHWM and VmRSS of a process, in bytes. */
 export function memory(pid) {
   try {

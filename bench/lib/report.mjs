@@ -56,10 +56,10 @@ const minOf = (values) => {
   return v.length ? Math.min(...v) : null;
 };
 
-/** Median (and spread) per image x workload x target over the good runs. */
+/** Median (and spread) per image x workload x target over the good runs (a run redone for steal counts once). */
 export function summarise(runs, images) {
   const groups = new Map();
-  for (const run of runs) {
+  for (const run of runs.filter((r) => !r.superseded)) {
     const key = `${run.image}\u0000${run.workload}\u0000${run.target}`;
     if (!groups.has(key)) groups.set(key, { image: run.image, workload: run.workload, target: run.target, runs: [] });
     groups.get(key).runs.push(run);
@@ -84,6 +84,7 @@ export function summarise(runs, images) {
       latP99Ns: median(pick((r) => r.latP99Ns ?? null)),
       cpuUsPerIo: median(pick((r) => r.server?.cpuUsPerIo ?? null)),
       peakRssBytes: maxOf(pick((r) => r.server?.peakRssBytes ?? null)),
+      stealShare: maxOf(pick((r) => r.stealShare ?? null)),
     });
   }
   // Ratios of IOPS (the same as of bandwidth at a fixed block size):
@@ -379,11 +380,12 @@ export function markdownReport(result) {
       ['qemu-storage-daemon', machine.qsd],
       ['Node.js', machine.node],
       ['Load average (1 min) during the run', result.load ? `${result.load.min.toFixed(2)} to ${result.load.max.toFixed(2)}` : '-'],
+      ['CPU time taken by the hypervisor (steal) during the counted runs', stealSummary(result)],
     ], ['---', '---']),
     '',
     `Run: ${config.runtime} s per fio run, ${config.repeats} repeat${config.repeats > 1 ? 's' : ''}, ${fmtMiB(config.size)} images, ${config.threads} threads for the exports, total ${(result.durationMs / 60000).toFixed(1)} min.`,
     '',
-    '**Noise.** Other engineers run test suites on this machine at the same time, so figures move by a few percent (sometimes more) from one run to the next; the `spread` column shows half the range of IOPS over the repeats. The interleaving below cancels slow drift, not bursts.',
+    '**Noise.** Other engineers run test suites on this machine at the same time, and the host it runs on takes CPU time from it (steal), so figures move by a few percent (sometimes more) from one run to the next; the `spread` column shows half the range of IOPS over the repeats. The interleaving below cancels slow drift, not bursts; runs with heavy steal are redone (see Method).',
     '',
   );
 
@@ -435,6 +437,11 @@ export function markdownReport(result) {
       'qcow2: the raw image converted with `qemu-img convert -O qcow2 -o preallocation=metadata`, each exporter on its own copy; the first-touch workload starts each exporter on a fresh, empty image (`qemu-img create`; a sparse file for the raw export) for each run and writes every 4 KiB block once in random order, so every cluster is allocated during the run; `qemu-img check` runs on every qcow2 after its export stopped. NBD: two nbdkit memory servers filled with the image by `nbdcopy`, one offering multi-conn, one with `--filter=multi-conn multi-conn-mode=disable`; qemu-storage-daemon’s nbd driver opens one connection.',
       `qemu-storage-daemon gets the same image and the cache mode fuse-export ended up with (\`cache.direct=on\` when fuse-export's ready line says \`directIo: true\`), \`aio=io_uring\`; it is asked for one iothread per CPU (the multi-queue FUSE export of newer QEMU) and falls back to its default single-threaded export when its version refuses that.`,
       'Every export is started once per image and stays up while all the workloads run. The runs are interleaved: for each workload, for each repeat, each target in turn (the order rotates with the repeat), so drift of the machine hits all targets alike. Figures are medians over the repeats.',
+      ...(config.steal
+        ? [
+            `Steal: this machine is a virtual machine on a shared host, whose hypervisor at times gives half its CPU time or more to other guests for minutes, which slows whichever target runs then. A run during which the steal (from \`/proc/stat\`) exceeded ${Math.round(config.steal.max * 100)}% of the machine's CPU time is redone after a ${config.steal.pauseMs / 1000} s pause, up to ${config.steal.tries} tries in all; the try with the least steal counts (\`--max-steal\`).`,
+          ]
+        : []),
       `fio: \`ioengine=io_uring\`, \`time_based\`, \`runtime=${config.runtime}\`, \`randrepeat=0\`, \`norandommap\`, \`group_reporting\`, \`lat_percentiles=1\`, JSON output. \`clat\` is fio's completion latency (\`clat_ns\`: submission to completion), \`lat\` the total (\`lat_ns\` = submission time + clat). Compare targets on \`lat\` at iodepth 1: a read or write that the kernel completes inside \`io_uring_enter\` shows its whole time as submission latency and a clat near zero. The file target is the limit at depth, not always at iodepth 1 on tmpfs: fio's O_DIRECT I/O on a tmpfs file goes through io_uring's worker threads (tmpfs cannot do it without blocking), which can make it slower than an export that copies in its own thread. For randrw, IOPS and bandwidth add up, means are weighted by I/O count and p99 is the larger of the read and write p99s.`,
       "Server CPU per I/O: the export process's utime + stime (all threads, from `/proc/PID/stat`) over the fio run, divided by the I/Os fio completed. Peak RSS: `VmHWM` of the whole process (for fuse-export that includes the Node.js runtime, about 50 MiB) during each run (reset through `/proc/PID/clear_refs` before it), maximum over the runs; the RSS target uses the highest value over the export's whole life.",
       'The image is filled with data before the runs so that reads hit data; writes overwrite it in place. After the runs each mount is compared with the image (`cmp` of the first 64 MiB) and the counters fuse-export logs when it stops are checked against what fio did.',
@@ -448,6 +455,15 @@ export function markdownReport(result) {
   const notes = [...result.notes, ...(result.observations ?? [])];
   if (notes.length) out.push('Notes:', '', ...notes.map((n) => `- ${n}`), '');
   return `${out.join('\n').trimEnd()}\n`;
+}
+
+/** The steal of the counted runs, and how many runs were redone for it. */
+function stealSummary(result) {
+  const counted = result.runs.filter((r) => !r.superseded && r.stealShare !== undefined).map((r) => r.stealShare);
+  if (counted.length === 0 || !result.config.steal) return '-';
+  const pct = (x) => `${(x * 100).toFixed(1)}%`;
+  const redone = result.runs.filter((r) => r.superseded).length;
+  return `median ${pct(median(counted))}, highest ${pct(Math.max(...counted))}; ${redone} run${redone === 1 ? '' : 's'} redone for more than ${Math.round(result.config.steal.max * 100)}%`;
 }
 
 // ---------------------------------------------------------------- SVG
