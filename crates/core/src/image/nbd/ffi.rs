@@ -45,12 +45,16 @@ pub const BASE_ALLOCATION: &CStr = c"base:allocation";
 type H = *mut RawHandle;
 
 macro_rules! api {
-    ($($name:ident: fn($($arg:ty),*) -> $ret:ty;)*) => {
+    (
+        optional { $($opt:ident: fn($($opt_arg:ty),*) -> $opt_ret:ty;)* }
+        $($name:ident: fn($($arg:ty),*) -> $ret:ty;)*
+    ) => {
         /// libnbd's entry points, resolved once.
         #[allow(non_snake_case)]
         pub struct Api {
             _library: Library,
             $(pub $name: unsafe extern "C" fn($($arg),*) -> $ret,)*
+            $(pub $opt: Option<unsafe extern "C" fn($($opt_arg),*) -> $opt_ret>,)*
         }
 
         impl Api {
@@ -64,13 +68,23 @@ macro_rules! api {
                     let $name = *unsafe { library.get::<unsafe extern "C" fn($($arg),*) -> $ret>(concat!(stringify!($name), "\0").as_bytes()) }
                         .map_err(|e| format!("libnbd.so.0 lacks {} ({e}): install a newer libnbd0 package", stringify!($name)))?;
                 )*
-                Ok(Api { _library: library, $($name,)* })
+                $(
+                    // SAFETY: as above, in the libnbd versions that have it.
+                    let $opt = unsafe { library.get::<unsafe extern "C" fn($($opt_arg),*) -> $opt_ret>(concat!(stringify!($opt), "\0").as_bytes()) }
+                        .ok()
+                        .map(|symbol| *symbol);
+                )*
+                Ok(Api { _library: library, $($name,)* $($opt,)* })
             }
         }
     };
 }
 
 api! {
+    optional {
+        // libnbd >= 1.12.
+        nbd_set_pread_initialize: fn(H, bool) -> c_int;
+    }
     nbd_create: fn() -> H;
     nbd_close: fn(H) -> ();
     nbd_get_error: fn() -> *const c_char;

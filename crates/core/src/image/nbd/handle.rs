@@ -121,7 +121,17 @@ impl Handle {
             // SAFETY: a connected handle and a NUL-terminated name.
             base_allocation: unsafe { (api.nbd_can_meta_context)(raw, ffi::BASE_ALLOCATION.as_ptr()) } > 0,
         };
-        handle.metered = !flag(api.nbd_get_structured_replies_negotiated) && !flag(api.nbd_get_tls_negotiated);
+        let simple_replies = !flag(api.nbd_get_structured_replies_negotiated);
+        handle.metered = simple_replies && !flag(api.nbd_get_tls_negotiated);
+        if simple_replies {
+            // A read with a simple reply either fills all of its buffer or
+            // fails, so libnbd's zeroing of the buffer before each read (a
+            // memset of up to 1 MiB) guards nothing here.
+            if let Some(set_pread_initialize) = api.nbd_set_pread_initialize {
+                // SAFETY: a connected handle.
+                unsafe { set_pread_initialize(raw, false) };
+            }
+        }
         Ok((handle, export))
     }
 
