@@ -44,6 +44,14 @@ pub const BASE_ALLOCATION: &CStr = c"base:allocation";
 
 type H = *mut RawHandle;
 
+/// The function `name` exported by `library`, typed as `F`.
+///
+/// SAFETY: `F` is the function's C signature.
+unsafe fn entry_point<F: Copy>(library: &Library, name: &str) -> Result<F, libloading::Error> {
+    // SAFETY: the caller's.
+    unsafe { library.get::<F>(name.as_bytes()) }.map(|symbol| *symbol)
+}
+
 macro_rules! api {
     (
         optional { $($opt:ident: fn($($opt_arg:ty),*) -> $opt_ret:ty;)* }
@@ -65,14 +73,12 @@ macro_rules! api {
                 })?;
                 $(
                     // SAFETY: the symbol has this C signature in every libnbd 1.x.
-                    let $name = *unsafe { library.get::<unsafe extern "C" fn($($arg),*) -> $ret>(concat!(stringify!($name), "\0").as_bytes()) }
+                    let $name = unsafe { entry_point(&library, stringify!($name)) }
                         .map_err(|e| format!("libnbd.so.0 lacks {} ({e}): install a newer libnbd0 package", stringify!($name)))?;
                 )*
                 $(
                     // SAFETY: as above, in the libnbd versions that have it.
-                    let $opt = unsafe { library.get::<unsafe extern "C" fn($($opt_arg),*) -> $opt_ret>(concat!(stringify!($opt), "\0").as_bytes()) }
-                        .ok()
-                        .map(|symbol| *symbol);
+                    let $opt = unsafe { entry_point(&library, stringify!($opt)) }.ok();
                 )*
                 Ok(Api { _library: library, $($name,)* $($opt,)* })
             }
