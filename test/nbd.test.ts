@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import {
   assertBytes,
   assertUnmounted,
@@ -21,6 +22,7 @@ import {
   makeMountpoint,
   MiB,
   pattern,
+  PYTHON,
   readVia,
   requestCounter,
   type ReadyExport,
@@ -279,10 +281,11 @@ eachTransport(test, 'SEEK_DATA while the server is away (--reconnect-delay): eve
   t.is(await fsopOk('lseek', [mnt, 4 * MiB, 'hole']), 5 * MiB, 'the hole after it');
   await server.kill();
   // The seeks are answered at once; the close's FLUSH waits for the server.
-  const seeker = spawn('python3', ['-c', SEEK_AND_CLOSE, mnt], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const seeker = spawn(PYTHON, ['-c', SEEK_AND_CLOSE, mnt], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => seeker.kill('SIGKILL'));
   const exited = once(seeker, 'exit');
-  const [answer] = await within(10_000, 'the seeks with the server away', once(seeker.stdout, 'data'));
+  // A whole line: an unbuffered Python (PYTHONUNBUFFERED) writes print()'s pieces one by one.
+  const [answer] = await within(10_000, 'the seeks with the server away', once(createInterface({ input: seeker.stdout }), 'line'));
   t.is(String(answer).trim(), `12345 ${16 * MiB}`, 'no server: all data, the only hole is the end');
   await startNbdkit(t, dir, { plugin: ['file', path], socket });
   const [code] = await within(30_000, 'the close once the server is back', exited);
