@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 import sys
+import time
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -172,6 +173,62 @@ def op_mmapwrite(path, offset, hexdata):
         return before
     finally:
         os.close(fd)
+
+
+def timed(call):
+    """Runs call(): (None or the errno's name, milliseconds it took)."""
+    start = time.monotonic()
+    try:
+        call()
+        outcome = None
+    except OSError as e:
+        outcome = errname(e.errno)
+    return outcome, round((time.monotonic() - start) * 1000, 1)
+
+
+def op_reads_through(path, seconds):
+    """Reads 4 KiB blocks on one descriptor (O_DIRECT) for `seconds`, or until
+    the connection is gone (ENOTCONN); prints {"failing": ERRNO} at the first
+    failure. Returns the calls, the slowest call's milliseconds and the count
+    of each errno."""
+    fd = open_(path, 'rdirect')
+    buf = mmap.mmap(-1, 4096)
+    blocks = max(os.fstat(fd).st_size // 4096, 1)
+    end = time.monotonic() + float(seconds)
+    calls, slowest, errnos = 0, 0.0, {}
+    while time.monotonic() < end:
+        outcome, took = timed(lambda: os.preadv(fd, [buf], (calls % blocks) * 4096))
+        calls += 1
+        slowest = max(slowest, took)
+        if outcome:
+            if not errnos:
+                print(json.dumps({'failing': outcome}), flush=True)
+            errnos[outcome] = errnos.get(outcome, 0) + 1
+            if outcome == 'ENOTCONN':
+                break
+            time.sleep(0.001)
+    timed(lambda: os.close(fd))
+    return {'calls': calls, 'slowest_ms': slowest, 'errnos': errnos}
+
+
+def op_hold(path, trigger, calls):
+    """Opens `path`, writes a block, prints "opened" and holds it until the
+    file `trigger` exists (60 s at most); then makes the comma-separated
+    `calls` on the descriptor (statfs, read, fsync, close), each answered as
+    [call, errno or null, milliseconds]."""
+    fd = open_(path, 'rw')
+    os.pwrite(fd, b'held' * 1024, 0)
+    print('opened', flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(trigger) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    known = {
+        'statfs': lambda: os.fstatvfs(fd),
+        'read': lambda: os.pread(fd, 4096, 0),
+        'fsync': lambda: os.fsync(fd),
+        'close': lambda: os.close(fd),
+    }
+    return [[call, *timed(known[call])] for call in calls.split(',')]
 
 
 def op_acked_writes(path, block, count):

@@ -11,3 +11,4 @@ export * from './fixture.js';
 export * from './qcow2.js';
 export * from './loop.js';
 export { register, stopLeftovers } from './registry.js';
+export * from './hold.js';

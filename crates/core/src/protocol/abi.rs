@@ -4,8 +4,9 @@
 
 pub use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, FallocateIn, FsOptions, FsyncIn, InHeader, InitIn, InitOut, LseekIn, LseekOut, OpenIn, OpenOut,
-    OutHeader, ReadIn, SetattrIn, WriteIn, WriteOut,
+    OutHeader, ReadIn, SetattrIn, StatfsOut, WriteIn, WriteOut,
 };
+pub use fuse_backend_rs::abi::fuse_abi::Kstatfs;
 use vm_memory::ByteValued;
 
 /// Opcodes this export answers or must recognise.
@@ -17,6 +18,7 @@ pub mod opcode {
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
     pub const FSYNC: u32 = 20;
     pub const FLUSH: u32 = 25;

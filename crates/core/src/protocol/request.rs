@@ -17,6 +17,7 @@ pub enum Operation {
     Read(ReadIn),
     Write(WriteIn),
     Release,
+    Statfs,
     Flush,
     Fsync(FsyncIn),
     Fallocate(FallocateIn),
@@ -27,6 +28,26 @@ pub enum Operation {
     Destroy,
     /// Anything else: answered with ENOSYS.
     Unsupported(u32),
+}
+
+impl Operation {
+    /// Whether it reads, writes or reshapes the image's data (or asks where
+    /// the data is): what a drain holds back. Flushes are not: they only make
+    /// durable what was acknowledged, and a `close()` or `fsync()` that comes
+    /// during a stop must not wait for it.
+    pub fn moves_data(&self) -> bool {
+        match self {
+            Operation::Read(_) | Operation::Write(_) | Operation::Fallocate(_) | Operation::Lseek(_) => true,
+            Operation::Setattr(set) => set.valid & fattr::SIZE != 0,
+            Operation::Open(open) => open.flags & libc::O_TRUNC as u32 != 0,
+            _ => false,
+        }
+    }
+
+    /// FORGET and INTERRUPT: the kernel waits for no answer, not even an error.
+    pub fn expects_reply(&self) -> bool {
+        !matches!(self, Operation::Forget | Operation::Interrupt)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +99,7 @@ pub fn decode(header: InHeader, args: &[u8], payload_len: usize) -> Result<Reque
             Operation::Write(write)
         }
         opcode::RELEASE => Operation::Release,
+        opcode::STATFS => Operation::Statfs,
         opcode::FLUSH => Operation::Flush,
         opcode::FSYNC => Operation::Fsync(read_struct(args).ok_or(bad)?),
         opcode::FALLOCATE => Operation::Fallocate(read_struct(args).ok_or(bad)?),

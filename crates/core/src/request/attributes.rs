@@ -1,13 +1,15 @@
 //! The exported file's attributes and the SETATTR rules for them.
 
 use crate::image::ImageBackend;
-use crate::protocol::abi::{fattr, Attr, AttrOut, SetattrIn};
+use crate::protocol::abi::{fattr, Attr, AttrOut, Kstatfs, SetattrIn, StatfsOut};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// The kernel may cache attributes this long; writes through the mount keep
 /// its idea of the size current by themselves.
 const ATTR_VALID_SECONDS: u64 = 1;
 const BLOCK_SIZE: u32 = 4096;
+/// What `statvfs` reports as the longest name, as for any Linux file system.
+const NAME_MAX: u32 = 255;
 
 pub struct Attributes {
     permissions: AtomicU32,
@@ -54,6 +56,22 @@ impl Attributes {
             flags: 0,
         };
         AttrOut { attr_valid: ATTR_VALID_SECONDS, attr_valid_nsec: 0, dummy: 0, attr }
+    }
+
+    /// `df` on the mountpoint: a file system that holds exactly the image,
+    /// full (nothing can be created in it), as the virtual size counts.
+    pub fn statfs_out(image: &dyn ImageBackend) -> StatfsOut {
+        let blocks = image.size().div_ceil(u64::from(BLOCK_SIZE));
+        StatfsOut {
+            st: Kstatfs {
+                blocks,
+                files: 1,
+                bsize: BLOCK_SIZE,
+                frsize: BLOCK_SIZE,
+                namelen: NAME_MAX,
+                ..Default::default()
+            },
+        }
     }
 
     /// Checks a SETATTR against the rules; the size change, if any, is the

@@ -16,6 +16,7 @@ use crate::latch::Latch;
 use crate::os_error::describe_errno;
 use crate::protocol::abi::WriteOut;
 use crate::protocol::{Malformed, Reply, Request};
+use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use crate::status::Status;
@@ -36,6 +37,17 @@ pub enum Outcome {
     /// Image I/O is under way; its completion comes back on the carrier's
     /// token and goes to `RequestCore::resume`.
     Pending,
+}
+
+/// What a transport does with a request that arrived, in the present phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// `RequestCore::begin`.
+    Serve,
+    /// Kept by the transport and admitted again when the phase changes.
+    Hold,
+    /// `RequestCore::refuse`: EIO.
+    Refuse,
 }
 
 /// Which transport carried a request, for the counters.
@@ -118,6 +130,26 @@ impl RequestCore {
         self.negotiated()?.passthrough().then(|| passthrough.backing_id())
     }
 
+    /// Whether a request that arrived is served, held or refused now. A drain
+    /// holds only what moves the image's data, so that a `stat`, `df`,
+    /// `close()` or `fsync()` during a stop is answered at once; once
+    /// unmounted, what moves data fails, held or new, so that nobody keeps
+    /// the detached mount alive waiting; a halted export answers everything
+    /// at once (EIO, `begin`).
+    pub fn admission(&self, decoded: &Result<Request, Malformed>, phase: Phase) -> Admission {
+        if self.status.is_halted() {
+            return Admission::Serve;
+        }
+        let moves_data = decoded.as_ref().is_ok_and(|request| request.operation.moves_data());
+        match phase {
+            Phase::Running => Admission::Serve,
+            Phase::Paused if moves_data => Admission::Hold,
+            Phase::Detached if moves_data => Admission::Refuse,
+            Phase::Paused | Phase::Detached => Admission::Serve,
+            Phase::Stopping => Admission::Refuse,
+        }
+    }
+
     /// A request that just arrived. Returns its `unique` and what to do, or
     /// None when it cannot even be answered (a broken header: the export
     /// halted).
@@ -131,20 +163,24 @@ impl RequestCore {
             }
         };
         self.counters.local().request_started(via);
-        let outcome = if self.status.is_halted() {
-            Outcome::Reply(Reply::error(libc::EIO))
-        } else {
-            self.handle(&request, carrier)
-        };
+        let outcome = if self.status.is_halted() { Self::failed(&request) } else { self.handle(&request, carrier) };
         Some((request.header.unique, outcome))
     }
 
-    /// A request that arrives while stopping: EIO, as the kernel would
-    /// answer at unmount.
+    /// A request that is not served (stopping, detached, halted): EIO, as
+    /// the kernel would answer at unmount.
     pub fn refuse(&self, decoded: Result<Request, Malformed>, via: Via) -> Option<(u64, Outcome)> {
         let request = decoded.ok()?;
         self.counters.local().request_started(via);
-        Some((request.header.unique, Outcome::Reply(Reply::error(libc::EIO))))
+        Some((request.header.unique, Self::failed(&request)))
+    }
+
+    fn failed(request: &Request) -> Outcome {
+        if request.operation.expects_reply() {
+            Outcome::Reply(Reply::error(libc::EIO))
+        } else {
+            Outcome::NoReply
+        }
     }
 
     /// A completion arrived on the carrier's token.
@@ -173,8 +209,13 @@ impl RequestCore {
         }
     }
 
-    /// The reply to a finished image operation.
+    /// The reply to a finished image operation. Once halted every answer is
+    /// EIO, even for work that was in flight and succeeded: the export
+    /// cannot be trusted any more.
     fn finish(&self, io: &ImageIo, result: i32) -> Reply {
+        if self.status.is_halted() {
+            return Reply::error(libc::EIO);
+        }
         let result = if self.faults.fails(io.offset, io.len) { -libc::EIO } else { result };
         if result < 0 {
             self.image_error(io, -result);

@@ -1,5 +1,6 @@
 //! Each opcode of the behaviour contract: what it does to the export.
 
+use super::attributes::Attributes;
 use super::init::{self, Wanted};
 use super::{Carrier, Outcome, RequestCore};
 use crate::image::{ImageIo, ImageOp, Seek};
@@ -44,6 +45,7 @@ impl RequestCore {
             Operation::Open(open) => reply(self.open(&open)),
             Operation::Read(read) => self.read(&read, carrier),
             Operation::Write(write) => self.write(&write, carrier),
+            Operation::Statfs => reply(Reply::with_args(&Attributes::statfs_out(&*self.image))),
             Operation::Release | Operation::Destroy => reply(Reply::ok()),
             Operation::Flush | Operation::Fsync(_) => self.start(ImageIo::new(ImageOp::Flush, 0, 0), carrier),
             Operation::Fallocate(fallocate) => self.fallocate(&fallocate, carrier),

@@ -1,4 +1,5 @@
-//! How the binding steers the I/O threads: pause (drain), then stop.
+//! How the binding steers the I/O threads: pause (drain), detach (after the
+//! unmount), then stop.
 //! Each thread sleeps in io_uring_enter; an eventfd read on its ring wakes it.
 
 use std::io;
@@ -10,10 +11,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[repr(u8)]
 pub enum Phase {
     Running = 0,
-    /// Draining: hold new requests; in-flight ones finish.
+    /// Draining: hold new requests that move data; in-flight ones finish.
     Paused = 1,
+    /// Unmounted (lazily): the file may still be open somewhere, but no data
+    /// moves any more; what was held, and what comes, fails.
+    Detached = 2,
     /// Finish what is in flight, refuse the rest, then end the threads.
-    Stopping = 2,
+    Stopping = 3,
 }
 
 pub struct Control {
@@ -45,6 +49,7 @@ impl Control {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Running,
             1 => Phase::Paused,
+            2 => Phase::Detached,
             _ => Phase::Stopping,
         }
     }
@@ -53,14 +58,18 @@ impl Control {
         self.move_to(Phase::Paused);
     }
 
+    pub fn detach(&self) {
+        self.move_to(Phase::Detached);
+    }
+
     pub fn stop(&self) {
         self.move_to(Phase::Stopping);
     }
 
-    /// Stopping is final: a late pause does not undo it.
+    /// Phases only move forward: a late pause does not undo a detach or a stop.
     fn move_to(&self, phase: Phase) {
         let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
-            (current != Phase::Stopping as u8).then_some(phase as u8)
+            (current < phase as u8).then_some(phase as u8)
         });
         self.wake_all();
     }
@@ -81,12 +90,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stopping_is_final() {
+    fn phases_only_move_forward() {
         let control = Control::new(1).unwrap();
         control.pause();
         assert_eq!(control.phase(), Phase::Paused);
+        control.detach();
+        control.pause();
+        assert_eq!(control.phase(), Phase::Detached);
         control.stop();
         control.pause();
+        control.detach();
         assert_eq!(control.phase(), Phase::Stopping);
     }
 }

@@ -24,11 +24,13 @@
 //! 6. **serve**: requests arrive in legacy slots or ring entries, go to the
 //!    request core (`request/`), whose image I/O runs on the same ring; the
 //!    reply leaves by the way the request came.
-//! 7. **drain**: `pause()`: requests that arrive are held, in-flight ones
-//!    finish; TypeScript watches the in-flight counter.
-//! 8. **unmount**: `unmount()` detaches lazily; the connection ends when the
-//!    last user closes the file (or on `abort_connection()`), and the
-//!    threads report it (`Event::Disconnected`).
+//! 7. **drain**: `pause()`: requests that move data are held, the rest
+//!    answered, in-flight ones finish; TypeScript watches the in-flight
+//!    counter (`RequestCore::admission` decides per request).
+//! 8. **unmount**: `unmount()` detaches lazily and fails what was held; the
+//!    connection ends when the last user closes the file (or on
+//!    `abort_connection()`), and the threads report it
+//!    (`Event::Disconnected`).
 //! 9. **stop**: `stop()` tells the threads to finish; each ends once every
 //!    SQE it pushed has completed, so no memory the kernel may write into
 //!    is freed early. How long to wait and when to abort is TypeScript's
@@ -44,7 +46,7 @@ use crate::request::counters::Snapshot;
 use crate::request::passthrough::Passthrough;
 use crate::request::{RequestCore, Settings};
 use crate::runtime::control::Control;
-use crate::status::{EventSink, Status};
+use crate::status::{Event, EventSink, Status};
 use crate::transport::mount::{self, MountError, MountRequest, Mounted};
 use crate::transport::uring_setup::{self, RingSetup, HOW_TO_ENABLE};
 use std::os::unix::fs::MetadataExt;
@@ -165,7 +167,8 @@ impl Server {
             }
             Err(_) => None,
         };
-        let status = Arc::new(Status::new(events));
+        let control = Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
+        let status = Arc::new(Status::new(wake_on_halt(events, control.clone())));
         let passthrough_wanted = passthrough.is_some();
         let settings = Settings {
             allow_other,
@@ -177,7 +180,6 @@ impl Server {
             threads: options.threads,
         };
         let core = Arc::new(RequestCore::new(image, settings, status));
-        let control = Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
         let queues = if ring_wanted { uring_setup::possible_cpus() } else { 0 };
         let ring_setup = ring_wanted.then(|| {
             Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.min(queues), control.clone()))
@@ -309,18 +311,19 @@ impl Server {
 
     pub fn halt(&self, reason: &str) {
         self.core.status.halt(reason);
-        self.control.wake_all();
     }
 
-    /// Requests that arrive from now on are held; in-flight ones finish.
+    /// Requests that move data are held from now on; in-flight ones finish.
     pub fn pause(&self) {
         self.control.pause();
     }
 
     /// Unmounts unless the connection is gone already (unmounted from
-    /// outside). Lazy: callers that still hold the file open keep working
-    /// until they close it.
+    /// outside). Lazy: callers that still hold the file open can stat,
+    /// flush and close it; what moves data fails from now on, so that
+    /// nobody keeps the connection alive waiting for an answer.
     pub fn unmount(&self) -> Result<(), String> {
+        self.control.detach();
         if self.core.status.is_disconnected() {
             return Ok(());
         }
@@ -359,6 +362,18 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
     }
+}
+
+/// A halt must reach threads asleep with held requests, which then answer
+/// them (EIO) at once; whichever thread halts.
+fn wake_on_halt(events: EventSink, control: Arc<Control>) -> EventSink {
+    Box::new(move |event| {
+        let halted = matches!(event, Event::Halted(_));
+        events(event);
+        if halted {
+            control.wake_all();
+        }
+    })
 }
 
 /// Mounts with allow_other as the switch says: `auto` falls back to a mount

@@ -10,7 +10,7 @@ use crate::os_error::describe_errno;
 use crate::protocol::abi::*;
 use crate::protocol::request::decode_ring_entry;
 use crate::protocol::Reply;
-use crate::request::{Carrier, Outcome, RequestCore, Via};
+use crate::request::{Admission, Carrier, Outcome, RequestCore, Via};
 use crate::runtime::buffer::AlignedBuffer;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
@@ -72,7 +72,7 @@ pub struct FuseQueue {
     channel: u16,
     fd: RawFd,
     entries: Vec<Entry>,
-    /// Entries holding a request that arrived while paused.
+    /// Entries holding a request that must wait (draining).
     held: Vec<u32>,
 }
 
@@ -114,11 +114,8 @@ impl FuseQueue {
         ring.push(sqe, Token::new(kind::RING_COMMAND, self.channel, index));
     }
 
-    /// Takes up requests held while paused, or refuses them when stopping.
+    /// Admits held requests again: those that must still wait stay held.
     pub fn admit_held(&mut self, ring: &mut Ring, core: &RequestCore, phase: Phase) {
-        if phase == Phase::Paused || self.held.is_empty() {
-            return;
-        }
         for index in std::mem::take(&mut self.held) {
             self.admit(ring, core, index, phase);
         }
@@ -164,10 +161,10 @@ impl FuseQueue {
 
     fn admit(&mut self, ring: &mut Ring, core: &RequestCore, index: u32, phase: Phase) {
         let decoded = decode_ring_entry(&self.entries[index as usize].header);
-        let started = match phase {
-            Phase::Paused => return self.held.push(index),
-            Phase::Running => core.begin(decoded, Via::Ring, self.carrier(ring, index)),
-            Phase::Stopping => core.refuse(decoded, Via::Ring),
+        let started = match core.admission(&decoded, phase) {
+            Admission::Hold => return self.held.push(index),
+            Admission::Serve => core.begin(decoded, Via::Ring, self.carrier(ring, index)),
+            Admission::Refuse => core.refuse(decoded, Via::Ring),
         };
         let Some((unique, outcome)) = started else {
             // The header could not be read: the export halted; the entry

@@ -4,9 +4,9 @@
 //! slot's buffer is provided to it, and each wake-up of the descriptor
 //! drains every pending request into them, one completion each, without an
 //! SQE or a system call per request. Replies leave with the thread's next
-//! submit. The read stays armed while paused (requests are held until
-//! resumed) and while halted (they are answered EIO), so that the end of the
-//! connection is always seen.
+//! submit. The read stays armed while paused and detached (requests are
+//! held or answered as `RequestCore::admission` says) and while halted (they
+//! are answered EIO), so that the end of the connection is always seen.
 
 use super::kind;
 use crate::image::ImageIo;
@@ -14,7 +14,7 @@ use crate::os_error::describe_errno;
 use crate::protocol::abi::{MAX_WRITE, OUT_HEADER_SIZE, WRITE_HEADER_SIZE};
 use crate::protocol::request::decode_message;
 use crate::protocol::{Operation, Reply, Request};
-use crate::request::{Carrier, Outcome, RequestCore, Via};
+use crate::request::{Admission, Carrier, Outcome, RequestCore, Via};
 use crate::runtime::buffer::{AlignedBuffer, PAGE};
 use crate::runtime::control::Phase;
 use crate::runtime::provided_buffers::ProvidedBuffers;
@@ -94,7 +94,7 @@ pub struct LegacyChannel {
     /// The read is outstanding.
     armed: bool,
     cancelling: bool,
-    /// Slots holding a request that arrived while paused.
+    /// Slots holding a request that must wait (draining).
     held: Vec<u32>,
 }
 
@@ -120,14 +120,12 @@ impl LegacyChannel {
         Ok(legacy)
     }
 
-    /// Takes up requests held while paused, then keeps the read armed while
-    /// the connection lives, the thread is not stopping and a buffer is
-    /// offered (and cancels it when stopping).
+    /// Admits held requests again (those that must still wait stay held),
+    /// then keeps the read armed while the connection lives, the thread is
+    /// not stopping and a buffer is offered (and cancels it when stopping).
     pub fn prepare(&mut self, ring: &mut Ring, core: &RequestCore, phase: Phase) {
-        if phase != Phase::Paused {
-            for slot in std::mem::take(&mut self.held) {
-                self.admit(ring, core, slot, phase);
-            }
+        for slot in std::mem::take(&mut self.held) {
+            self.admit(ring, core, slot, phase);
         }
         let read_wanted = phase != Phase::Stopping && !core.status.is_disconnected();
         match (read_wanted, self.armed) {
@@ -179,7 +177,9 @@ impl LegacyChannel {
             match -result {
                 // ENOBUFS: every slot is in use; re-armed once one is free.
                 libc::EAGAIN | libc::EINTR | libc::ENOENT | libc::ECANCELED | libc::ENOBUFS => {}
-                libc::ENODEV => core.status.disconnected(),
+                // ECONNABORTED: the connection ended while a request was
+                // being read (the kernel's `fpq->connected` check after the copy).
+                libc::ENODEV | libc::ECONNABORTED => core.status.disconnected(),
                 errno => core.status.halt(format!("reading /dev/fuse failed: {}", describe_errno(errno))),
             }
             return;
@@ -201,10 +201,10 @@ impl LegacyChannel {
     fn admit(&mut self, ring: &mut Ring, core: &RequestCore, slot: u32, phase: Phase) {
         let entry = &self.slots[slot as usize];
         let decoded = decode_message(entry.buffer.bytes(READ_OFFSET, entry.len));
-        let started = match phase {
-            Phase::Paused => return self.held.push(slot),
-            Phase::Running => core.begin(decoded, Via::Legacy, self.carrier(ring, slot)),
-            Phase::Stopping => core.refuse(decoded, Via::Legacy),
+        let started = match core.admission(&decoded, phase) {
+            Admission::Hold => return self.held.push(slot),
+            Admission::Serve => core.begin(decoded, Via::Legacy, self.carrier(ring, slot)),
+            Admission::Refuse => core.refuse(decoded, Via::Legacy),
         };
         let Some((unique, outcome)) = started else {
             self.release(slot);
