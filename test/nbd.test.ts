@@ -17,6 +17,7 @@ import {
   fio,
   fsop,
   fsopOk,
+  holdOpen,
   KiB,
   makeImage,
   makeMountpoint,
@@ -482,6 +483,30 @@ eachTransport(test, '--reconnect-delay: the server killed under a reader and res
   const stopped = await stopExport(t, exp);
   t.is(stopped.errors, 0, 'no request failed');
   assertBytes(t, readFileSync(backing.path), expected, 'writes before and after the loss are in the file');
+});
+
+eachTransport(test, '--reconnect-delay: a write acknowledged, then lost by a server that came back without it: the next fsync fails with EIO, once', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  // A memory server keeps nothing across a restart, as a write-back cache may not.
+  const volatile = { plugin: ['memory', '16M'], socket: join(dir, 'volatile.sock') };
+  const server = await startNbdkit(t, dir, volatile);
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring, { args: ['--reconnect-delay', '10'] });
+  const holder = await holdOpen(t, mnt, ['fsync', 'fsync', 'close']);
+  await server.kill();
+  await waitUntil(() => warnings(exp, 'nbd-lost').length > 0, { what: 'the loss to be logged' });
+  await startNbdkit(t, dir, volatile);
+  await waitUntil(() => warnings(exp, 'nbd-reconnected').length > 0, { timeout: 20_000, what: 'the reconnection' });
+  const held = await holder.release();
+  t.deepEqual(
+    held.map(([call, errno]) => [call, errno]),
+    [
+      ['fsync', 'EIO'],
+      ['fsync', null],
+      ['close', null],
+    ],
+    'the first fsync after the loss reports it; the next ones cover only what came after',
+  );
+  await stopExport(t, exp);
 });
 
 eachTransport(test, '--reconnect-delay 2 with one shared connection: the server killed and not back: EIO after ~2 s, the export stays up and serves again once it is', async (t, ioUring) => {

@@ -15,6 +15,7 @@
 //! the one it ran on, so that a failure on a replaced handle is still known
 //! for a lost connection's.
 
+use super::durability::Durability;
 use super::ffi::CompletionCallback;
 use super::handle::{Extents, Handle};
 use crate::runtime::remote::{Poster, Remote};
@@ -22,7 +23,7 @@ use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// Replies read on one read readiness at most, so that a server that
 /// keeps the socket full cannot hold the thread from its other work.
@@ -34,7 +35,9 @@ const REPLIES_PER_TURN: usize = 64;
 pub enum Command {
     Read { buffer: *mut u8, len: u64, offset: u64 },
     Write { buffer: *const u8, len: u64, offset: u64 },
-    Flush,
+    /// `covers_writes`: acknowledged writes were not yet durable when it
+    /// went out (`Durability`).
+    Flush { covers_writes: bool },
     Trim { len: u64, offset: u64 },
     Zero { len: u64, offset: u64 },
 }
@@ -54,6 +57,10 @@ impl Command {
             Command::Read { len, .. } => SIMPLE_REPLY_HEADER + len,
             _ => SIMPLE_REPLY_HEADER,
         }
+    }
+
+    fn changes_data(self) -> bool {
+        matches!(self, Command::Write { .. } | Command::Trim { .. } | Command::Zero { .. })
     }
 
     /// The request's result when the server says yes.
@@ -103,6 +110,11 @@ unsafe extern "C" fn command_ended(user_data: *mut c_void, error: *mut c_int) ->
     let mut commands = connection.lock();
     if let Some(in_flight) = &commands.slots[ticket.slot as usize] {
         connection.replied_bytes.fetch_add(in_flight.command.simple_reply_bytes(), Ordering::Relaxed);
+        // Acknowledged when the server says so, not when delivered: a
+        // handle lost before the delivery may have lost it already.
+        if errno == 0 && in_flight.command.changes_data() {
+            connection.durability.acknowledged();
+        }
     }
     commands.finished.push(Ended { slot: ticket.slot, errno, generation: ticket.generation });
     1
@@ -167,15 +179,18 @@ pub struct Connection {
     /// The most bytes the replies read so far took from the socket (see
     /// `notify`).
     replied_bytes: AtomicU64,
+    /// The export's, shared by its connections.
+    durability: Arc<Durability>,
 }
 
 impl Connection {
-    pub fn new(handle: Handle) -> Result<Connection, String> {
+    pub fn new(handle: Handle, durability: Arc<Durability>) -> Result<Connection, String> {
         Ok(Connection {
             current: RwLock::new(Current { handle, generation: 0 }),
             commands: Mutex::new(Commands::default()),
             kick: Kick::new()?,
             replied_bytes: AtomicU64::new(0),
+            durability,
         })
     }
 
@@ -190,6 +205,10 @@ impl Connection {
     /// Sends `command`; its result comes back to `remote`'s token. Called
     /// on the I/O thread whose ring gave `remote`.
     pub fn issue(&self, command: Command, remote: Remote) {
+        let command = match command {
+            Command::Flush { .. } => Command::Flush { covers_writes: self.durability.flush_sent() },
+            other => other,
+        };
         let slot = {
             let mut commands = self.lock();
             let in_flight = InFlight { remote, command };
@@ -246,8 +265,11 @@ impl Connection {
         commands.finished.extend(slots.into_iter().map(|slot| Ended { slot, errno: libc::EIO, generation }));
     }
 
-    /// Puts `handle` in place of the lost one; the old one is closed.
+    /// Puts `handle` in place of the lost one; the old one is closed. What
+    /// the old one acknowledged and no FLUSH covered may be gone with the
+    /// server's cache: the next FLUSH says so.
     pub fn replace(&self, handle: Handle) {
+        self.durability.connection_replaced();
         let old = {
             let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
             let generation = current.generation.wrapping_add(1);
@@ -288,6 +310,10 @@ impl Connection {
                 .collect()
         };
         for (in_flight, errno) in ended {
+            let errno = match in_flight.command {
+                Command::Flush { covers_writes } => self.durability.flush_ended(covers_writes, errno),
+                _ => errno,
+            };
             let result = if errno == 0 { in_flight.command.success() } else { -request_errno(errno) };
             if let Err(remote) = ring.complete_local(in_flight.remote, result) {
                 let poster = poster.get_or_insert_with(|| Poster::new().expect("a ring to post completions from"));

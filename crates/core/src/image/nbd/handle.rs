@@ -150,7 +150,7 @@ impl Handle {
                 Command::Write { buffer, len, offset } => {
                     (api.nbd_aio_pwrite)(h, buffer.cast(), len as usize, offset, callback, 0)
                 }
-                Command::Flush => (api.nbd_aio_flush)(h, callback, 0),
+                Command::Flush { .. } => (api.nbd_aio_flush)(h, callback, 0),
                 Command::Trim { len, offset } => (api.nbd_aio_trim)(h, len, offset, callback, 0),
                 Command::Zero { len, offset } => (api.nbd_aio_zero)(h, len, offset, callback, 0),
             }

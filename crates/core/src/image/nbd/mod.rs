@@ -16,6 +16,7 @@
 
 mod connection;
 mod driver;
+mod durability;
 mod ffi;
 mod handle;
 mod outages;
@@ -32,6 +33,7 @@ use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use connection::{Command, Connection};
 use driver::Driver;
+use durability::Durability;
 use handle::{Export, Extents, Handle, Replies};
 use outages::Outages;
 use reconnect::Target;
@@ -78,6 +80,8 @@ pub struct NbdImage {
     status: Option<StatusConnection>,
     opened: Times,
     zeroes: OnceLock<AlignedBuffer>,
+    /// What the connections' acknowledged writes risk (`durability.rs`).
+    durability: Arc<Durability>,
 }
 
 impl NbdImage {
@@ -124,7 +128,8 @@ impl NbdImage {
             }
             None => (first, None, Replies::Structured),
         };
-        let first = Connection::new(data).map_err(ImageError)?;
+        let durability = Arc::<Durability>::default();
+        let first = Connection::new(data, durability.clone()).map_err(ImageError)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let stamp = (now.as_secs(), now.subsec_nanos());
         Ok(Arc::new(NbdImage {
@@ -139,6 +144,7 @@ impl NbdImage {
             status,
             opened: [stamp; 3],
             zeroes: OnceLock::new(),
+            durability,
         }))
     }
 
@@ -166,7 +172,7 @@ impl NbdImage {
             ImageOp::Read => Command::Read { buffer: context.buffer, len, offset },
             ImageOp::Write => Command::Write { buffer: context.buffer, len, offset },
             ImageOp::Flush if !self.export.can_flush => return Poll::Ready(0),
-            ImageOp::Flush => Command::Flush,
+            ImageOp::Flush => Command::Flush { covers_writes: false },
             ImageOp::Discard if self.export.can_trim => Command::Trim { len, offset },
             ImageOp::Discard | ImageOp::WriteZeroes if self.export.can_zero && io.stage == 0 => {
                 Command::Zero { len, offset }
@@ -318,7 +324,7 @@ impl ImageBackend for NbdImage {
             let target = &self.target;
             let connected =
                 Handle::connect(api, &target.uri, &target.address, target.replies, deadline).map(|(handle, _)| handle);
-            if let Ok(connection) = connected.and_then(Connection::new) {
+            if let Ok(connection) = connected.and_then(|handle| Connection::new(handle, self.durability.clone())) {
                 connections.push(Arc::new(connection));
             }
         }
