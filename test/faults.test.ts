@@ -21,6 +21,7 @@ import {
   run,
   startChild,
   startCli,
+  stopExport,
   tmpDir,
   waitUntil,
   writeVia,
@@ -69,6 +70,17 @@ eachTransport(test, 'failing storage: EIO for the request, the export lives, log
   exp.signal('SIGTERM');
   t.is((await exp.wait()).code, 0);
   t.is(exp.lines.find((l) => l.event === 'stopped')!.errors, 6);
+});
+
+eachTransport(test, 'a kernel short of memory (io_uring_enter ENOMEM) is waited out: every request served, no halt', async (t, ioUring) => {
+  const env = { FUSE_EXPORT_TEST_ENTER_ENOMEM: '200' };
+  const { exp, mnt } = await exported(t, { ioUring, writable: true, size: 4 * MiB, env });
+  const data = pattern(2 * MiB, 7);
+  t.deepEqual(await writeVia(mnt, MiB, data, { how: 'direct' }), { ok: data.length });
+  assertBytes(t, await readVia(mnt, MiB, data.length, { how: 'rdirect' }), data);
+  const stopped = await stopExport(t, exp);
+  t.is(stopped.errors, 0);
+  t.deepEqual(exp.lines.filter((l) => l.event === 'halted'), [], 'the export did not halt');
 });
 
 for (const cache of ['direct', 'writeback'] as const) {

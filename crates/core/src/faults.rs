@@ -22,6 +22,9 @@ mod knobs {
         /// Once the mountpoint is opened and checked, create this file and
         /// wait (10 s at most) until the test removes it.
         mount_pause: Option<PathBuf>,
+        /// The first this many io_uring_enter calls of each I/O thread fail
+        /// with ENOMEM, as under memory pressure.
+        enter_enomem: Option<u32>,
     }
 
     fn knob<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -38,7 +41,12 @@ mod knobs {
                     Some((start.parse().ok()?, end.parse().ok()?))
                 }),
                 mount_pause: knob("FUSE_EXPORT_TEST_MOUNT_PAUSE"),
+                enter_enomem: knob("FUSE_EXPORT_TEST_ENTER_ENOMEM"),
             }
+        }
+
+        pub fn enter_failures(&self) -> u32 {
+            self.enter_enomem.unwrap_or(0)
         }
 
         pub fn ring_payload_bytes(&self) -> Option<usize> {
@@ -109,6 +117,11 @@ mod knobs {
 
         #[inline(always)]
         pub fn pause_before_mount(&self) {}
+
+        #[inline(always)]
+        pub fn enter_failures(&self) -> u32 {
+            0
+        }
     }
 
     #[cfg(test)]

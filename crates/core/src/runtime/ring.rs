@@ -10,6 +10,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 /// IORING_ENTER_GETEVENTS.
 const ENTER_GETEVENTS: u32 = 1;
+/// How long a thread waits before it enters again when the kernel was short
+/// of memory for the ring's work.
+const SHORT_OF_MEMORY_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
@@ -21,6 +24,7 @@ pub struct Ring {
     /// Completions this thread finished itself (`Ring::complete_local`),
     /// delivered by the next `reap` as if the kernel had posted them.
     local: Vec<Completion>,
+    injected_enter_failures: u32,
 }
 
 /// One completion as the ring reports it.
@@ -72,7 +76,7 @@ impl Ring {
             builder.setup_r_disabled();
         }
         let ring = builder.build(entries)?;
-        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new() })
+        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new(), injected_enter_failures: 0 })
     }
 
     /// Makes the calling thread the submitter of a ring made
@@ -144,25 +148,43 @@ impl Ring {
 
     /// Submits what is queued and waits for `want` completions. A full
     /// completion queue (EBUSY) returns at once: the thread's loop reaps next.
-    /// Never waits while local completions are pending.
+    /// A kernel short of memory (EAGAIN, ENOMEM) consumed nothing: the same
+    /// SQEs go in again after a pause. Never waits while local completions
+    /// are pending.
     pub fn submit(&mut self, want: usize) {
         let want = if self.local.is_empty() { want } else { 0 };
         loop {
-            // Deferred task work runs only when completions are asked for.
-            let entered = if want > 0 {
-                self.ring.submit_and_wait(want)
-            } else {
-                let queued = self.ring.submission().len() as u32;
-                // SAFETY: no argument is passed.
-                unsafe { self.ring.submitter().enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None) }
+            let entered = match self.injected_enter_failures.checked_sub(1) {
+                Some(left) => {
+                    self.injected_enter_failures = left;
+                    Err(io::Error::from_raw_os_error(libc::ENOMEM))
+                }
+                None => self.enter(want),
             };
-            match entered {
-                Ok(_) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return,
-                Err(e) => panic!("io_uring_enter failed: {e}"),
+            match entered.map_err(|e| e.raw_os_error()) {
+                Ok(_) | Err(Some(libc::EBUSY)) => return,
+                Err(Some(libc::EINTR)) => continue,
+                Err(Some(libc::EAGAIN | libc::ENOMEM)) => std::thread::sleep(SHORT_OF_MEMORY_PAUSE),
+                // A ring we set up wrongly: the thread's panic halts the export with this.
+                Err(errno) => panic!("io_uring_enter failed: {}", io::Error::from_raw_os_error(errno.unwrap_or(0))),
             }
         }
+    }
+
+    fn enter(&mut self, want: usize) -> io::Result<usize> {
+        // Deferred task work runs only when completions are asked for.
+        if want > 0 {
+            return self.ring.submit_and_wait(want);
+        }
+        let queued = self.ring.submission().len() as u32;
+        // SAFETY: no argument is passed.
+        unsafe { self.ring.submitter().enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None) }
+    }
+
+    /// The next `count` enters fail with ENOMEM (the test suite's knob,
+    /// `Faults::enter_failures`; zero in the build users get).
+    pub fn fail_next_enters(&mut self, count: u32) {
+        self.injected_enter_failures = count;
     }
 
     /// Takes the completions that are ready. A multishot SQE stays

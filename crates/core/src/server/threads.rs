@@ -55,6 +55,7 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
         let entries = SLOTS_PER_CHANNEL * 2 + queues.len() * plan.queue_depth * 2 + 16;
         let mut ring =
             Ring::for_another_thread(entries as u32).map_err(|e| format!("Failed to create an io_uring: {e}"))?;
+        ring.fail_next_enters(plan.faults.enter_failures());
         let legacy = LegacyChannel::new(0, fd, &mut ring)
             .map_err(|e| format!("Failed to offer /dev/fuse read buffers to the io_uring: {e}"))?;
         let transports = ThreadTransports::new(
@@ -70,10 +71,8 @@ pub fn spawn(plan: ThreadPlan, session: OwnedFd) -> Result<Vec<JoinHandle<()>>, 
             .spawn(move || {
                 Counters::bind_current_thread(thread);
                 pin_to(transports.queue_cpu());
-                let halt = |reason: String| {
-                    core.status.halt(reason);
-                    control.wake_all();
-                };
+                // The halt wakes the other threads (`server::wake_on_halt`).
+                let halt = |reason: String| core.status.halt(reason);
                 if let Err(e) = ring.adopt() {
                     return halt(format!("I/O thread {thread} could not enable its io_uring: {e}"));
                 }
