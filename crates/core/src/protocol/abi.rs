@@ -2,11 +2,11 @@
 //! its 7.33 ABI lacks (newer INIT flags, the io_uring entry header) is defined
 //! here from `include/uapi/linux/fuse.h`.
 
+pub use fuse_backend_rs::abi::fuse_abi::Kstatfs;
 pub use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, FallocateIn, FsOptions, FsyncIn, InHeader, InitIn, InitOut, LseekIn, LseekOut, OpenIn, OpenOut,
     OutHeader, ReadIn, SetattrIn, StatfsOut, WriteIn, WriteOut,
 };
-pub use fuse_backend_rs::abi::fuse_abi::Kstatfs;
 use vm_memory::ByteValued;
 
 /// Opcodes this export answers or must recognise.

@@ -33,13 +33,29 @@ const REPLIES_PER_TURN: usize = 64;
 /// stay put until its completion is delivered.
 #[derive(Debug, Clone, Copy)]
 pub enum Command {
-    Read { buffer: *mut u8, len: u64, offset: u64 },
-    Write { buffer: *const u8, len: u64, offset: u64 },
+    Read {
+        buffer: *mut u8,
+        len: u64,
+        offset: u64,
+    },
+    Write {
+        buffer: *const u8,
+        len: u64,
+        offset: u64,
+    },
     /// `covers_writes`: acknowledged writes were not yet durable when it
     /// went out (`Durability`).
-    Flush { covers_writes: bool },
-    Trim { len: u64, offset: u64 },
-    Zero { len: u64, offset: u64 },
+    Flush {
+        covers_writes: bool,
+    },
+    Trim {
+        len: u64,
+        offset: u64,
+    },
+    Zero {
+        len: u64,
+        offset: u64,
+    },
 }
 
 // SAFETY: the buffers are a waiting request's; a command carries them only
