@@ -17,7 +17,9 @@ import {
   fio,
   fsop,
   fsopOk,
+  FSOP,
   holdOpen,
+  kernelHasUring,
   KiB,
   makeImage,
   makeMountpoint,
@@ -29,6 +31,7 @@ import {
   type ReadyExport,
   run,
   runCli,
+  setUring,
   sleep,
   startCli,
   stopExport,
@@ -507,6 +510,35 @@ eachTransport(test, '--reconnect-delay: a write acknowledged, then lost by a ser
     'the first fsync after the loss reports it; the next ones cover only what came after',
   );
   await stopExport(t, exp);
+});
+
+test.serial('[io-uring on] a stop while the second I/O thread writes zeroes chunk by chunk on the shared connection: every thread ends', async (t) => {
+  t.true(kernelHasUring, 'the kernel has FUSE-over-io_uring');
+  setUring(t, 'Y');
+  const dir = tmpDir(t);
+  // One connection (driven by thread 0), no WRITE_ZEROES (zeroes are written
+  // 1 MiB at a time) and slow writes: the zeroing outlives the drain.
+  const server = await startNbdkit(t, dir, {
+    plugin: ['memory', '16M'],
+    filters: ['multi-conn', 'nozero', 'delay'],
+    params: ['multi-conn-mode=disable', 'zeromode=none', 'delay-write=100ms'],
+  });
+  const { mnt, exp } = await exportServer(t, dir, server, 'on', { args: ['--shutdown-timeout', '0.3'] });
+  t.is(exp.ready.transport, 'io_uring');
+  // Called from CPU 1, whose ring queue thread 1 serves.
+  const ZERO_RANGE_KEEP_SIZE = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+  const zeroing = run(['taskset', '-c', '1', PYTHON, FSOP, 'fallocate', mnt, ZERO_RANGE_KEEP_SIZE, 0, 8 * MiB], { timeout: 30_000 });
+  await sleep(150);
+  exp.signal('SIGTERM');
+  t.is((await exp.wait(20_000)).code, 0, exp.stderr());
+  t.deepEqual(
+    exp.lines.filter((l) => l.event === 'threads-left').map((l) => l.message),
+    [],
+    'thread 0 drove the shared connection until thread 1 had written its last chunk',
+  );
+  t.log(exp.stderr());
+  await zeroing;
+  assertUnmounted(t, mnt);
 });
 
 eachTransport(test, '--reconnect-delay 2 with one shared connection: the server killed and not back: EIO after ~2 s, the export stays up and serves again once it is', async (t, ioUring) => {

@@ -225,16 +225,34 @@ fn mount_directly(request: &MountRequest, faults: &Faults) -> Result<Mounted, Mo
     Ok(Mounted { session: fuse, connection: connection_of(&mount) })
 }
 
-/// The connection's number: the minor of the mount's device, asked with
-/// DONT_SYNC and an empty mask, so that FUSE answers from the superblock
-/// instead of sending a GETATTR that nobody serves yet.
+/// The connection's number: the minor of the mount's device.
 fn connection_of(mount: &OwnedFd) -> Option<u32> {
+    dev_of(mount).map(|(_, minor)| minor)
+}
+
+/// The device (major, minor) of what `fd` names, asked with DONT_SYNC and an
+/// empty mask, so that FUSE answers from the superblock instead of sending
+/// a GETATTR that nobody serves (yet, or any more).
+fn dev_of(fd: &OwnedFd) -> Option<(u32, u32)> {
     // SAFETY: plain data filled by statx on our descriptor.
     let mut stat: libc::statx = unsafe { std::mem::zeroed() };
     let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
     // SAFETY: an empty path with AT_EMPTY_PATH names the descriptor itself.
-    let rc = unsafe { libc::statx(mount.as_raw_fd(), c"".as_ptr(), flags, 0, &mut stat) };
-    (rc == 0).then_some(stat.stx_dev_minor)
+    let rc = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, 0, &mut stat) };
+    (rc == 0).then_some((stat.stx_dev_major, stat.stx_dev_minor))
+}
+
+/// Whether connection `connection`'s mount is still on `mountpoint`: after
+/// an abort the dead mount stays there until unmounted. Asked without
+/// following a symlink and without a request to the (dead) server.
+pub fn mounted_here(mountpoint: &Path, connection: u32) -> bool {
+    let Ok(path) = cstring("Mountpoint", mountpoint.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a valid NUL-terminated path; the descriptor is checked below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let Ok(fd) = owned(fd.into()) else { return false };
+    // A FUSE superblock's device is anonymous (major 0), and its minor is
+    // unique while the superblock lives.
+    dev_of(&fd) == Some((0, connection))
 }
 
 /// Escapes a value for fusermount3's comma-separated option list.

@@ -22,7 +22,7 @@ use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// Replies read on one read readiness at most, so that a server that
@@ -197,6 +197,14 @@ pub struct Connection {
     replied_bytes: AtomicU64,
     /// The export's, shared by its connections.
     durability: Arc<Durability>,
+    /// Requests of any thread that are under way on this connection, from
+    /// their first command to their result: a request made of several
+    /// commands (zeroes written chunk by chunk) sends its next one only
+    /// after the last came back, so the driver must not end in between.
+    requests: AtomicUsize,
+    /// The driving thread is stopping: the end of the last request must
+    /// wake it, so that it can end.
+    driver_stopping: AtomicBool,
 }
 
 impl Connection {
@@ -207,6 +215,8 @@ impl Connection {
             kick: Kick::new()?,
             replied_bytes: AtomicU64::new(0),
             durability,
+            requests: AtomicUsize::new(0),
+            driver_stopping: AtomicBool::new(false),
         })
     }
 
@@ -396,6 +406,26 @@ impl Connection {
                 *bytes = bytes.saturating_sub(replied);
             }
         }
+    }
+
+    /// A request starts on this connection (before its first command).
+    pub fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A request has its result: no more commands of its will come.
+    pub fn request_ended(&self) {
+        if self.requests.fetch_sub(1, Ordering::SeqCst) == 1 && self.driver_stopping.load(Ordering::SeqCst) {
+            self.kick.kick();
+        }
+    }
+
+    /// The driving thread stops: it may end once no request is under way.
+    /// (Sequentially consistent with `request_ended`: either the last
+    /// request sees the flag and kicks, or the driver sees no request.)
+    pub fn driver_stops(&self) -> bool {
+        self.driver_stopping.store(true, Ordering::SeqCst);
+        self.requests.load(Ordering::SeqCst) == 0
     }
 
     pub fn in_flight(&self) -> i32 {

@@ -104,7 +104,9 @@ impl Driver {
         let connection = self.connection.clone();
         let dead = connection.is_dead() && self.recovery.is_none();
         let idle = self.recovery.as_ref().is_none_or(Recovery::idle);
-        if dead || (self.stopping && idle && connection.in_flight() <= 0) {
+        // Other threads' requests count too: one between two of its
+        // commands has none in flight, yet will send the next.
+        if dead || (self.stopping && idle && connection.in_flight() <= 0 && connection.driver_stops()) {
             self.cancel_all(ring);
             return self.gone(dead);
         }

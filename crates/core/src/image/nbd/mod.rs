@@ -280,18 +280,30 @@ impl ImageBackend for NbdImage {
     }
 
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
-        self.next(io, context)
+        let connection = self.home().0;
+        connection.request_started();
+        let outcome = self.next(io, context);
+        if outcome.is_ready() {
+            connection.request_ended();
+        }
+        outcome
     }
 
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32> {
-        if io.stage != WRITING_ZEROES || result < 0 {
-            return Poll::Ready(result);
+        let outcome = if io.stage != WRITING_ZEROES || result < 0 {
+            Poll::Ready(result)
+        } else {
+            io.done += result as u64;
+            if io.done >= io.len {
+                Poll::Ready(0)
+            } else {
+                self.next(io, context)
+            }
+        };
+        if outcome.is_ready() {
+            self.home().0.request_ended();
         }
-        io.done += result as u64;
-        if io.done >= io.len {
-            return Poll::Ready(0);
-        }
-        self.next(io, context)
+        outcome
     }
 
     /// The bytes as the server presents them.
