@@ -536,7 +536,6 @@ test.serial('[io-uring on] a stop while the second I/O thread writes zeroes chun
     [],
     'thread 0 drove the shared connection until thread 1 had written its last chunk',
   );
-  t.log(exp.stderr());
   await zeroing;
   assertUnmounted(t, mnt);
 });
