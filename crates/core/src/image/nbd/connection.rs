@@ -15,8 +15,9 @@
 //! the one it ran on, so that a failure on a replaced handle is still known
 //! for a lost connection's.
 
+use super::extents::Extents;
 use super::ffi::CompletionCallback;
-use super::handle::{Extents, Handle};
+use super::handle::Handle;
 use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
