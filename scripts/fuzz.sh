@@ -10,7 +10,9 @@
 #                                        (30m, 2h...), niced; logs, then per
 #                                        target the executions and coverage,
 #                                        and new corpus entries merged in
-#   scripts/fuzz.sh --seeds              remake the seed images (qemu-img)
+#   scripts/fuzz.sh --seeds              make the seeds again (qemu-img images
+#                                        of every variant: scripts/fuzz-seeds.py)
+#                                        and minimise them with the corpus
 #
 # Crashes are saved under fuzz/artifacts/<target>/.
 source "$(dirname "$0")/lib.sh"
@@ -117,6 +119,24 @@ merge() {
   run "$1" -merge=1 "$FUZZ/corpus/$1" "$2" >/dev/null 2>&1 || echo "merge into the $1 corpus failed" >&2
 }
 
+# The seeds made again, merged with the committed corpus into an empty
+# folder (libFuzzer keeps the inputs that add coverage), which replaces it.
+seeds() {
+  ensure_debian_packages qemu-utils:qemu-img python3:python3
+  local scratch
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' RETURN
+  python3 "$ROOT/scripts/fuzz-seeds.py" "$scratch/seeds"
+  for target in "${TARGETS[@]}"; do
+    mkdir -p "$scratch/minimised/$target" "$FUZZ/corpus/$target"
+    run "$target" -merge=1 "$scratch/minimised/$target" "$scratch/seeds/$target" "$FUZZ/corpus/$target" \
+      >"$scratch/$target.log" 2>&1 || { tail -n 20 "$scratch/$target.log" >&2; return 1; }
+    rm -rf "$FUZZ/corpus/$target"
+    mv "$scratch/minimised/$target" "$FUZZ/corpus/$target"
+    echo "corpus $target: $(ls "$FUZZ/corpus/$target" | wc -l) inputs, $(du -sh "$FUZZ/corpus/$target" | cut -f1)" >&2
+  done
+}
+
 duration_seconds() {
   case "$1" in
     *h) echo $((${1%h} * 3600)) ;;
@@ -131,6 +151,6 @@ case "${1:-}" in
   "") ;;
   --regress) regress ;;
   --campaign) campaign "${2:?--campaign needs a duration, such as 2h}" ;;
-  --seeds) "$ROOT/scripts/fuzz-seeds.sh" ;;
+  --seeds) seeds ;;
   *) echo "usage: scripts/fuzz.sh [--regress | --campaign DURATION | --seeds]" >&2; exit 2 ;;
 esac

@@ -37,7 +37,16 @@ pub fn open(path: &Path, writable: bool, growable: bool, flags: u8) -> Option<Ar
         format: FormatChoice::Auto,
         reconnect_delay: Default::default(),
     };
-    image::open(&options).ok().map(|(image, _warnings)| image)
+    match image::open(&options) {
+        Ok((image, _warnings)) => Some(image),
+        Err(refused) => {
+            // To see what the seeds reach: FUSE_EXPORT_FUZZ_VERBOSE=1 target input...
+            if std::env::var_os("FUSE_EXPORT_FUZZ_VERBOSE").is_some() {
+                eprintln!("refused: {refused}");
+            }
+            None
+        }
+    }
 }
 
 /// One request as the request core would hand it to the backend.
