@@ -31,6 +31,9 @@ done
 [ ${#opened[@]} -eq 0 ] || echo "NOTE: let other users through ${opened[*]} for the run (the specs run as nobody); put back on exit" >&2
 check_generated_loader
 cargo test --workspace --quiet
+# Every fuzz target replays its committed corpus and fuzzes for a few
+# seconds (about 2 minutes with its build; docs/DESIGN.md "Fuzzing").
+scripts/fuzz.sh --regress
 # A type error in a spec (or a core interface the fake core no longer fits) fails here.
 npm run --silent typecheck:test
 npx ava "$@"

@@ -37,6 +37,10 @@ use std::time::Duration;
 
 pub use probe::FormatChoice;
 
+/// NBD block status turned into SEEK answers, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub use nbd::extents as nbd_extents;
+
 /// How the image is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {

@@ -16,8 +16,9 @@
 //! for a lost connection's.
 
 use super::durability::Durability;
+use super::extents::Extents;
 use super::ffi::CompletionCallback;
-use super::handle::{Extents, Handle};
+use super::handle::Handle;
 use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};

@@ -2,6 +2,7 @@
 //! commands sent on it and the state of its socket. Closed when dropped.
 
 use super::connection::Command;
+use super::extents::{extents_of, Extents};
 use super::ffi::{self, Api, CompletionCallback, ExtentCallback, RawHandle};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::time::{Duration, Instant};
@@ -18,9 +19,6 @@ pub struct Handle {
 unsafe impl Send for Handle {}
 // SAFETY: as above.
 unsafe impl Sync for Handle {}
-
-/// `base:allocation` extents: (length, flags).
-pub type Extents = Vec<(u64, u32)>;
 
 /// The replies a connection asks the server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +252,7 @@ unsafe extern "C" fn extents_seen(
     }
     let extents = unsafe { &mut *(user_data as *mut Extents) };
     let entries = unsafe { std::slice::from_raw_parts(entries, nr_entries) };
-    extents.extend(entries.chunks_exact(2).map(|pair| (u64::from(pair[0]), pair[1])));
+    extents.extend(extents_of(entries));
     0
 }
 

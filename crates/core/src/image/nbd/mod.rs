@@ -17,6 +17,7 @@
 mod connection;
 mod driver;
 mod durability;
+pub mod extents;
 mod ffi;
 mod handle;
 mod outages;
@@ -34,7 +35,8 @@ use crate::runtime::token::Token;
 use connection::{Command, Connection};
 use driver::Driver;
 use durability::Durability;
-use handle::{Export, Extents, Handle, Replies};
+use extents::Extents;
+use handle::{Export, Handle, Replies};
 use outages::Outages;
 use reconnect::Target;
 use recovery::Recovery;
@@ -196,43 +198,9 @@ impl NbdImage {
         }
     }
 
-    /// The answer to a seek when every byte is data.
-    fn all_data(&self, offset: u64, what: Seek) -> u64 {
-        if what == Seek::Data {
-            offset
-        } else {
-            self.export.size
-        }
-    }
-
     /// SEEK_DATA / SEEK_HOLE from `base:allocation`.
     fn seek_extents(&self, offset: u64, what: Seek) -> io::Result<u64> {
-        let size = self.export.size;
-        let mut position = offset;
-        while position < size {
-            let count = (size - position).min(1 << 30);
-            let Some(extents) = self.extents(position, count).map_err(io::Error::from_raw_os_error)? else {
-                return Ok(self.all_data(offset, what));
-            };
-            if extents.is_empty() {
-                break;
-            }
-            for (len, flags) in extents {
-                let hole = flags & ffi::STATE_HOLE != 0;
-                if hole == (what == Seek::Hole) {
-                    return Ok(position.min(size));
-                }
-                position += len;
-                if position >= size {
-                    break;
-                }
-            }
-        }
-        match what {
-            Seek::Data if position >= size => Err(io::Error::from_raw_os_error(libc::ENXIO)),
-            Seek::Data => Ok(position),
-            Seek::Hole => Ok(size),
-        }
+        extents::seek(self.export.size, offset, what, |position, count| self.extents(position, count))
     }
 }
 
@@ -274,7 +242,7 @@ impl ImageBackend for NbdImage {
             return Err(io::Error::from_raw_os_error(libc::ENXIO));
         }
         if !self.export.base_allocation {
-            return Ok(self.all_data(offset, what));
+            return Ok(extents::all_data(self.export.size, offset, what));
         }
         self.seek_extents(offset, what)
     }

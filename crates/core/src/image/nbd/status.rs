@@ -6,7 +6,8 @@
 //! data, which is a true answer.
 
 use super::connection::request_errno;
-use super::handle::{Extents, Handle};
+use super::extents::Extents;
+use super::handle::Handle;
 use super::reconnect::{Reconnector, Target};
 use std::sync::{Arc, Mutex, MutexGuard};
 
