@@ -376,6 +376,26 @@ test.serial('bad images end in exit 1 naming the file and the problem', async (t
   await expectFailure(short, /short\.qcow2.*truncated/);
 });
 
+test.serial('refcounts that do not cover the image\'s own metadata: refused writable (imago would recurse until the stack overflows), served read-only', async (t) => {
+  const dir = tmpDir(t);
+  const mnt = makeMountpoint(dir);
+  // The fuzzer's image (test/fixtures/README.md), and a qemu-img image whose first refcount table entry is gone.
+  const found = join(dir, 'found.qcow2');
+  writeFileSync(found, readFileSync(new URL('./fixtures/imago-refblock-recursion.qcow2', import.meta.url)));
+  const cleared = await makeQcow2(dir, 'cleared.qcow2', MiB);
+  setEntry(cleared, Number(readFile(cleared, 48, 8).readBigUInt64BE()), 0n);
+  for (const image of [found, cleared]) {
+    const before = readFileSync(image);
+    const refused = await runCli(['--writable', image, mnt]);
+    t.is(refused.code, 1, refused.stderr);
+    t.regex(errorText(refused), /cannot be exported writable: no refcount block covers its header.*qemu-img check -r all/);
+    const exp = await exportImage(t, { image, mountpoint: mnt });
+    t.is((await fsop('read', [mnt, 0, 4096])).ok?.length, 8192, 'read-only, it serves');
+    await stopExport(t, exp);
+    t.deepEqual(readFileSync(image), before, 'and the image is unchanged');
+  }
+});
+
 /** Sets the 8-byte big-endian table entry at `offset` of an image file. */
 function setEntry(image: string, offset: number, value: bigint): void {
   const entry = Buffer.alloc(8);

@@ -20,6 +20,7 @@
 
 mod discard_guard;
 mod gate;
+mod refcount_cover;
 mod storage;
 mod workers;
 
@@ -145,6 +146,16 @@ impl Qcow2Image {
         let direct = options.cache == CacheMode::Direct;
         let top =
             HostFile::open_path(path, options.writable, direct).map_err(|e| open_failed(path, options.writable, &e))?;
+        if options.writable {
+            let uncovered = refcount_cover::uncovered_metadata(&top, &header, first_bytes)
+                .map_err(|e| ImageError(format!("Failed to read image {shown}: {}", describe(&e))))?;
+            if let Some(problem) = uncovered {
+                return Err(ImageError(format!(
+                    "Image {shown} cannot be exported writable: {problem}, so its refcounts are corrupt; \
+                     repair it with `qemu-img check -r all`, or export it without --writable"
+                )));
+            }
+        }
         let memory_backed = is_memory_filesystem(top.file());
         let top_file = top
             .file()
