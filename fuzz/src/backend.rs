@@ -26,6 +26,11 @@ const MAX_COMPLETIONS: usize = 100_000;
 /// offset would only measure imago's L1 table.
 const MAX_GROWTH: u64 = 16 << 20;
 
+/// The longest discard or zero range asked: their work grows with the
+/// length the user asks for (zeroing a whole disk of 512-byte clusters is
+/// millions of cluster updates, in QEMU too), which says nothing of the image.
+const MAX_SPAN: u64 = 16 << 20;
+
 /// Opens `path` as `--format auto` does, with the cache mode and access
 /// the flags byte picks; `None` when it is refused (a fine answer).
 pub fn open(path: &Path, writable: bool, growable: bool, flags: u8) -> Option<Arc<dyn ImageBackend>> {
@@ -72,18 +77,19 @@ impl Operation {
         };
         let io = |op, len| (len > 0).then_some(Operation::Io(ImageIo::new(op, offset, len)));
         let request_len = raw_len % (u64::from(MAX_WRITE) + 1);
+        let span = raw_len % (MAX_SPAN + 1);
         match kind % 8 {
             0 | 1 => io(ImageOp::Read, fixed_end(request_len)),
             2 => Some(Operation::Seek(offset, if kind & 8 == 0 { Seek::Data } else { Seek::Hole })),
             3 => Some(Operation::Io(ImageIo::new(ImageOp::Flush, 0, 0))),
             _ if !image.writable() => None,
             4 => io(ImageOp::Write, growth_end(request_len)),
-            5 => io(ImageOp::Discard, fixed_end(raw_len)),
+            5 => io(ImageOp::Discard, fixed_end(span)),
             // FALLOC_FL_ZERO_RANGE with FALLOC_FL_KEEP_SIZE, or without it.
-            6 if kind & 8 == 0 => io(ImageOp::WriteZeroes, fixed_end(raw_len)),
-            6 => io(ImageOp::WriteZeroes, growth_end(raw_len)),
+            6 if kind & 8 == 0 => io(ImageOp::WriteZeroes, fixed_end(span)),
+            6 => io(ImageOp::WriteZeroes, growth_end(span)),
             _ if offset < size => None,
-            _ => io(ImageOp::Allocate, growth_end(raw_len)),
+            _ => io(ImageOp::Allocate, growth_end(span)),
         }
     }
 }
@@ -116,9 +122,12 @@ impl Driver {
     }
 
     fn transfer(&mut self, image: &dyn ImageBackend, mut io: ImageIo, fill: u8) {
-        let buffer = AlignedBuffer::new((io.len as usize).max(4096));
-        // SAFETY: the buffer holds at least `len` bytes.
-        unsafe { std::ptr::write_bytes(buffer.as_ptr(), fill, io.len as usize) };
+        // Like a request's payload buffer: data only for reads and writes
+        // (at most MAX_WRITE); discards and zeroes of any length carry none.
+        let data_len = if matches!(io.op, ImageOp::Read | ImageOp::Write) { io.len as usize } else { 0 };
+        let buffer = AlignedBuffer::new(data_len.max(4096));
+        // SAFETY: the buffer holds at least `data_len` bytes.
+        unsafe { std::ptr::write_bytes(buffer.as_ptr(), fill, data_len) };
         let token = Token::new(3, 0, 1);
         let ring = &mut self.ring;
         let mut outcome = image.submit(&mut io, IoContext { ring, token, buffer: buffer.as_ptr() });
