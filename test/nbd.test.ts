@@ -540,6 +540,27 @@ test.serial('[io-uring on] a stop while the second I/O thread writes zeroes chun
   assertUnmounted(t, mnt);
 });
 
+eachTransport(test, 'a server slow to answer block status holds SEEK_DATA / SEEK_HOLE 3 s at most: every byte is data then, and the thread serves on', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'], filters: ['delay'], params: ['delay-extents=30'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const timed = async <T>(what: Promise<T>): Promise<[T, number]> => {
+    const started = Date.now();
+    const answer = await what;
+    return [answer, Date.now() - started];
+  };
+  const [data, dataMs] = await timed(fsop('lseek', [mnt, 4096, 'data'], { timeout: 60_000 }));
+  t.deepEqual(data, { ok: 4096 }, 'SEEK_DATA past the deadline: data right there');
+  t.true(dataMs >= 2500 && dataMs < 6000, `SEEK_DATA answered after ${dataMs} ms, the 3 s deadline`);
+  const [hole, holeMs] = await timed(fsop('lseek', [mnt, 4096, 'hole'], { timeout: 60_000 }));
+  t.deepEqual(hole, { ok: 16 * MiB }, 'SEEK_HOLE past the deadline: the end');
+  t.true(holeMs < 6000, `SEEK_HOLE answered after ${holeMs} ms`);
+  const [read, readMs] = await timed(readVia(mnt, MiB, 4096, { how: 'rdirect' }));
+  assertBytes(t, read, Buffer.alloc(4096));
+  t.true(readMs < 1000, `a read after the seeks took ${readMs} ms`);
+  await stopExport(t, exp);
+});
+
 eachTransport(test, '--reconnect-delay 2 with one shared connection: the server killed and not back: EIO after ~2 s, the export stays up and serves again once it is', async (t, ioUring) => {
   const dir = tmpDir(t);
   const backing = backingFile(dir, 31);

@@ -5,6 +5,7 @@
 //! completes. Requests flow one way: transport → here → image backend.
 
 pub mod attributes;
+mod bounded;
 pub mod counters;
 pub mod init;
 mod operations;
@@ -21,6 +22,7 @@ use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use crate::status::Status;
 use attributes::Attributes;
+use bounded::Bounded;
 use counters::Counters;
 use init::Negotiated;
 use passthrough::Passthrough;
@@ -96,6 +98,8 @@ pub struct RequestCore {
     pub init_replied: Latch<()>,
     /// (warning, errno) pairs reported already.
     reported: Mutex<Vec<(&'static str, i32)>>,
+    /// SEEK_DATA / SEEK_HOLE, asked with a deadline.
+    seeks: Bounded,
 }
 
 impl RequestCore {
@@ -112,6 +116,7 @@ impl RequestCore {
             init: Latch::default(),
             init_replied: Latch::default(),
             reported: Mutex::new(Vec::new()),
+            seeks: Bounded::default(),
         }
     }
 

@@ -8,6 +8,8 @@ use crate::protocol::abi::*;
 use crate::protocol::{Operation, Reply, Request};
 
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+/// How long SEEK_DATA / SEEK_HOLE may hold an I/O thread (`bounded.rs`).
+const SEEK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 
@@ -164,9 +166,14 @@ impl RequestCore {
             libc::SEEK_HOLE => Seek::Hole,
             _ => return Reply::error(libc::EINVAL),
         };
-        match self.image.seek(lseek.offset, what) {
-            Ok(offset) => Reply::with_args(&LseekOut { offset }),
-            Err(e) => errno_of(e),
+        let (image, offset) = (self.image.clone(), lseek.offset);
+        match self.seeks.ask(SEEK_DEADLINE, move || image.seek(offset, what)) {
+            Some(Ok(offset)) => Reply::with_args(&LseekOut { offset }),
+            Some(Err(e)) => errno_of(e),
+            // Too slow (a server that does not answer): every byte is data.
+            None if offset >= self.image.size() => Reply::error(libc::ENXIO),
+            None if what == Seek::Data => Reply::with_args(&LseekOut { offset }),
+            None => Reply::with_args(&LseekOut { offset: self.image.size() }),
         }
     }
 }
