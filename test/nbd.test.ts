@@ -33,6 +33,7 @@ import {
   runCli,
   setUring,
   sleep,
+  startChild,
   startCli,
   stopExport,
   tmpDir,
@@ -400,6 +401,27 @@ eachTransport(test, 'the server killed under load: requests fail with EIO, the e
   const result = await load;
   t.not(result.code, 0, 'fio saw errors, not success');
   t.false(result.timedOut ?? false, 'fio did not hang');
+  assertUnmounted(t, mnt);
+});
+
+eachTransport(test, 'the server killed under a reader that keeps reading: each read returns within 1 s (EIO), the export exits 2 once it closes the file', async (t, ioUring) => {
+  const dir = tmpDir(t);
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '16M'] });
+  const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const reader = startChild(t, [PYTHON, FSOP, 'reads_through', mnt, 4]);
+  await sleep(1000);
+  await server.kill();
+  await exp.event('halted', 10_000);
+  await reader.wait(20_000);
+  const closed = Date.now();
+  const { slowest_ms: slowest, errnos } = JSON.parse(reader.output().trim().split('\n').at(-1)!).ok;
+  t.log(`the slowest read took ${slowest} ms; errors ${JSON.stringify(errnos)}`);
+  t.true(slowest < 1000, `every read returned within 1 s: the slowest took ${slowest} ms`);
+  t.true(errnos.EIO > 0, 'reads after the loss get EIO');
+  t.deepEqual(Object.keys(errnos).filter((e) => e !== 'EIO' && e !== 'ENOTCONN'), [], 'no errno but EIO or ENOTCONN');
+  t.is((await exp.wait(20_000)).code, 2);
+  t.true(Date.now() - closed < 3000, `the stop ended ${Date.now() - closed} ms after the reader closed the file`);
+  t.deepEqual(exp.lines.filter((l) => l.event === 'connection-busy'), [], 'the stop waited for no deadline');
   assertUnmounted(t, mnt);
 });
 
