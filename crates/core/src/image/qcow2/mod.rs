@@ -67,6 +67,9 @@ const SECTOR: u64 = 512;
 /// Threads for blocking metadata work, shared by all I/O threads.
 const WORKERS: usize = 2;
 
+/// How long a SEEK_DATA / SEEK_HOLE may walk the mappings.
+const SEEK_WALK_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Zeroes written per call where the image cannot record zeroes itself.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -469,7 +472,14 @@ impl ImageBackend for Qcow2Image {
             return Err(io::Error::from_raw_os_error(libc::ENXIO));
         }
         let mut at = offset;
+        // A hostile image can map a huge disk in tiny pieces: past the
+        // budget every byte left is data (a true answer), instead of a walk
+        // that takes minutes.
+        let budget = std::time::Instant::now() + SEEK_WALK_BUDGET;
         while at < size {
+            if std::time::Instant::now() >= budget {
+                return Ok(if what == Seek::Data { at } else { size });
+            }
             let (mapping, len) = access.get_mapping(at, size - at)?;
             let data = matches!(mapping, Mapping::Raw { .. } | Mapping::Special { .. });
             if matches!(mapping, Mapping::Eof { .. }) || len == 0 {
