@@ -10,4 +10,5 @@ export * from './uring.js';
 export * from './fixture.js';
 export * from './qcow2.js';
 export * from './loop.js';
+export * from './crash-loop.js';
 export { register, stopLeftovers } from './registry.js';
