@@ -129,7 +129,7 @@ export function planRound(loopSeed: number, round: number): RoundPlan {
     seed,
     threads: between(1, 3),
     how: random() < 0.5 ? 'direct' : 'rw',
-    killAfterSyncs: between(1, 40),
+    killAfterSyncs: between(1, 120),
     killDelayMs: between(0, 30),
   };
 }
