@@ -21,6 +21,7 @@ for (const format of ['qcow2', 'raw'] as const) {
       t.deepEqual(summary.failures, []);
       t.is(summary.rounds, ROUNDS);
       t.true(summary.markersChecked > 0, "fsync'd markers were read back");
+      t.true(summary.holesChecked > 0, "fsync'd punched or zeroed blocks were read back");
       if (format === 'qcow2') t.is(summary.checks!.clean + summary.checks!.leaksOnly, ROUNDS, 'qemu-img check passed every round');
     },
   );

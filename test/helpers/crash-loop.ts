@@ -50,41 +50,48 @@ export interface RoundPlan {
   killDelayMs: number;
 }
 
-/** What a round read back that no fsync vouched for. */
-export interface Unsynced {
-  /** Blocks holding a write after their last acknowledged one. */
-  newer: number;
-  /** Blocks holding what they held at their last acknowledged write (or before the round). */
-  older: number;
-  /** Blocks holding neither: a write torn by the kill. */
-  torn: number;
-}
-
-export interface RoundResult {
-  round: number;
-  plan: RoundPlan;
+/** What read-backs found, counted in blocks. */
+export interface Counts {
   writes: number;
   syncs: number;
-  /** Blocks read back exactly as an acknowledged fsync left them: written this round, or earlier. */
+  /** Holding exactly the marker of their last write, which an fsync acknowledged. */
   markersChecked: number;
+  /** Holding zeroes, their last write an acknowledged punch or zero range. */
+  holesChecked: number;
+  /** Not written in the round, holding the marker an earlier round left. */
   markersFromEarlierRounds: number;
-  unsynced: Unsynced;
+  /** Their last write not acknowledged, holding it or another write after the last acknowledged one. */
+  unsyncedNewer: number;
+  /** Their last write not acknowledged, holding what the last acknowledged write (or an earlier round) left. */
+  unsyncedOlder: number;
+  /** Their last write not acknowledged, holding neither: a write torn by the kill. */
+  unsyncedTorn: number;
+}
+
+const noCounts = (): Counts => ({
+  writes: 0, syncs: 0, markersChecked: 0, holesChecked: 0, markersFromEarlierRounds: 0,
+  unsyncedNewer: 0, unsyncedOlder: 0, unsyncedTorn: 0,
+});
+
+/** Adds the counts of `from` to those of `into` (which may hold more than counts). */
+function addCounts(into: Counts, from: Counts): void {
+  for (const key of Object.keys(noCounts()) as (keyof Counts)[]) into[key] += from[key];
+}
+
+export interface RoundResult extends Counts {
+  round: number;
+  plan: RoundPlan;
   /** qcow2: the leaked clusters qemu-img check reported (0: clean). */
   leaks?: number;
   failures: string[];
 }
 
-export interface CrashSummary {
+export interface CrashSummary extends Counts {
   format: CrashFormat;
   transport: 'io_uring' | 'legacy';
   seed: number;
   rounds: number;
   failedRounds: number;
-  writes: number;
-  syncs: number;
-  markersChecked: number;
-  markersFromEarlierRounds: number;
-  unsynced: Unsynced;
   /** qcow2: rounds whose check was clean, rounds with leaks only, the most leaked clusters seen. */
   checks?: { clean: number; leaksOnly: number; maxLeaks: number };
   /** Every failure, prefixed with its round. */
@@ -102,8 +109,8 @@ export interface CrashLoopOptions {
   findings?: string;
   /** Told one line per round. */
   log?: (line: string) => void;
-  /** Called after the crash (and qemu-img check), before the read-back, with the blocks whose last write was acknowledged. */
-  beforeReadBack?: (image: string, durableBlocks: number[]) => Promise<void>;
+  /** Called after the crash (and qemu-img check), before the read-back, with the blocks whose last write left a marker an fsync acknowledged. */
+  beforeReadBack?: (image: string, durableMarkers: number[]) => Promise<void>;
   /** Stops the loop after the round under way. */
   signal?: AbortSignal;
 }
@@ -134,12 +141,13 @@ export function planRound(loopSeed: number, round: number): RoundPlan {
   };
 }
 
-/** One write the writer announced (before issuing it): blocks block .. block + count - 1. */
+/** One write the writer announced (before issuing it): blocks block .. block + count - 1, markers or zeroes. */
 interface Write {
   seq: number;
   block: number;
   count: number;
   thread: number;
+  zeroes: boolean;
 }
 
 /** The writer's stdout: its writes in order, and each thread's last acknowledged fsync (the seq it covers). */
@@ -153,10 +161,10 @@ export function parseWriterLog(output: string): WriterLog {
   const log: WriterLog = { writes: [], durable: new Map(), syncs: 0 };
   for (const line of output.split('\n')) {
     if (!line.startsWith('{"w"') && !line.startsWith('{"s"')) continue;
-    const entry = JSON.parse(line) as { w?: [number, number, number]; s?: number; t: number };
+    const entry = JSON.parse(line) as { w?: [number, number, number]; s?: number; t: number; z?: 1 };
     if (entry.w) {
       const [seq, block, count] = entry.w;
-      log.writes.push({ seq, block, count, thread: entry.t });
+      log.writes.push({ seq, block, count, thread: entry.t, zeroes: entry.z === 1 });
     } else {
       log.durable.set(entry.t, entry.s!);
       log.syncs++;
@@ -165,23 +173,32 @@ export function parseWriterLog(output: string): WriterLog {
   return log;
 }
 
-/** Each written block's writes, in order (a block belongs to one thread), with whether each was acknowledged. */
-function writesByBlock(log: WriterLog): Map<number, { seq: number; durable: boolean }[]> {
-  const blocks = new Map<number, { seq: number; durable: boolean }[]>();
-  for (const { seq, block, count, thread } of log.writes) {
+/** A write as one block sees it: what it leaves there, and whether an fsync acknowledged it. */
+interface BlockWrite {
+  seq: number;
+  leaves: BlockState;
+  durable: boolean;
+}
+
+/** Each written block's writes, in order (a block belongs to one thread). */
+function writesByBlock(round: number, log: WriterLog): Map<number, BlockWrite[]> {
+  const blocks = new Map<number, BlockWrite[]>();
+  for (const { seq, block, count, thread, zeroes } of log.writes) {
     const durable = seq <= (log.durable.get(thread) ?? 0);
     for (let b = block; b < block + count; b++) {
       const writes = blocks.get(b) ?? [];
       blocks.set(b, writes);
-      writes.push({ seq, durable });
+      writes.push({ seq, leaves: zeroes ? 0 : [round, seq], durable });
     }
   }
   return blocks;
 }
 
-/** The blocks whose last write was acknowledged by an fsync. */
-export function durableBlocks(log: WriterLog): number[] {
-  return [...writesByBlock(log)].filter(([, writes]) => writes.at(-1)!.durable).map(([block]) => block);
+/** The blocks whose last write left a marker an fsync acknowledged. */
+export function durableMarkers(round: number, log: WriterLog): number[] {
+  return [...writesByBlock(round, log)]
+    .filter(([, writes]) => writes.at(-1)!.durable && writes.at(-1)!.leaves !== 0)
+    .map(([block]) => block);
 }
 
 const sameState = (a: BlockState, b: BlockState): boolean => JSON.stringify(a) === JSON.stringify(b);
@@ -192,12 +209,7 @@ function describeState(state: BlockState): string {
   return `the marker of round ${state[0]} write ${state[1]}`;
 }
 
-interface Verdict {
-  markersChecked: number;
-  markersFromEarlierRounds: number;
-  unsynced: Unsynced;
-  failures: string[];
-}
+type Verdict = Counts & { failures: string[] };
 
 /**
  * Compares the read-back (`after`) with what the round may have left:
@@ -207,8 +219,8 @@ interface Verdict {
  * torn mix.
  */
 export function verifyReadBack(round: number, before: BlockState[], after: BlockState[], log: WriterLog): Verdict {
-  const verdict: Verdict = { markersChecked: 0, markersFromEarlierRounds: 0, unsynced: { newer: 0, older: 0, torn: 0 }, failures: [] };
-  const written = writesByBlock(log);
+  const verdict: Verdict = { ...noCounts(), writes: log.writes.length, syncs: log.syncs, failures: [] };
+  const written = writesByBlock(round, log);
   const fail = (block: number, what: string) => verdict.failures.push(`block ${block} (offset ${block * BLOCK}): ${what}`);
   before.forEach((previous, block) => {
     const got = after[block];
@@ -220,17 +232,17 @@ export function verifyReadBack(round: number, before: BlockState[], after: Block
     }
     const last = writes.at(-1)!;
     if (last.durable) {
-      const want: BlockState = [round, last.seq];
-      if (sameState(got, want)) verdict.markersChecked++;
-      else fail(block, `its last write ${last.seq} was acknowledged by an fsync, but it holds ${describeState(got)}`);
+      if (!sameState(got, last.leaves)) {
+        fail(block, `its last write ${last.seq} was acknowledged by an fsync, but it holds ${describeState(got)}, not ${describeState(last.leaves)}`);
+      } else if (last.leaves === 0) verdict.holesChecked++;
+      else verdict.markersChecked++;
       return;
     }
-    const lastDurable = writes.filter((w) => w.durable).at(-1);
-    const older: BlockState = lastDurable ? [round, lastDurable.seq] : previous;
-    const newer = writes.filter((w) => !w.durable).map((w): BlockState => [round, w.seq]);
-    if (newer.some((state) => sameState(got, state))) verdict.unsynced.newer++;
-    else if (sameState(got, older)) verdict.unsynced.older++;
-    else if (typeof got === 'string') verdict.unsynced.torn++;
+    const older = writes.filter((w) => w.durable).at(-1)?.leaves ?? previous;
+    const newer = writes.filter((w) => !w.durable).map((w) => w.leaves);
+    if (newer.some((state) => sameState(got, state))) verdict.unsyncedNewer++;
+    else if (sameState(got, older)) verdict.unsyncedOlder++;
+    else if (typeof got === 'string') verdict.unsyncedTorn++;
     else fail(block, `holds ${describeState(got)}: neither ${describeState(older)} nor a later write to it`);
   });
   return verdict;
@@ -342,10 +354,7 @@ function saveFinding(findings: string, name: string, files: Record<string, strin
 /** One round: export, load, kill, check, read back, compare. `model` is the last read-back, updated in place. */
 async function crashRound(options: CrashLoopOptions, target: Target, round: number, model: BlockState[]): Promise<RoundResult> {
   const plan = planRound(options.seed, round);
-  const result: RoundResult = {
-    round, plan, writes: 0, syncs: 0, markersChecked: 0, markersFromEarlierRounds: 0,
-    unsynced: { newer: 0, older: 0, torn: 0 }, failures: [],
-  };
+  const result: RoundResult = { round, plan, ...noCounts(), failures: [] };
   const before = join(options.dir, 'before-round');
   if (options.findings) copyFileSync(target.image, before);
   let exp: CliExport | undefined;
@@ -354,9 +363,8 @@ async function crashRound(options: CrashLoopOptions, target: Target, round: numb
     exp = await startExport(target, true);
     writer = spawnChild([PYTHON, FSOP, 'marked_writes', target.mnt, round, plan.seed, plan.threads, plan.how, WRITER_SECONDS]);
     const log = await crash(exp, writer, plan);
-    Object.assign(result, { writes: log.writes.length, syncs: log.syncs });
     if (target.format === 'qcow2') result.leaks = await leakedClusters(target.image);
-    await options.beforeReadBack?.(target.image, durableBlocks(log));
+    await options.beforeReadBack?.(target.image, durableMarkers(round, log));
     const after = await readBack(target);
     const verdict = verifyReadBack(round, model, after, log);
     const { failures, ...counts } = verdict;
@@ -380,26 +388,29 @@ async function crashRound(options: CrashLoopOptions, target: Target, round: numb
   return result;
 }
 
+/** The counts, in words (a round's or a loop's). */
+function describeCounts(c: Counts): string {
+  return (
+    `${c.writes} writes, ${c.syncs} fsyncs; read back: ${c.markersChecked} fsync'd markers, ${c.holesChecked} fsync'd holes, ` +
+    `${c.markersFromEarlierRounds} markers of earlier rounds; unsynced blocks: ${c.unsyncedNewer} newer, ` +
+    `${c.unsyncedOlder} older, ${c.unsyncedTorn} torn`
+  );
+}
+
 function describeRound(options: CrashLoopOptions, r: RoundResult): string {
   const { plan } = r;
-  const check = r.leaks === undefined ? '' : `qemu-img check: ${r.leaks ? `${r.leaks} leaked clusters` : 'clean'}; `;
+  const check = r.leaks === undefined ? '' : `; qemu-img check: ${r.leaks ? `${r.leaks} leaked clusters` : 'clean'}`;
   return (
     `${options.format} ${transportFor(options.ioUring)} round ${r.round}/${options.rounds} (seed ${plan.seed}, ` +
-    `writer threads: ${plan.threads}, ${plan.how}): killed after ${plan.killAfterSyncs} fsyncs + ${plan.killDelayMs} ms ` +
-    `(${r.writes} writes, ${r.syncs} fsyncs); ${check}${r.markersChecked} fsync'd markers read back ` +
-    `(+${r.markersFromEarlierRounds} from earlier rounds); unsynced blocks: ${r.unsynced.newer} newer, ` +
-    `${r.unsynced.older} older, ${r.unsynced.torn} torn; ` +
+    `writer threads: ${plan.threads}, ${plan.how}): killed after ${plan.killAfterSyncs} fsyncs + ${plan.killDelayMs} ms; ` +
+    `${describeCounts(r)}${check}; ` +
     (r.failures.length ? `FAILED:\n  ${r.failures.join('\n  ')}` : 'ok')
   );
 }
 
 function addRound(summary: CrashSummary, r: RoundResult): void {
   summary.rounds++;
-  summary.writes += r.writes;
-  summary.syncs += r.syncs;
-  summary.markersChecked += r.markersChecked;
-  summary.markersFromEarlierRounds += r.markersFromEarlierRounds;
-  for (const key of ['newer', 'older', 'torn'] as const) summary.unsynced[key] += r.unsynced[key];
+  addCounts(summary, r);
   if (summary.checks && r.leaks !== undefined) {
     if (r.leaks) summary.checks.leaksOnly++;
     else summary.checks.clean++;
@@ -416,8 +427,7 @@ export async function crashLoop(options: CrashLoopOptions): Promise<CrashSummary
   const target: Target = { image, mnt: makeMountpoint(dir), format, ioUring };
   const model: BlockState[] = new Array<BlockState>(IMAGE_SIZE / BLOCK).fill(0);
   const summary: CrashSummary = {
-    format, transport: transportFor(ioUring), seed: options.seed, rounds: 0, failedRounds: 0, writes: 0, syncs: 0,
-    markersChecked: 0, markersFromEarlierRounds: 0, unsynced: { newer: 0, older: 0, torn: 0 },
+    format, transport: transportFor(ioUring), seed: options.seed, rounds: 0, failedRounds: 0, ...noCounts(),
     checks: format === 'qcow2' ? { clean: 0, leaksOnly: 0, maxLeaks: 0 } : undefined, failures: [],
   };
   for (let round = 1; round <= options.rounds && !options.signal?.aborted; round++) {
@@ -436,9 +446,7 @@ export function describeSummary(s: CrashSummary): string {
     : '';
   return (
     `crash-loop ${s.format} ${s.transport} (seed ${s.seed}): ${s.rounds} rounds, ${s.failedRounds} failed; ` +
-    `${s.writes} writes, ${s.syncs} fsyncs; ${s.markersChecked} fsync'd markers read back ` +
-    `(+${s.markersFromEarlierRounds} from earlier rounds); unsynced blocks: ${s.unsynced.newer} newer, ` +
-    `${s.unsynced.older} older, ${s.unsynced.torn} torn${check}` +
+    `${describeCounts(s)}${check}` +
     (s.failures.length ? `\n  ${s.failures.join('\n  ')}` : '')
   );
 }

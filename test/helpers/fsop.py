@@ -23,6 +23,14 @@ import zlib
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
+
+def fallocate(fd, mode, offset, length):
+    """fallocate(2), failing with OSError as the os module's calls do."""
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 def errname(number):
     """ENOTSUP and EOPNOTSUPP are one number on Linux: always say EOPNOTSUPP."""
     if number == errno.EOPNOTSUPP:
@@ -110,9 +118,7 @@ def op_ftruncate(path, size):
 def op_fallocate(path, mode, offset, length):
     fd = open_(path, 'rw')
     try:
-        if libc.fallocate(fd, int(mode, 0), int(offset), int(length)) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        fallocate(fd, int(mode, 0), int(offset), int(length))
         return True
     finally:
         os.close(fd)
@@ -227,11 +233,6 @@ def op_random_ops(path, seed, steps, shrink, limit, align='1'):
             at = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), min(len(got), len(want)))
             fail(step, f'read {length} at {offset}: differs from the model at {offset + at} ({len(got)} bytes read)')
 
-    def falloc(mode, offset, length):
-        if libc.fallocate(fd, mode, offset, length) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-
     ops = ['write', 'read', 'punch', 'zero', 'truncate', 'fsync']
     for step in range(steps):
         op = rng.choices(ops, weights=[40, 25, 10, 10, 5, 10])[0]
@@ -256,7 +257,7 @@ def op_random_ops(path, seed, steps, shrink, limit, align='1'):
             compare(step, offset, length)
         elif op in ('punch', 'zero'):
             mode = FALLOC_FL_KEEP_SIZE | (FALLOC_FL_PUNCH_HOLE if op == 'punch' else FALLOC_FL_ZERO_RANGE)
-            falloc(mode, offset, length)
+            fallocate(fd, mode, offset, length)
             end = min(offset + length, size)
             model[offset:end] = bytes(end - offset)
             compare(step, max(offset - 100, 0), end - offset + 200)
@@ -304,11 +305,14 @@ def op_marked_writes(path, round_, seed, threads, how, seconds):
     """Random writes of 1 to 16 marker blocks by `threads` threads, each in
     its own slice of the file (half of its writes on 16 hot blocks, so that
     blocks are rewritten), each fsyncing after every 1 to 8 of its writes,
-    for `seconds` or until the first error. Prints {"w": [seq, block,
-    count], "t": thread} before each write and {"s": seq, "t": thread} once
-    an fsync returned: that thread's writes up to seq are durable. `how`:
-    'direct' (O_DIRECT) or 'rw' (through the page cache). Returns the count
-    of writes and the errno each thread stopped on."""
+    for `seconds` or until the first error. One write in ten punches a hole
+    instead, one in ten zeroes the range (FALLOC_FL_ZERO_RANGE): a qcow2
+    image then frees and allocates clusters round after round. Prints
+    {"w": [seq, block, count], "t": thread} before each write ("z": 1 for
+    the two that leave zeroes) and {"s": seq, "t": thread} once an fsync
+    returned: that thread's writes up to seq are durable. `how`: 'direct'
+    (O_DIRECT) or 'rw' (through the page cache). Returns the count of
+    writes and the errno each thread stopped on."""
     import random
     round_, threads = int(round_), int(threads)
     fd = open_(path, how)
@@ -334,6 +338,11 @@ def op_marked_writes(path, round_, seed, threads, how, seconds):
                     count = min(rng.randint(1, MARKER_MAX_BLOCKS), last - start)
                     with say_lock:
                         seq = next(seqs)
+                    hole = rng.choices([0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE], weights=[8, 1, 1])[0]
+                    if hole:
+                        say({'w': [seq, start, count], 't': thread, 'z': 1})
+                        fallocate(fd, FALLOC_FL_KEEP_SIZE | hole, start * MARKER_BLOCK, count * MARKER_BLOCK)
+                        continue
                     data = b''.join(marker(round_, seq, block) for block in range(start, start + count))
                     buf[:len(data)] = data
                     say({'w': [seq, start, count], 't': thread})
