@@ -227,7 +227,7 @@ export function verifyReadBack(round: number, before: BlockState[], after: Block
     const writes = written.get(block);
     if (!writes) {
       if (!sameState(got, previous)) fail(block, `not written this round, held ${describeState(previous)}, now ${describeState(got)}`);
-      else if (previous !== 0) verdict.markersFromEarlierRounds++;
+      else if (Array.isArray(previous)) verdict.markersFromEarlierRounds++;
       return;
     }
     const last = writes.at(-1)!;
