@@ -72,10 +72,8 @@ export function cliOptions({
 }
 
 /**
- * Starts `fuse-export --log-format json ...args` and returns a handle:
- * { child, pid, lines, stderr(), event(name, timeout), exited, signal(sig) }.
- * `onLine(line)` runs synchronously as each line arrives. The teardown
- * stops it (SIGTERM, then SIGKILL) if the test did not.
+ * How startCli() and spawnCli() start `fuse-export`: as `user`, with `env`
+ * added, in `cwd`; `onLine(line)` runs synchronously as each line arrives.
  */
 export interface CliStartOptions {
   user?: User;
@@ -84,12 +82,17 @@ export interface CliStartOptions {
   cwd?: string;
 }
 
-/** A running `fuse-export` started by startCli(). */
-export type CliExport = ReturnType<typeof startCli>;
+/** A running `fuse-export` started by spawnCli() or startCli(). */
+export type CliExport = ReturnType<typeof spawnCli>;
 /** ... once it logged its ready line. */
 export type ReadyExport = CliExport & { ready: LogLine };
 
-export function startCli(t: ExecutionContext, args: Argv, { user, env, onLine, cwd }: CliStartOptions = {}) {
+/**
+ * Starts `fuse-export --log-format json ...args` and returns a handle:
+ * { child, pid, lines, stderr(), event(name, timeout), exited, signal(sig),
+ * wait(timeout) }. Nothing stops it but its caller: tests use startCli().
+ */
+export function spawnCli(args: Argv, { user, env, onLine, cwd }: CliStartOptions = {}) {
   const [cmd, ...rest] = asUser(user, [process.execPath, CLI, '--log-format', 'json', ...args]);
   const child = spawn(cmd, rest, { cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
@@ -178,11 +181,22 @@ export function startCli(t: ExecutionContext, args: Argv, { user, env, onLine, c
       return result;
     },
   };
+  return handle;
+}
+
+/**
+ * spawnCli() for a test: an export still running when the test ends is
+ * stopped with assertions (stopLeftovers), and in teardown (SIGTERM, then
+ * SIGKILL) if the test failed before.
+ */
+export function startCli(t: ExecutionContext, args: Argv, options: CliStartOptions = {}): CliExport {
+  const handle = spawnCli(args, options);
+  const { child, exited } = handle;
   register(t, async (tt) => {
-    if (!done) await stopExport(tt, handle);
+    if (!handle.done) await stopExport(tt, handle);
   });
   t.teardown(async () => {
-    if (done) return;
+    if (handle.done) return;
     killGroup(child, 'SIGTERM');
     const timer = setTimeout(() => killGroup(child, 'SIGKILL'), 10_000);
     await exited;

@@ -9,14 +9,27 @@ freeze the test runner, and so that it can run as another user.
 """
 import ctypes
 import errno
+import hashlib
+import itertools
 import json
 import mmap
 import os
+import struct
 import sys
+import threading
 import time
+import zlib
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd, mode, offset, length):
+    """fallocate(2), failing with OSError as the os module's calls do."""
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
 
 def errname(number):
     """ENOTSUP and EOPNOTSUPP are one number on Linux: always say EOPNOTSUPP."""
@@ -105,9 +118,7 @@ def op_ftruncate(path, size):
 def op_fallocate(path, mode, offset, length):
     fd = open_(path, 'rw')
     try:
-        if libc.fallocate(fd, int(mode, 0), int(offset), int(length)) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        fallocate(fd, int(mode, 0), int(offset), int(length))
         return True
     finally:
         os.close(fd)
@@ -278,11 +289,6 @@ def op_random_ops(path, seed, steps, shrink, limit, align='1'):
             at = next((i for i in range(min(len(got), len(want))) if got[i] != want[i]), min(len(got), len(want)))
             fail(step, f'read {length} at {offset}: differs from the model at {offset + at} ({len(got)} bytes read)')
 
-    def falloc(mode, offset, length):
-        if libc.fallocate(fd, mode, offset, length) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-
     ops = ['write', 'read', 'punch', 'zero', 'truncate', 'fsync']
     for step in range(steps):
         op = rng.choices(ops, weights=[40, 25, 10, 10, 5, 10])[0]
@@ -307,7 +313,7 @@ def op_random_ops(path, seed, steps, shrink, limit, align='1'):
             compare(step, offset, length)
         elif op in ('punch', 'zero'):
             mode = FALLOC_FL_KEEP_SIZE | (FALLOC_FL_PUNCH_HOLE if op == 'punch' else FALLOC_FL_ZERO_RANGE)
-            falloc(mode, offset, length)
+            fallocate(fd, mode, offset, length)
             end = min(offset + length, size)
             model[offset:end] = bytes(end - offset)
             compare(step, max(offset - 100, 0), end - offset + 200)
@@ -334,6 +340,113 @@ def op_random_ops(path, seed, steps, shrink, limit, align='1'):
         fail(steps, f'final size {os.fstat(fd).st_size}, expected {len(model)}')
     os.close(fd)
     return counts
+
+
+# A marker: the 4 KiB block that write `seq` of crash-loop round `round`
+# puts at block `block`, so that a read-back can tell which write a block
+# holds, whole, and whether it is where that write put it.
+MARKER_BLOCK = 4096
+MARKER_MAGIC = b'FXCRASH1'
+MARKER_HEADER = struct.Struct('<8sIIQI')  # magic, round, seq, block, CRC-32 of the rest
+MARKER_MAX_BLOCKS = 16
+
+
+def marker(round_, seq, block):
+    """The marker block: its header, then bytes derived from the three numbers."""
+    rest = hashlib.shake_128(b'%d:%d:%d' % (round_, seq, block)).digest(MARKER_BLOCK - MARKER_HEADER.size)
+    return MARKER_HEADER.pack(MARKER_MAGIC, round_, seq, block, zlib.crc32(rest)) + rest
+
+
+def op_marked_writes(path, round_, seed, threads, how, seconds):
+    """Random writes of 1 to 16 marker blocks by `threads` threads, each in
+    its own slice of the file (half of its writes on 16 hot blocks, so that
+    blocks are rewritten), each fsyncing after every 1 to 8 of its writes,
+    for `seconds` or until the first error. One write in ten punches a hole
+    instead, one in ten zeroes the range (FALLOC_FL_ZERO_RANGE): a qcow2
+    image then frees and allocates clusters round after round. Prints
+    {"w": [seq, block, count], "t": thread} before each write ("z": 1 for
+    the two that leave zeroes) and {"s": seq, "t": thread} once an fsync
+    returned: that thread's writes up to seq are durable. `how`: 'direct'
+    (O_DIRECT) or 'rw' (through the page cache). Returns the count of
+    writes and the errno each thread stopped on."""
+    import random
+    round_, threads = int(round_), int(threads)
+    fd = open_(path, how)
+    blocks = os.fstat(fd).st_size // MARKER_BLOCK
+    end = time.monotonic() + float(seconds)
+    say_lock = threading.Lock()
+    seqs = itertools.count(1)
+    stopped = {}
+
+    def say(line):
+        with say_lock:
+            print(json.dumps(line), flush=True)
+
+    def writer(thread):
+        rng = random.Random(f'{seed}:{thread}')
+        first, last = blocks * thread // threads, blocks * (thread + 1) // threads
+        hot = [rng.randrange(first, last) for _ in range(16)]
+        buf = mmap.mmap(-1, MARKER_MAX_BLOCKS * MARKER_BLOCK)
+        try:
+            while time.monotonic() < end:
+                for _ in range(rng.randint(1, 8)):
+                    start = rng.choice(hot) if rng.random() < 0.5 else rng.randrange(first, last)
+                    count = min(rng.randint(1, MARKER_MAX_BLOCKS), last - start)
+                    with say_lock:
+                        seq = next(seqs)
+                    hole = rng.choices([0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE], weights=[8, 1, 1])[0]
+                    if hole:
+                        say({'w': [seq, start, count], 't': thread, 'z': 1})
+                        fallocate(fd, FALLOC_FL_KEEP_SIZE | hole, start * MARKER_BLOCK, count * MARKER_BLOCK)
+                        continue
+                    data = b''.join(marker(round_, seq, block) for block in range(start, start + count))
+                    buf[:len(data)] = data
+                    say({'w': [seq, start, count], 't': thread})
+                    os.pwritev(fd, [memoryview(buf)[:len(data)]], start * MARKER_BLOCK)
+                os.fsync(fd)
+                say({'s': seq, 't': thread})
+        except OSError as e:
+            stopped[thread] = errname(e.errno)
+
+    workers = [threading.Thread(target=writer, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the export was killed: the close may fail too, and says nothing new
+    return {'writes': next(seqs) - 1, 'stopped': stopped}
+
+
+def marker_state(data, block):
+    """0 for zeroes, [round, seq] for the whole marker of that write at this
+    block, else "x" and the CRC-32 of the bytes (a torn write, a marker out
+    of place, anything else)."""
+    if not data.strip(b'\0'):
+        return 0
+    if data.startswith(MARKER_MAGIC):
+        _, round_, seq, at, _ = MARKER_HEADER.unpack_from(data)
+        if at == block and data == marker(round_, seq, block):
+            return [round_, seq]
+    return 'x%08x' % zlib.crc32(data)
+
+
+def op_marker_scan(path):
+    """The marker_state of every 4 KiB block of the file, in order."""
+    fd = open_(path, 'r')
+    states = []
+    try:
+        size = os.fstat(fd).st_size
+        chunk = 256 * MARKER_BLOCK
+        for offset in range(0, size, chunk):
+            data = os.pread(fd, chunk, offset)
+            for at in range(0, len(data), MARKER_BLOCK):
+                states.append(marker_state(data[at:at + MARKER_BLOCK], (offset + at) // MARKER_BLOCK))
+    finally:
+        os.close(fd)
+    return states
 
 
 def main():

@@ -10,5 +10,6 @@ export * from './uring.js';
 export * from './fixture.js';
 export * from './qcow2.js';
 export * from './loop.js';
+export * from './crash-loop.js';
 export { register, stopLeftovers } from './registry.js';
 export * from './hold.js';

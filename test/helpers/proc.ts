@@ -163,17 +163,18 @@ export async function waitUntil(
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/**
- * Starts a long-running child (killed in teardown): { child, output(),
- * waitFor(regex, timeout), exited }. Its stdout and stderr are collected together.
- */
 /** What a child process ended with. */
 export interface Exit {
   code: number | null;
   signal: NodeJS.Signals | null;
 }
 
-export function startChild(t: ExecutionContext, argv: Argv, { user }: { user?: User } = {}) {
+/**
+ * Starts a long-running child: { child, output(), waitFor(regex, timeout),
+ * exited, done, wait(timeout) }. Its stdout and stderr are collected
+ * together. Nothing stops it but its caller: tests use startChild().
+ */
+export function spawnChild(argv: Argv, { user }: { user?: User } = {}) {
   const [cmd, ...args] = asUser(user, argv);
   const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -186,15 +187,13 @@ export function startChild(t: ExecutionContext, argv: Argv, { user }: { user?: U
   });
   child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
-  t.teardown(async () => {
-    if (done) return;
-    killGroup(child);
-    await exited;
-  });
   return {
     child,
     exited,
     output: () => output,
+    get done(): boolean {
+      return done;
+    },
     waitFor: (regex: RegExp, timeout = 10_000): Promise<void> =>
       waitUntil(() => regex.test(output) || done, { timeout, what: `${regex} from ${argv.join(' ')}` }).then(() => {
         if (!regex.test(output)) throw new Error(`${argv.join(' ')} ended without ${regex}:\n${output}`);
@@ -207,6 +206,20 @@ export function startChild(t: ExecutionContext, argv: Argv, { user }: { user?: U
       return result;
     },
   };
+}
+
+/** A child started by spawnChild(). */
+export type Child = ReturnType<typeof spawnChild>;
+
+/** spawnChild(), killed in the test's teardown if still running. */
+export function startChild(t: ExecutionContext, argv: Argv, options: { user?: User } = {}): Child {
+  const started = spawnChild(argv, options);
+  t.teardown(async () => {
+    if (started.done) return;
+    killGroup(started.child);
+    await started.exited;
+  });
+  return started;
 }
 
 /** qemu-io -f raw (or `format`) with `commands` on `path`; `ok` when it exited 0 and reported no failure. */

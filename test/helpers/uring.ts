@@ -7,10 +7,15 @@ export const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
 /** Whether this kernel has FUSE-over-io_uring at all. */
 export const kernelHasUring = existsSync(ENABLE_URING);
 
-/** Sets enable_uring to 'Y' or 'N' until the test ends. */
-export function setUring(t: ExecutionContext, value: 'Y' | 'N'): void {
+/** Sets enable_uring to 'Y' or 'N'; returns what puts the previous value back. */
+export function switchUring(value: 'Y' | 'N'): () => void {
   const previous = readFileSync(ENABLE_URING, 'utf8').trim();
   writeFileSync(ENABLE_URING, value);
-  t.teardown(() => writeFileSync(ENABLE_URING, previous));
+  return () => writeFileSync(ENABLE_URING, previous);
+}
+
+/** Sets enable_uring to 'Y' or 'N' until the test ends. */
+export function setUring(t: ExecutionContext, value: 'Y' | 'N'): void {
+  t.teardown(switchUring(value));
 }
 
