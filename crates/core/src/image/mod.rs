@@ -173,6 +173,12 @@ pub trait ImageBackend: Send + Sync {
     }
     /// The image as it may be shown (logs, the mount table): no secrets.
     fn shown_name(&self) -> String;
+    /// Why `io` failed, in words (the file, the offset), when the backend
+    /// knows more than the errno says; asked once, when the failure is
+    /// reported.
+    fn failure_reason(&self, _io: &ImageIo) -> Option<String> {
+        None
+    }
     /// The part of the backend that lives on I/O thread `thread`, when it
     /// drives descriptors of its own on that thread's ring. Its SQEs carry
     /// token channel `channel`, whose completions the thread's owner hands

@@ -19,6 +19,7 @@
 //! worker (`workers.rs`) that completes later on the request's token.
 
 mod discard_guard;
+mod failures;
 mod gate;
 mod storage;
 mod workers;
@@ -30,6 +31,7 @@ use super::{
 };
 use crate::os_error::describe;
 use discard_guard::DiscardGuard;
+use failures::Failures;
 use gate::ChainGate;
 use imago::format::builder::FormatDriverBuilder;
 use imago::format::PreallocateMode;
@@ -90,6 +92,8 @@ struct Shared {
     growing: Mutex<()>,
     /// Discards wait for writes in flight, and writes for discards.
     guard: DiscardGuard,
+    /// Why recent requests failed, for the request core's report.
+    failures: Failures,
 }
 
 fn errno(error: &io::Error) -> i32 {
@@ -98,10 +102,6 @@ fn errno(error: &io::Error) -> i32 {
         None if error.kind() == io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
         None => libc::EIO,
     }
-}
-
-fn result_of(result: io::Result<u64>) -> i32 {
-    result.map_or_else(|e| -errno(&e), |n| n as i32)
 }
 
 /// The request's buffer from `done` on, `len` bytes of it.
@@ -169,6 +169,7 @@ impl Qcow2Image {
             direct: uses_direct,
             growing: Mutex::new(()),
             guard: DiscardGuard::default(),
+            failures: Failures::default(),
         });
         let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
             .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
@@ -214,13 +215,15 @@ impl Qcow2Image {
                 Ok(found) => found,
                 Err(e) if is_miss(&e) => {
                     leave(image);
-                    let job: Job<Shared> =
-                        Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
+                    let request = io.offset;
+                    let job: Job<Shared> = Box::new(move |image| {
+                        image.answer(request, image.access.get_mapping(offset, remaining).map(|_| 0))
+                    });
                     return self.hand_off(io, WARMING, context, job);
                 }
                 Err(e) => {
                     leave(image);
-                    return Poll::Ready(-errno(&e));
+                    return Poll::Ready(image.failed(io.offset, &e));
                 }
             };
             let len = len.min(remaining);
@@ -232,7 +235,12 @@ impl Qcow2Image {
                     if image.memory_backed {
                         let copied = image.copy_in_memory(io.op, storage, host, len, buffer.0);
                         leave(image);
-                        copied
+                        match copied {
+                            Ok(read) if read < len => {
+                                return Poll::Ready(image.short_read(io.offset, offset, len, read));
+                            }
+                            other => other,
+                        }
                     } else {
                         let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
                         let entry = if io.op == ImageOp::Read {
@@ -254,26 +262,28 @@ impl Qcow2Image {
                 }
                 (ImageOp::Read, _) => {
                     // Compressed (or anything else imago must decode): read by imago.
+                    let request = io.offset;
                     let job: Job<Shared> = Box::new(move |image| {
                         // SAFETY: the request's buffer, lent until this job's result is posted.
                         let piece = unsafe { piece_of(buffer.get(), 0, len) };
                         let mut vector = IoVectorMut::new();
                         vector.push(piece);
-                        result_of(image.access.readv(vector, offset).map(|()| len))
+                        image.answer(request, image.access.readv(vector, offset).map(|()| len))
                     });
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
                 _ => {
                     // The worker counts its allocation in itself, when it runs.
                     leave(image);
+                    let request = io.offset;
                     let job: Job<Shared> =
-                        Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
+                        Box::new(move |image| image.answer(request, image.allocate(offset, remaining, buffer.get())));
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
             };
             match moved {
                 Ok(moved) => io.done += moved,
-                Err(e) => return Poll::Ready(-errno(&e)),
+                Err(e) => return Poll::Ready(image.failed(io.offset, &e)),
             }
         }
         Poll::Ready(io.done as i32)
@@ -281,6 +291,39 @@ impl Qcow2Image {
 }
 
 impl Shared {
+    /// A job's answer: its result, or the errno of its failure, whose
+    /// reason is noted for the report.
+    fn answer(&self, request: u64, result: io::Result<u64>) -> i32 {
+        result.map_or_else(|e| self.failed(request, &e), |n| n as i32)
+    }
+
+    /// The errno for the request at `request` failing with `error`, whose
+    /// reason (imago's words, the file and the offset) is noted.
+    fn failed(&self, request: u64, error: &io::Error) -> i32 {
+        self.failures.note(request, chain_message(error));
+        -errno(error)
+    }
+
+    /// A ring read of the cluster at guest `offset` came back short: its
+    /// mapping points past the end of its file (a truncated copy, or a
+    /// corrupt L2 entry). EIO, never zeroes; the reason names the file and
+    /// both offsets.
+    fn short_read(&self, request: u64, offset: u64, wanted: u64, read: u64) -> i32 {
+        let reason = match self.access.get_mapping(offset, wanted) {
+            Ok((Mapping::Raw { storage, offset: host, .. }, _)) => {
+                let size = storage.file().metadata().map_or(0, |m| m.len());
+                format!(
+                    "guest offset {offset} maps to host offset {host} of {}, which ends at {size} bytes \
+                     ({read} of {wanted} bytes read): the file is truncated or an L2 entry is corrupt",
+                    storage.path().display()
+                )
+            }
+            _ => format!("guest offset {offset}: {read} of {wanted} bytes read (the mapping changed meanwhile)"),
+        };
+        self.failures.note(request, reason);
+        -libc::EIO
+    }
+
     fn fd_for(&self, storage: &HostFile, host_offset: u64, len: u64, buffer: *const u8) -> RawFd {
         let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
         match storage.direct_fd() {
@@ -303,6 +346,7 @@ impl Shared {
         }
     }
 
+    /// Bytes copied: for a read, fewer than `len` where the file ends.
     fn copy_in_memory(&self, op: ImageOp, storage: &HostFile, host: u64, len: u64, buffer: *mut u8) -> io::Result<u64> {
         // SAFETY: the request's buffer at the piece, `len` bytes of it.
         let piece = unsafe { piece_of(buffer, 0, len) };
@@ -314,10 +358,9 @@ impl Shared {
                     n => filled += n,
                 }
             }
-            piece[filled..].fill(0);
-        } else {
-            storage.write_all_at(piece, host)?;
+            return Ok(filled as u64);
         }
+        storage.write_all_at(piece, host)?;
         Ok(len)
     }
 
@@ -485,6 +528,10 @@ impl ImageBackend for Qcow2Image {
         self.path.to_string_lossy().into_owned()
     }
 
+    fn failure_reason(&self, io: &ImageIo) -> Option<String> {
+        self.shared.failures.take(io.offset)
+    }
+
     fn submit(&self, io: &mut ImageIo, mut context: IoContext) -> Poll<i32> {
         match io.op {
             ImageOp::Read => self.step(io, &mut context),
@@ -492,14 +539,16 @@ impl ImageBackend for Qcow2Image {
                 let end = io.offset + io.len;
                 if end > self.shared.access.size() {
                     // Growing writes metadata: on a worker, then the write goes on.
-                    let job: Job<Shared> = Box::new(move |image| result_of(image.grow_to(end).map(|()| 0)));
+                    let request = io.offset;
+                    let job: Job<Shared> = Box::new(move |image| image.answer(request, image.grow_to(end).map(|()| 0)));
                     return self.hand_off(io, WAITING, &mut context, job);
                 }
                 self.step(io, &mut context)
             }
             op => {
                 let (offset, len) = (io.offset, io.len);
-                let job: Job<Shared> = Box::new(move |image| result_of(image.other(op, offset, len).map(|()| 0)));
+                let job: Job<Shared> =
+                    Box::new(move |image| image.answer(offset, image.other(op, offset, len).map(|()| 0)));
                 self.hand_off(io, HANDED_OFF, &mut context, job)
             }
         }
@@ -520,15 +569,10 @@ impl ImageBackend for Qcow2Image {
             (WARMING, _) => io.stage = WARMED,
             (WAITING, _) => {}
             (HANDED_OFF, _) => io.done += result as u64,
-            (_, ImageOp::Read) => {
-                // Short: the file ends inside the cluster; the rest reads as zeroes.
-                let read = result as u64;
-                if read < io.piece {
-                    // SAFETY: the request's buffer, within the piece.
-                    unsafe { piece_of(context.buffer, io.done + read, io.piece - read) }.fill(0);
-                }
-                io.done += io.piece;
+            (_, ImageOp::Read) if (result as u64) < io.piece => {
+                return Poll::Ready(self.shared.short_read(io.offset, io.offset + io.done, io.piece, result as u64));
             }
+            (_, ImageOp::Read) => io.done += io.piece,
             (_, ImageOp::Write) if result == 0 => return Poll::Ready(-libc::EIO),
             (_, ImageOp::Write) => io.done += (result as u64).min(io.piece),
         }
