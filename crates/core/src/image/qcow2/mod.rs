@@ -21,10 +21,11 @@
 mod discard_guard;
 mod failures;
 mod gate;
+mod limits;
 mod storage;
 mod workers;
 
-use super::probe::{parse_qcow2_header, PROBE_BYTES};
+use super::probe::PROBE_BYTES;
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
 use super::{
     open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times,
@@ -39,6 +40,7 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, Mapping};
 use io_uring::{opcode, types};
+use limits::MetadataBudget;
 use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
@@ -137,11 +139,11 @@ impl Qcow2Image {
             return Err(ImageError("--growable needs --writable".into()));
         }
         let unusable = |problem: String| ImageError(format!("Image {shown} is not a usable qcow2 image: {problem}"));
-        let header = parse_qcow2_header(first_bytes).map_err(unusable)?;
         let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
-        if let Some(problem) = header.table_past_end(file_size) {
-            return Err(unusable(problem));
-        }
+        let budget = MetadataBudget::default();
+        limits::check_header(first_bytes, file_size, options.writable)
+            .and_then(|cost| budget.charge(cost))
+            .map_err(unusable)?;
         let direct = options.cache == CacheMode::Direct;
         let top =
             HostFile::open_path(path, options.writable, direct).map_err(|e| open_failed(path, options.writable, &e))?;
@@ -155,7 +157,7 @@ impl Qcow2Image {
             warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
         }
         let uses_direct = top.direct_fd().is_some() && !memory_backed;
-        let gate = ChainGate::new(path.clone(), direct && !memory_backed);
+        let gate = ChainGate::new(path.clone(), direct && !memory_backed, budget);
         let qcow2 = Qcow2::<HostFile>::builder(top)
             .write(options.writable)
             .open(gate)
