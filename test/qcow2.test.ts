@@ -35,6 +35,7 @@ import {
   readVia,
   run,
   runCli,
+  startChild,
   stopExport,
   tmpDir,
   toRaw,
@@ -469,4 +470,24 @@ test.serial('in a chain: a cut qcow2 backing file gives EIO; a raw backing file 
   t.true((await stopExport(t, cut)).errors >= 1);
   t.is((await stopExport(t, short)).errors, 0);
   t.regex(cut.lines.find((l) => l.event === 'image-error')?.message ?? '', /cut\.qcow2/);
+});
+
+test.serial('fsync on a qcow2 with an external data file syncs the data file, not only the qcow2 file (strace of the export)', async (t) => {
+  const dir = tmpDir(t);
+  const data = join(dir, 'data.raw');
+  const image = await makeQcow2(dir, 'meta.qcow2', 4 * MiB, { options: `data_file=${data},data_file_raw=on` });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, writable: true });
+  // -y names each descriptor's file; -f -p follows every thread of the export.
+  const log = join(dir, 'syncs.log');
+  const strace = startChild(t, ['strace', '-f', '-y', '-e', 'trace=fsync,fdatasync', '-o', log, '-p', String(exp.pid)]);
+  await strace.waitFor(/attached/);
+  t.deepEqual(await fsop('write', [mnt, 64 * KiB, '-', 'rw', '1'], { input: pattern(4 * KiB, 3) }), { ok: 4 * KiB });
+  strace.child.kill('SIGINT');
+  await strace.wait();
+  const synced = readFileSync(log, 'utf8');
+  t.regex(synced, /f(data)?sync\(\d+<[^>]*meta\.qcow2>\) = 0/, 'the qcow2 file');
+  t.regex(synced, /f(data)?sync\(\d+<[^>]*data\.raw>\) = 0/, 'the data file');
+  await stopExport(t, exp);
+  assertBytes(t, readFile(data, 64 * KiB, 4 * KiB), pattern(4 * KiB, 3), 'the data is in the data file');
 });

@@ -45,7 +45,12 @@ pub struct Qcow2Header {
     pub refcount_table: (u64, u64),
     /// The number of internal snapshots and where their table starts.
     pub snapshots: (u32, u64),
+    /// The data clusters live in another file (a v3 incompatible feature).
+    pub external_data_file: bool,
 }
+
+/// The incompatible feature bit of an external data file.
+const EXTERNAL_DATA_FILE: u64 = 1 << 2;
 
 /// The smallest entry of the snapshot table (its fixed part, 8-byte aligned).
 pub const SNAPSHOT_ENTRY_MIN_BYTES: u64 = 40;
@@ -116,7 +121,17 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
     let l1_table = (be64(bytes, 40), u64::from(be32(bytes, 36)) * 8);
     let refcount_table = (be64(bytes, 48), u64::from(be32(bytes, 56)) << cluster_bits);
     let snapshots = (be32(bytes, 60), be64(bytes, 64));
-    Ok(Qcow2Header { version, cluster_bits, size: be64(bytes, 24), backing_file, l1_table, refcount_table, snapshots })
+    let external_data_file = version >= 3 && bytes.len() >= 80 && be64(bytes, 72) & EXTERNAL_DATA_FILE != 0;
+    Ok(Qcow2Header {
+        version,
+        cluster_bits,
+        size: be64(bytes, 24),
+        backing_file,
+        l1_table,
+        refcount_table,
+        snapshots,
+        external_data_file,
+    })
 }
 
 #[cfg(test)]
@@ -164,6 +179,7 @@ mod tests {
                 l1_table: (0x30000, 16),
                 refcount_table: (0x10000, 0x10000),
                 snapshots: (0, 0),
+                external_data_file: false,
             }
         );
         assert_eq!(parse_qcow2_header(&header(2, 12, "")).unwrap().backing_file, None);

@@ -25,7 +25,7 @@ mod limits;
 mod storage;
 mod workers;
 
-use super::probe::PROBE_BYTES;
+use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
 use super::{
     open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times,
@@ -96,6 +96,8 @@ struct Shared {
     guard: DiscardGuard,
     /// Why recent requests failed, for the request core's report.
     failures: Failures,
+    /// The data clusters live in an external data file.
+    external_data: bool,
 }
 
 fn errno(error: &io::Error) -> i32 {
@@ -172,6 +174,7 @@ impl Qcow2Image {
             growing: Mutex::new(()),
             guard: DiscardGuard::default(),
             failures: Failures::default(),
+            external_data: parse_qcow2_header(first_bytes).is_ok_and(|h| h.external_data_file),
         });
         let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
             .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
@@ -416,13 +419,24 @@ impl Shared {
         }
     }
 
+    /// Everything acknowledged becomes durable: the metadata is written
+    /// back after the data it points to (allocations commit only once their
+    /// data is written), then imago syncs the qcow2 file and the external
+    /// data file. With an external data file, its data is synced first, so
+    /// that no durable table names data that is not.
+    fn flush(&self) -> io::Result<()> {
+        if self.external_data {
+            self.access.sync()?;
+        }
+        self.access.flush()?;
+        self.access.sync()
+    }
+
     /// Flush, discard, zeroes, preallocation: on a worker.
     fn other(&self, op: ImageOp, offset: u64, len: u64) -> io::Result<()> {
         let end = offset + len;
         match op {
-            // Metadata written back after the data it points to (allocations
-            // commit only once their data is written), then one fdatasync.
-            ImageOp::Flush => self.access.flush().and_then(|()| self.top.sync_data()),
+            ImageOp::Flush => self.flush(),
             ImageOp::Discard => self.zero(offset, len.min(self.access.size().saturating_sub(offset)), true),
             ImageOp::WriteZeroes => self.grow_to(end).and_then(|()| self.zero(offset, len, false)),
             ImageOp::Allocate => self.grow_to(end),
