@@ -192,11 +192,10 @@ impl Qcow2Image {
     /// handed to a worker.
     fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
         let image = &*self.shared;
-        let writing = io.op == ImageOp::Write;
         while io.done < io.len {
             let offset = io.offset + io.done;
             let remaining = io.len - io.done;
-            if writing && !image.guard.try_enter_write() {
+            if !image.guard.try_enter() {
                 let job: Job<Shared> = Box::new(|image| {
                     image.guard.wait_for_discards();
                     0
@@ -204,12 +203,9 @@ impl Qcow2Image {
                 return self.hand_off(io, WAITING, context, job);
             }
             // Counted from here until the data lands (the ring completion),
-            // or until this thread hands the piece on.
-            let leave = |image: &Shared| {
-                if writing {
-                    image.guard.leave_write()
-                }
-            };
+            // or until this thread hands the piece on: a discard must not
+            // free the cluster this lookup found while its transfer is due.
+            let leave = |image: &Shared| image.guard.leave();
             let lookup = if io.stage == WARMED {
                 io.stage = 0;
                 image.access.get_mapping(offset, remaining)
@@ -260,20 +256,26 @@ impl Qcow2Image {
                     }
                 }
                 (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
+                    leave(image);
                     let len = if len == 0 { remaining } else { len };
                     // SAFETY: the request's buffer, `done + len <= io.len`.
                     unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
                     Ok(len)
                 }
                 (ImageOp::Read, _) => {
-                    // Compressed (or anything else imago must decode): read by imago.
+                    // Compressed (or anything else imago must decode): read by
+                    // imago, counted in again on the worker while it runs.
+                    leave(image);
                     let request = io.offset;
                     let job: Job<Shared> = Box::new(move |image| {
                         // SAFETY: the request's buffer, lent until this job's result is posted.
                         let piece = unsafe { piece_of(buffer.get(), 0, len) };
                         let mut vector = IoVectorMut::new();
                         vector.push(piece);
-                        image.answer(request, image.access.readv(vector, offset).map(|()| len))
+                        image.guard.enter_waiting();
+                        let read = image.access.readv(vector, offset).map(|()| len);
+                        image.guard.leave();
+                        image.answer(request, read)
                     });
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
@@ -374,9 +376,9 @@ impl Shared {
     /// written, then the mapping is committed. On a worker, one prepared
     /// mapping at a time, released before the next is prepared.
     fn allocate(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
-        self.guard.enter_write_waiting();
+        self.guard.enter_waiting();
         let allocated = self.allocate_counted(offset, len, data);
-        self.guard.leave_write();
+        self.guard.leave();
         allocated
     }
 
@@ -395,9 +397,10 @@ impl Shared {
     fn zero(&self, offset: u64, len: u64, discard: bool) -> io::Result<()> {
         let recorded = if discard {
             // SAFETY: imago's caveat is mappings held across the discard.
-            // Ours are held by writes from their lookup until their data
-            // lands, and the guard runs the discard only while none is; a
-            // read racing a discard of its own range may see either data.
+            // Ours are held by reads and writes from their lookup until
+            // their data lands, and the guard runs the discard only while
+            // none is; a read racing a discard of its own range sees the
+            // old data or zeroes, never a reused cluster's.
             self.guard.discard(|| unsafe { self.access.discard_to_zero_unsafe(offset, len) })
         } else {
             self.access.write_zeroes(offset, len)
@@ -572,8 +575,8 @@ impl ImageBackend for Qcow2Image {
 
     fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
         let stage = std::mem::replace(&mut io.stage, 0);
-        if stage == ON_RING && io.op == ImageOp::Write {
-            self.shared.guard.leave_write();
+        if stage == ON_RING {
+            self.shared.guard.leave();
         }
         if result < 0 {
             return Poll::Ready(result);
