@@ -36,6 +36,9 @@ import {
   run,
   runCli,
   startChild,
+  PYTHON,
+  FSOP,
+  sleep,
   stopExport,
   tmpDir,
   toRaw,
@@ -490,4 +493,49 @@ test.serial('fsync on a qcow2 with an external data file syncs the data file, no
   t.regex(synced, /f(data)?sync\(\d+<[^>]*data\.raw>\) = 0/, 'the data file');
   await stopExport(t, exp);
   assertBytes(t, readFile(data, 64 * KiB, 4 * KiB), pattern(4 * KiB, 3), 'the data is in the data file');
+});
+
+/** Writes 64 KiB of 0x5a at argv[2] of the file argv[1] (O_DIRECT), says so, and keeps the file open. */
+const WRITE_AND_HOLD = `
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+buf[:] = b'\\x5a' * 65536
+os.pwritev(fd, [buf], int(sys.argv[2]))
+print('written', flush=True)
+time.sleep(120)
+`;
+
+test.serial('the stop writes a qcow2\'s metadata back even when an I/O thread is left running (a read stuck on a stopped backing file)', async (t) => {
+  const dir = tmpDir(t);
+  // The backing file is another export's file; that export is stopped
+  // (SIGSTOP) so that a read of backing data never ends.
+  const base = makeImage(dir, 'base.img', 4 * MiB, [[0, Buffer.alloc(64 * KiB, 0x11)]]);
+  const baseMnt = makeMountpoint(dir, 'base');
+  const baseExport = await exportImage(t, { image: base, mountpoint: baseMnt });
+  const top = await makeQcow2(dir, 'top.qcow2', 4 * MiB, { backing: baseMnt, backingFormat: 'raw' });
+  const mnt = makeMountpoint(dir, 'top');
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, writable: true, args: ['--shutdown-timeout', '1'] });
+  // An allocating write whose file stays open: no FLUSH writes its metadata back.
+  const writer = startChild(t, [PYTHON, '-c', WRITE_AND_HOLD, mnt, String(3 * MiB)]);
+  await writer.waitFor(/written/);
+  baseExport.signal('SIGSTOP');
+  t.teardown(() => baseExport.signal('SIGCONT'));
+  startChild(t, [PYTHON, FSOP, 'read', mnt, 0, 4096]);
+  await sleep(500); // the read reaches the backing file, where it stays
+  exp.signal('SIGTERM');
+  await exp.event('stopped', 20_000);
+  t.truthy(exp.lines.find((l) => l.event === 'threads-left'), `an I/O thread was left running:\n${exp.stderr()}`);
+  t.falsy(exp.lines.find((l) => l.event === 'final-flush-failed'));
+  // The process exits meanwhile, its left thread killed, but the exit ends
+  // only once the stuck read does: the backing export goes on.
+  await sleep(1000);
+  baseExport.signal('SIGCONT');
+  t.is((await exp.wait(20_000)).code, 0, exp.stderr());
+  writer.child.kill('SIGKILL');
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+  const raw = await toRaw(top, dir);
+  assertBytes(t, readFile(raw, 3 * MiB, 64 * KiB), Buffer.alloc(64 * KiB, 0x5a), 'the held write is in the image');
+  await stopExport(t, baseExport);
 });

@@ -173,6 +173,13 @@ pub trait ImageBackend: Send + Sync {
     }
     /// The image as it may be shown (logs, the mount table): no secrets.
     fn shown_name(&self) -> String;
+    /// Makes what was written durable before the export ends (a qcow2's
+    /// metadata caches written back, its files synced). The server calls it
+    /// once as it stops, whether its I/O threads ended or are left running
+    /// (and keep the backend alive): a backend must not count on its drop.
+    fn close(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Why `io` failed, in words (the file, the offset), when the backend
     /// knows more than the errno says; asked once, when the failure is
     /// reported.

@@ -450,8 +450,10 @@ impl Shared {
 
 impl Drop for Qcow2Image {
     fn drop(&mut self) {
-        // Metadata caches written back when the export ends (imago does it
-        // when the last handle goes too; this does it before the workers end).
+        // Metadata caches written back when the image goes without a stop
+        // (a start given up half-way, a test): imago does it when the last
+        // handle goes too; this does it before the workers end. A stop
+        // closes the image explicitly and reports the result.
         if self.shared.writable {
             let _ = self.shared.access.flush();
         }
@@ -545,6 +547,13 @@ impl ImageBackend for Qcow2Image {
 
     fn shown_name(&self) -> String {
         self.path.to_string_lossy().into_owned()
+    }
+
+    fn close(&self) -> io::Result<()> {
+        if !self.shared.writable {
+            return Ok(());
+        }
+        self.shared.flush()
     }
 
     fn failure_reason(&self, io: &ImageIo) -> Option<String> {
