@@ -178,3 +178,30 @@ fn a_discard_never_frees_a_cluster_a_read_in_flight_has_mapped() {
     drop(image);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// imago opens an image's external data file writable whatever the image
+/// is opened as (test/fixtures/README.md); a read-only export must still
+/// open it read-only, so that it takes a reader's lock and other readers
+/// share the file.
+#[test]
+fn read_only_exports_open_the_external_data_file_read_only() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures");
+    let dir = std::env::temp_dir().join(format!("fuse-export-qcow2-data-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["external-data-file.qcow2", "external-data-file.raw"] {
+        std::fs::copy(fixtures.join(name), dir.join(name)).unwrap();
+    }
+    let options = ImageOptions {
+        path: dir.join("external-data-file.qcow2"),
+        writable: false,
+        growable: false,
+        cache: CacheMode::Writeback,
+        format: FormatChoice::Qcow2,
+        reconnect_delay: Default::default(),
+    };
+    let (first, _) = image::open(&options).unwrap();
+    let second = image::open(&options).map(|_| ());
+    assert!(second.is_ok(), "a second reader was refused: {:?}", second.err().map(|e| e.0));
+    drop(first);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

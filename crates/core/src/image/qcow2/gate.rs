@@ -21,15 +21,19 @@ pub struct ChainGate {
     /// Canonical paths of the files opened so far, the top image first.
     seen: Arc<Mutex<Vec<PathBuf>>>,
     direct: bool,
+    /// Whether the top image is opened for writing: nothing under a
+    /// read-only one is (imago asks for its external data file writable
+    /// whatever the image is opened as: test/fixtures/README.md).
+    writable: bool,
     /// What the chain's metadata may still hold in memory (the top image's
     /// share is taken already).
     budget: MetadataBudget,
 }
 
 impl ChainGate {
-    pub fn new(top: PathBuf, direct: bool, budget: MetadataBudget) -> Self {
+    pub fn new(top: PathBuf, writable: bool, direct: bool, budget: MetadataBudget) -> Self {
         let top = std::fs::canonicalize(&top).unwrap_or(top);
-        Self { seen: Arc::new(Mutex::new(vec![top])), direct, budget }
+        Self { seen: Arc::new(Mutex::new(vec![top])), direct, writable, budget }
     }
 
     /// Checks the qcow2 backing file opened last (imago opens a backing
@@ -66,6 +70,6 @@ impl ImplicitOpenGate<HostFile> for ChainGate {
             }
             seen.push(canonical);
         }
-        HostFile::open_path(&path, options.get_writable(), self.direct)
+        HostFile::open_path(&path, options.get_writable() && self.writable, self.direct)
     }
 }

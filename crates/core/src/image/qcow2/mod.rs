@@ -159,7 +159,7 @@ impl Qcow2Image {
             warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
         }
         let uses_direct = top.direct_fd().is_some() && !memory_backed;
-        let gate = ChainGate::new(path.clone(), direct && !memory_backed, budget);
+        let gate = ChainGate::new(path.clone(), options.writable, direct && !memory_backed, budget);
         let qcow2 = Qcow2::<HostFile>::builder(top)
             .write(options.writable)
             .open(gate)
