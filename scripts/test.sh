@@ -4,7 +4,7 @@
 # through tsx) and runs the end-to-end suite (which mounts for real: run it
 # as root on Linux with /dev/fuse).
 source "$(dirname "$0")/lib.sh"
-ensure_debian_packages fuse3:fusermount3 fio:fio qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3 fdisk:sfdisk nbdkit:nbdkit qemu-utils:qemu-nbd
+ensure_debian_packages fuse3:fusermount3 fio:fio strace:strace qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3 fdisk:sfdisk nbdkit:nbdkit qemu-utils:qemu-nbd
 # libnbd0 has no command: fuse-export loads libnbd.so.0 for NBD images (test/nbd.test.ts).
 # (grep reads all of ldconfig's list: with -q it would stop early, and
 # ldconfig's SIGPIPE would fail the pipe under pipefail.)

@@ -3,7 +3,8 @@
 // QEMU's own tools (qemu-img convert / check / compare / map), locks,
 // QEMU's probing rule, bad images.
 import test, { type ExecutionContext } from 'ava';
-import { mkdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync, openSync, writeSync, closeSync, ftruncateSync, truncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   assertBytes,
@@ -34,6 +35,10 @@ import {
   readVia,
   run,
   runCli,
+  startChild,
+  PYTHON,
+  FSOP,
+  sleep,
   stopExport,
   tmpDir,
   toRaw,
@@ -365,6 +370,11 @@ test.serial('bad images end in exit 1 naming the file and the problem', async (t
   setEntry(l1, Number(readFile(l1, 40, 8).readBigUInt64BE()), 0x8000_0000_0001_0123n);
   await expectFailure(l1, /l1\.qcow2.*L1 entry/);
 
+  const far = await makeQcow2(dir, 'far.qcow2', MiB);
+  setEntry(far, 40, BigInt(64 * MiB));
+  const overFar = await makeQcow2(dir, 'over-far.qcow2', MiB, { backing: 'far.qcow2' });
+  await expectFailure(overFar, /far\.qcow2.*past the end of the file/);
+
   const truncated = await makeQcow2(dir, 'truncated.qcow2', 64 * MiB);
   const fd = openSync(truncated, 'r+');
   ftruncateSync(fd, 1024);
@@ -425,4 +435,127 @@ eachTransport(test, 'a corrupt table entry gives EIO for the requests it maps, l
   const logged = exp.lines.filter((l) => l.event === 'image-error');
   t.is(logged.length, 1, 'logged once');
   t.regex(logged[0]?.message ?? '', /read failed at offset/);
+});
+
+/**
+ * cut.qcow2 (64 KiB clusters): 0x11 at 0 .. 1 MiB, then 0x22 at 40 .. 41 MiB,
+ * allocated in that order, then cut short in the middle of the cluster at
+ * guest 40 MiB + 512 KiB, as an incomplete copy leaves it.
+ */
+async function cutShort(dir: string): Promise<string> {
+  const image = await makeQcow2(dir, 'cut.qcow2', 64 * MiB);
+  await qemuWrite(image, ['write -P 0x11 0 1M', 'write -P 0x22 40M 1M']);
+  const host = (await qemuMap(image)).find((m) => m.start === 40 * MiB) as { offset: number } | undefined;
+  if (host === undefined) throw new Error('qemu-img map shows no data at 40 MiB');
+  truncateSync(image, host.offset + 512 * KiB + 4 * KiB);
+  return image;
+}
+
+test.serial('a qcow2 cut short: clusters past the end of its file give EIO, logged once naming the file and the offsets, on the ring and in memory', async (t) => {
+  for (const under of [tmpdir(), '/dev/shm']) {
+    const dir = tmpDir(t, { under });
+    const image = await cutShort(dir);
+    const mnt = makeMountpoint(dir);
+    const exp = await exportImage(t, { image, mountpoint: mnt });
+    assertBytes(t, await readVia(mnt, 0, 4 * KiB), Buffer.alloc(4 * KiB, 0x11), 'before the cut');
+    assertBytes(t, await readVia(mnt, 40 * MiB + 512 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x22), 'the part of the cut cluster the file holds');
+    t.is((await fsop('read', [mnt, 40 * MiB + 512 * KiB, 64 * KiB])).errno, 'EIO', 'the cut cluster, whole');
+    t.is((await fsop('read', [mnt, 40 * MiB + 768 * KiB, 4 * KiB])).errno, 'EIO', 'a cluster wholly past the end');
+    t.is((await fsop('read', [mnt, 40 * MiB + 768 * KiB, 4 * KiB, 'rdirect'])).errno, 'EIO', 'the same with O_DIRECT');
+    assertBytes(t, await readVia(mnt, 2 * MiB, 4 * KiB), Buffer.alloc(4 * KiB), 'unallocated clusters are zeroes');
+    const stopped = await stopExport(t, exp);
+    t.true(stopped.errors >= 3);
+    const logged = exp.lines.filter((l) => l.event === 'image-error');
+    t.is(logged.length, 1, 'logged once');
+    t.regex(logged[0]?.message ?? '', /read failed at offset 4246732\d.*guest offset 4246732\d maps to host offset \d+ of .*cut\.qcow2, which ends at/);
+  }
+});
+
+test.serial('in a chain: a cut qcow2 backing file gives EIO; a raw backing file shorter than the overlay reads zeroes past its end, as in QEMU; a compressed cluster ending the file reads', async (t) => {
+  const dir = tmpDir(t);
+  await cutShort(dir);
+  const overCut = await makeQcow2(dir, 'over-cut.qcow2', 64 * MiB, { backing: 'cut.qcow2' });
+  const raw = makeImage(dir, 'base.raw', MiB);
+  writeAt(raw, 0, Buffer.alloc(MiB, 0x44));
+  const overRaw = await makeQcow2(dir, 'over-raw.qcow2', 4 * MiB, { backing: 'base.raw', backingFormat: 'raw' });
+  // Compressed last: the file ends inside the sector its length counts.
+  await qemuWrite(overRaw, ['write -P 0x55 3M 64k', 'write -c -P 0x66 2M 64k']);
+  t.not(fileStat(overRaw).size % 512, 0, 'the compressed cluster ends the file mid-sector');
+  const [one, two] = [makeMountpoint(dir, 'a'), makeMountpoint(dir, 'b')];
+  const cut = await exportImage(t, { image: overCut, mountpoint: one });
+  const short = await exportImage(t, { image: overRaw, mountpoint: two });
+  assertBytes(t, await readVia(one, 0, 4 * KiB), Buffer.alloc(4 * KiB, 0x11), 'backing data before the cut');
+  t.is((await fsop('read', [one, 40 * MiB + 768 * KiB, 4 * KiB])).errno, 'EIO', 'backing data past the cut');
+  assertBytes(t, await readVia(two, MiB - 4 * KiB, 4 * KiB), Buffer.alloc(4 * KiB, 0x44), 'the raw backing file');
+  assertBytes(t, await readVia(two, MiB, 64 * KiB), Buffer.alloc(64 * KiB), 'past the raw backing file');
+  assertBytes(t, await readVia(two, 2 * MiB, 64 * KiB), Buffer.alloc(64 * KiB, 0x66), 'the compressed cluster at the end');
+  assertBytes(t, await readVia(two, 3 * MiB, 64 * KiB), Buffer.alloc(64 * KiB, 0x55), 'top data');
+  t.true((await stopExport(t, cut)).errors >= 1);
+  t.is((await stopExport(t, short)).errors, 0);
+  t.regex(cut.lines.find((l) => l.event === 'image-error')?.message ?? '', /cut\.qcow2/);
+});
+
+test.serial('fsync on a qcow2 with an external data file syncs the data file, not only the qcow2 file (strace of the export)', async (t) => {
+  const dir = tmpDir(t);
+  const data = join(dir, 'data.raw');
+  const image = await makeQcow2(dir, 'meta.qcow2', 4 * MiB, { options: `data_file=${data},data_file_raw=on` });
+  const mnt = makeMountpoint(dir);
+  const exp = await exportImage(t, { image, mountpoint: mnt, writable: true });
+  // -y names each descriptor's file; -f -p follows every thread of the export.
+  const log = join(dir, 'syncs.log');
+  const strace = startChild(t, ['strace', '-f', '-y', '-e', 'trace=fsync,fdatasync', '-o', log, '-p', String(exp.pid)]);
+  await strace.waitFor(/attached/);
+  t.deepEqual(await fsop('write', [mnt, 64 * KiB, '-', 'rw', '1'], { input: pattern(4 * KiB, 3) }), { ok: 4 * KiB });
+  strace.child.kill('SIGINT');
+  await strace.wait();
+  const synced = readFileSync(log, 'utf8');
+  t.regex(synced, /f(data)?sync\(\d+<[^>]*meta\.qcow2>\) = 0/, 'the qcow2 file');
+  t.regex(synced, /f(data)?sync\(\d+<[^>]*data\.raw>\) = 0/, 'the data file');
+  await stopExport(t, exp);
+  assertBytes(t, readFile(data, 64 * KiB, 4 * KiB), pattern(4 * KiB, 3), 'the data is in the data file');
+});
+
+/** Writes 64 KiB of 0x5a at argv[2] of the file argv[1] (O_DIRECT), says so, and keeps the file open. */
+const WRITE_AND_HOLD = `
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+buf[:] = b'\\x5a' * 65536
+os.pwritev(fd, [buf], int(sys.argv[2]))
+print('written', flush=True)
+time.sleep(120)
+`;
+
+test.serial('the stop writes a qcow2\'s metadata back even when an I/O thread is left running (a read stuck on a stopped backing file)', async (t) => {
+  const dir = tmpDir(t);
+  // The backing file is another export's file; that export is stopped
+  // (SIGSTOP) so that a read of backing data never ends.
+  const base = makeImage(dir, 'base.img', 4 * MiB, [[0, Buffer.alloc(64 * KiB, 0x11)]]);
+  const baseMnt = makeMountpoint(dir, 'base');
+  const baseExport = await exportImage(t, { image: base, mountpoint: baseMnt });
+  const top = await makeQcow2(dir, 'top.qcow2', 4 * MiB, { backing: baseMnt, backingFormat: 'raw' });
+  const mnt = makeMountpoint(dir, 'top');
+  const exp = await exportImage(t, { image: top, mountpoint: mnt, writable: true, args: ['--shutdown-timeout', '1'] });
+  // An allocating write whose file stays open: no FLUSH writes its metadata back.
+  const writer = startChild(t, [PYTHON, '-c', WRITE_AND_HOLD, mnt, String(3 * MiB)]);
+  await writer.waitFor(/written/);
+  baseExport.signal('SIGSTOP');
+  t.teardown(() => baseExport.signal('SIGCONT'));
+  startChild(t, [PYTHON, FSOP, 'read', mnt, 0, 4096]);
+  await sleep(500); // the read reaches the backing file, where it stays
+  exp.signal('SIGTERM');
+  await exp.event('stopped', 20_000);
+  t.truthy(exp.lines.find((l) => l.event === 'threads-left'), `an I/O thread was left running:\n${exp.stderr()}`);
+  t.falsy(exp.lines.find((l) => l.event === 'final-flush-failed'));
+  // The process exits meanwhile, its left thread killed, but the exit ends
+  // only once the stuck read does: the backing export goes on.
+  await sleep(1000);
+  baseExport.signal('SIGCONT');
+  t.is((await exp.wait(20_000)).code, 0, exp.stderr());
+  writer.child.kill('SIGKILL');
+  const checked = await qemuCheck(top);
+  t.is(checked.code, 0, checked.out);
+  const raw = await toRaw(top, dir);
+  assertBytes(t, readFile(raw, 3 * MiB, 64 * KiB), Buffer.alloc(64 * KiB, 0x5a), 'the held write is in the image');
+  await stopExport(t, baseExport);
 });

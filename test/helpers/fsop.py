@@ -449,6 +449,31 @@ def op_marker_scan(path):
     return states
 
 
+def op_scan(path, block, limit, spread):
+    """Reads the first `limit` bytes block by block, then `spread` blocks
+    spaced evenly over the rest of the file; a failed read is counted by
+    its errno and the scan goes on. Returns {"bytes": n, "EIO": m, ...}."""
+    block, limit, spread = int(block), int(limit), int(spread)
+    fd = open_(path, 'r')
+    counts = {}
+    try:
+        size = os.fstat(fd).st_size
+        offsets = list(range(0, min(size, limit), block))
+        if size > limit:
+            step = max(block, (size - limit) // max(spread, 1))
+            offsets += list(range(limit, size, step))[:spread]
+        for offset in offsets:
+            try:
+                os.pread(fd, block, offset)
+                outcome = 'bytes'
+            except OSError as e:
+                outcome = errname(e.errno)
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+    finally:
+        os.close(fd)
+
+
 def main():
     op, args = sys.argv[1], sys.argv[2:]
     try:

@@ -15,14 +15,28 @@ fn tool(program: &str, args: &[&str]) -> Option<std::process::Output> {
     Command::new(program).args(args).output().ok()
 }
 
-/// Runs one operation to its end: (result, the buffer afterwards).
-fn run(image: &dyn ImageBackend, ring: &mut Ring, op: ImageOp, offset: u64, data: &[u8], len: u64) -> (i32, Vec<u8>) {
+/// One operation in progress: its state and its buffer.
+struct Started {
+    io: ImageIo,
+    buffer: AlignedBuffer,
+    outcome: Poll<i32>,
+}
+
+const TOKEN: Token = Token::new(3, 0, 1);
+
+/// Starts one operation: what it put on the ring is not submitted yet.
+fn start(image: &dyn ImageBackend, ring: &mut Ring, op: ImageOp, offset: u64, data: &[u8], len: u64) -> Started {
     let buffer = AlignedBuffer::zeroed((len as usize).max(4096));
     // SAFETY: the buffer holds at least `len` bytes, ours until the operation ends.
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buffer.as_ptr(), data.len()) };
-    let token = Token::new(3, 0, 1);
     let mut io = ImageIo::new(op, offset, len);
-    let mut outcome = image.submit(&mut io, IoContext { ring, token, buffer: buffer.as_ptr() });
+    let outcome = image.submit(&mut io, IoContext { ring, token: TOKEN, buffer: buffer.as_ptr() });
+    Started { io, buffer, outcome }
+}
+
+/// Runs a started operation to its end: (result, the buffer afterwards).
+fn finish(image: &dyn ImageBackend, ring: &mut Ring, started: Started) -> (i32, Vec<u8>) {
+    let Started { mut io, buffer, mut outcome } = started;
     let mut completions = Vec::new();
     let result = loop {
         if let Poll::Ready(result) = outcome {
@@ -32,10 +46,16 @@ fn run(image: &dyn ImageBackend, ring: &mut Ring, op: ImageOp, offset: u64, data
         ring.reap(&mut completions);
         let result = completions.first().expect("a completion").result;
         assert_eq!(completions.len(), 1, "one operation in flight, one completion at a time");
-        outcome = image.complete(&mut io, result, IoContext { ring, token, buffer: buffer.as_ptr() });
+        outcome = image.complete(&mut io, result, IoContext { ring, token: TOKEN, buffer: buffer.as_ptr() });
     };
     // SAFETY: `len` bytes of our buffer.
-    (result, unsafe { std::slice::from_raw_parts(buffer.as_ptr(), len as usize) }.to_vec())
+    (result, unsafe { std::slice::from_raw_parts(buffer.as_ptr(), io.len as usize) }.to_vec())
+}
+
+/// Runs one operation to its end: (result, the buffer afterwards).
+fn run(image: &dyn ImageBackend, ring: &mut Ring, op: ImageOp, offset: u64, data: &[u8], len: u64) -> (i32, Vec<u8>) {
+    let started = start(image, ring, op, offset, data, len);
+    finish(image, ring, started)
 }
 
 #[test]
@@ -105,5 +125,83 @@ fn reads_writes_growth_discards_zeroes_and_flushes_match_a_model() {
     let raw = dir.join("top.raw");
     assert!(tool("qemu-img", &["convert", "-O", "raw", top_s, raw.to_str().unwrap()]).unwrap().status.success());
     assert!(std::fs::read(&raw).unwrap() == model, "qemu-img sees another disk than the model");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A read whose cluster was looked up, then discarded and reused by a new
+/// allocation before the read's data transfer ran, would return the new
+/// data: the read must hold off the discard until its transfer is done.
+#[test]
+fn a_discard_never_frees_a_cluster_a_read_in_flight_has_mapped() {
+    let dir = std::env::temp_dir().join(format!("fuse-export-qcow2-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("race.qcow2");
+    if !tool("qemu-img", &["create", "-q", "-f", "qcow2", path.to_str().unwrap(), "4M"])
+        .is_some_and(|o| o.status.success())
+    {
+        eprintln!("qemu-img is missing: the discard race test did not run");
+        return;
+    }
+    let options = ImageOptions {
+        path: path.clone(),
+        writable: true,
+        growable: false,
+        cache: CacheMode::Writeback,
+        format: FormatChoice::Qcow2,
+        reconnect_delay: Default::default(),
+    };
+    let (image, _) = image::open(&options).unwrap();
+    let cluster = 65536;
+    let (old, new) = (vec![0x0au8; cluster], vec![0x0bu8; cluster]);
+    let mut ring = Ring::new(16).unwrap();
+    assert_eq!(run(&*image, &mut ring, ImageOp::Write, 0, &old, cluster as u64).0, cluster as i32);
+    // The read's transfer waits on the ring, unsubmitted, while another
+    // thread discards its cluster and allocates a new one.
+    let read = start(&*image, &mut ring, ImageOp::Read, 0, &[], cluster as u64);
+    assert!(read.outcome.is_pending(), "the read's transfer is on the ring");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let racer = {
+        let image = image.clone();
+        std::thread::spawn(move || {
+            let mut ring = Ring::new(16).unwrap();
+            assert_eq!(run(&*image, &mut ring, ImageOp::Discard, 0, &[], cluster as u64).0, 0);
+            assert_eq!(run(&*image, &mut ring, ImageOp::Write, 1 << 20, &new, cluster as u64).0, cluster as i32);
+            done_tx.send(()).unwrap();
+        })
+    };
+    // Give the racer the time to reuse the cluster (it must not be able to).
+    let raced = done_rx.recv_timeout(std::time::Duration::from_millis(500)).is_ok();
+    let (result, bytes) = finish(&*image, &mut ring, read);
+    racer.join().unwrap();
+    assert_eq!(result, cluster as i32);
+    assert!(bytes == old || bytes.iter().all(|&b| b == 0), "the read returned another offset's data (raced: {raced})");
+    drop(image);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// imago opens an image's external data file writable whatever the image
+/// is opened as (test/fixtures/README.md); a read-only export must still
+/// open it read-only, so that it takes a reader's lock and other readers
+/// share the file.
+#[test]
+fn read_only_exports_open_the_external_data_file_read_only() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures");
+    let dir = std::env::temp_dir().join(format!("fuse-export-qcow2-data-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["external-data-file.qcow2", "external-data-file.raw"] {
+        std::fs::copy(fixtures.join(name), dir.join(name)).unwrap();
+    }
+    let options = ImageOptions {
+        path: dir.join("external-data-file.qcow2"),
+        writable: false,
+        growable: false,
+        cache: CacheMode::Writeback,
+        format: FormatChoice::Qcow2,
+        reconnect_delay: Default::default(),
+    };
+    let (first, _) = image::open(&options).unwrap();
+    let second = image::open(&options).map(|_| ());
+    assert!(second.is_ok(), "a second reader was refused: {:?}", second.err().map(|e| e.0));
+    drop(first);
     std::fs::remove_dir_all(&dir).unwrap();
 }

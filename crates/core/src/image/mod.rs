@@ -177,6 +177,19 @@ pub trait ImageBackend: Send + Sync {
     }
     /// The image as it may be shown (logs, the mount table): no secrets.
     fn shown_name(&self) -> String;
+    /// Makes what was written durable before the export ends (a qcow2's
+    /// metadata caches written back, its files synced). The server calls it
+    /// once as it stops, whether its I/O threads ended or are left running
+    /// (and keep the backend alive): a backend must not count on its drop.
+    fn close(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Why `io` failed, in words (the file, the offset), when the backend
+    /// knows more than the errno says; asked once, when the failure is
+    /// reported.
+    fn failure_reason(&self, _io: &ImageIo) -> Option<String> {
+        None
+    }
     /// The part of the backend that lives on I/O thread `thread`, when it
     /// drives descriptors of its own on that thread's ring. Its SQEs carry
     /// token channel `channel`, whose completions the thread's owner hands

@@ -43,13 +43,29 @@ pub struct Qcow2Header {
     /// (offset, bytes) of the L1 table and of the refcount table.
     pub l1_table: (u64, u64),
     pub refcount_table: (u64, u64),
+    /// The number of internal snapshots and where their table starts.
+    pub snapshots: (u32, u64),
+    /// The data clusters live in another file (a v3 incompatible feature).
+    pub external_data_file: bool,
 }
+
+/// The incompatible feature bit of an external data file.
+const EXTERNAL_DATA_FILE: u64 = 1 << 2;
+
+/// The smallest entry of the snapshot table (its fixed part, 8-byte aligned).
+pub const SNAPSHOT_ENTRY_MIN_BYTES: u64 = 40;
 
 impl Qcow2Header {
     /// The first table that lies past `file_size` (a truncated image), named.
+    /// The snapshot table counts with its entries' fixed parts: its names
+    /// and extra data make it longer, never shorter.
     pub fn table_past_end(&self, file_size: u64) -> Option<String> {
-        [("L1 table", self.l1_table), ("refcount table", self.refcount_table)].into_iter().find_map(
-            |(name, (offset, len))| {
+        let (snapshot_count, snapshot_table) = self.snapshots;
+        let snapshots = (snapshot_table, u64::from(snapshot_count) * SNAPSHOT_ENTRY_MIN_BYTES);
+        [("L1 table", self.l1_table), ("refcount table", self.refcount_table), ("snapshot table", snapshots)]
+            .into_iter()
+            .filter(|(_, (_, len))| *len > 0)
+            .find_map(|(name, (offset, len))| {
                 let end = offset.saturating_add(len);
                 (end > file_size).then(|| {
                     format!(
@@ -57,8 +73,7 @@ impl Qcow2Header {
                          ({file_size} bytes): the file is truncated or the header is corrupt"
                     )
                 })
-            },
-        )
+            })
     }
 }
 
@@ -105,7 +120,18 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
     };
     let l1_table = (be64(bytes, 40), u64::from(be32(bytes, 36)) * 8);
     let refcount_table = (be64(bytes, 48), u64::from(be32(bytes, 56)) << cluster_bits);
-    Ok(Qcow2Header { version, cluster_bits, size: be64(bytes, 24), backing_file, l1_table, refcount_table })
+    let snapshots = (be32(bytes, 60), be64(bytes, 64));
+    let external_data_file = version >= 3 && bytes.len() >= 80 && be64(bytes, 72) & EXTERNAL_DATA_FILE != 0;
+    Ok(Qcow2Header {
+        version,
+        cluster_bits,
+        size: be64(bytes, 24),
+        backing_file,
+        l1_table,
+        refcount_table,
+        snapshots,
+        external_data_file,
+    })
 }
 
 #[cfg(test)]
@@ -152,6 +178,8 @@ mod tests {
                 backing_file: Some("base.qcow2".into()),
                 l1_table: (0x30000, 16),
                 refcount_table: (0x10000, 0x10000),
+                snapshots: (0, 0),
+                external_data_file: false,
             }
         );
         assert_eq!(parse_qcow2_header(&header(2, 12, "")).unwrap().backing_file, None);
@@ -177,6 +205,12 @@ mod tests {
         refcount_far[48..56].copy_from_slice(&0x40000u64.to_be_bytes());
         let parsed = parse_qcow2_header(&refcount_far).unwrap();
         assert!(parsed.table_past_end(0x30010).unwrap().contains("refcount table"));
+        let mut snapshots_far = header(3, 16, "");
+        snapshots_far[60..64].copy_from_slice(&2u32.to_be_bytes());
+        snapshots_far[64..72].copy_from_slice(&0x30000u64.to_be_bytes());
+        let parsed = parse_qcow2_header(&snapshots_far).unwrap();
+        assert_eq!(parsed.table_past_end(0x30050), None, "two snapshot entries of 40 bytes fit");
+        assert!(parsed.table_past_end(0x30040).unwrap().contains("snapshot table"));
     }
 
     #[test]

@@ -244,8 +244,9 @@ impl RequestCore {
     /// also reported (a dying disk must not flood the log).
     fn image_error(&self, io: &ImageIo, errno: i32) {
         self.report_once("image-error", errno, || {
+            let reason = self.image.failure_reason(io).map(|r| format!(" ({r})")).unwrap_or_default();
             format!(
-                "Image {} failed at offset {} (length {}): {}; the request gets that error, \
+                "Image {} failed at offset {} (length {}): {}{reason}; the request gets that error, \
                  and further errno {errno} failures are counted, not logged",
                 io.op.name(),
                 io.offset,

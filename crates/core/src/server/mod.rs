@@ -343,8 +343,10 @@ impl Server {
     /// `wait` for them. Returns how many are still running: those keep their
     /// memory (the kernel may still write into it) and are left to end on
     /// their own. How long to wait, and whether to abort first, is the
-    /// caller's policy.
+    /// caller's policy. The first stop (the one that finds the threads)
+    /// then closes the image.
     pub fn stop(&mut self, wait: Duration) -> usize {
+        let first = !self.threads.is_empty();
         self.control.stop();
         let deadline = Instant::now() + wait;
         while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
@@ -354,7 +356,27 @@ impl Server {
         for handle in finished {
             let _ = handle.join();
         }
+        if first {
+            self.close_image();
+        }
         running.len()
+    }
+
+    /// The image's final write-back (a qcow2's metadata caches) now, not
+    /// when its last reference goes: threads left running keep it alive,
+    /// and the process may exit before they end. A failure is a warning.
+    fn close_image(&self) {
+        let image = self.core.image();
+        if let Err(e) = image.close() {
+            self.core.status.warn(
+                "final-flush-failed",
+                format!(
+                    "The final write-back of {} failed: {}; what was written since the last fsync may be lost",
+                    image.shown_name(),
+                    describe(&e)
+                ),
+            );
+        }
     }
 }
 

@@ -1,60 +1,82 @@
 //! A discard frees clusters, and a freed cluster may soon hold other data.
-//! A write that looked its cluster up before the discard and lands after it
-//! would then overwrite that other data (imago's `discard_*_unsafe` caveat).
-//! So writes between their lookup and their data landing are counted, and a
-//! discard waits until none is in flight; writes that start meanwhile wait
-//! for the discard. Allocations on the workers count the same way.
+//! A transfer that looked its cluster up before the discard and runs after
+//! it would then touch that other data (imago's `discard_*_unsafe` caveat):
+//! a write would overwrite it, a read would return it as its own. So reads
+//! and writes between their lookup and their data landing are counted, and
+//! a discard waits until none is in flight; transfers that start meanwhile
+//! wait for the discard. Allocations and compressed reads on the workers
+//! count the same way.
+//!
+//! The transfers' side is two atomics, with no lock: discards are rare.
+//! Whoever waits (a discard for the transfers, a transfer for the
+//! discards) sleeps on a condition variable, woken by the last one out.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
 
 #[derive(Default)]
 pub struct DiscardGuard {
-    writers: AtomicUsize,
+    /// Reads and writes between their lookup and their data landing.
+    transfers: AtomicUsize,
+    /// Discards waiting or running.
     discards: AtomicUsize,
+    /// Held only to wait and to wake: counts change outside it, and a
+    /// change that may end a wait takes it before waking, so that no wake-up
+    /// falls between a waiter's check and its sleep.
+    sleep: Mutex<()>,
+    woken: Condvar,
 }
 
-const NAP: Duration = Duration::from_micros(50);
-
 impl DiscardGuard {
-    /// Counts a write in; false (and not counted) while a discard runs.
-    pub fn try_enter_write(&self) -> bool {
-        self.writers.fetch_add(1, SeqCst);
+    /// Counts a transfer in; false (and not counted) while a discard waits or runs.
+    pub fn try_enter(&self) -> bool {
+        self.transfers.fetch_add(1, SeqCst);
         if self.discards.load(SeqCst) == 0 {
             return true;
         }
-        self.leave_write();
+        self.leave();
         false
     }
 
-    pub fn leave_write(&self) {
-        self.writers.fetch_sub(1, SeqCst);
-    }
-
-    /// On a worker: waits for running discards, then counts the write in.
-    pub fn enter_write_waiting(&self) {
-        while !self.try_enter_write() {
-            std::thread::sleep(NAP);
+    pub fn leave(&self) {
+        if self.transfers.fetch_sub(1, SeqCst) == 1 && self.discards.load(SeqCst) > 0 {
+            self.wake();
         }
     }
 
-    /// On a worker: returns once no discard runs.
+    /// On a worker: waits for discards, then counts the transfer in.
+    pub fn enter_waiting(&self) {
+        while !self.try_enter() {
+            self.wait_for_discards();
+        }
+    }
+
+    /// On a worker: returns once no discard waits or runs.
     pub fn wait_for_discards(&self) {
-        while self.discards.load(SeqCst) > 0 {
-            std::thread::sleep(NAP);
-        }
+        self.wait_while(|| self.discards.load(SeqCst) > 0);
     }
 
-    /// On a worker: runs `discard` once no counted write is in flight. Those
-    /// are ring transfers and running allocations, which end on their own.
+    /// On a worker: runs `discard` once no counted transfer is in flight.
+    /// Those are ring transfers and running jobs, which end on their own.
     pub fn discard<T>(&self, discard: impl FnOnce() -> T) -> T {
         self.discards.fetch_add(1, SeqCst);
-        while self.writers.load(SeqCst) > 0 {
-            std::thread::sleep(NAP);
-        }
+        self.wait_while(|| self.transfers.load(SeqCst) > 0);
         let result = discard();
         self.discards.fetch_sub(1, SeqCst);
+        self.wake();
         result
+    }
+
+    fn wait_while(&self, busy: impl Fn() -> bool) {
+        let mut sleep = self.sleep.lock().unwrap();
+        while busy() {
+            sleep = self.woken.wait(sleep).unwrap();
+        }
+    }
+
+    fn wake(&self) {
+        let _sleep = self.sleep.lock().unwrap();
+        self.woken.notify_all();
     }
 }
 
@@ -63,11 +85,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
-    fn a_discard_waits_for_writes_in_flight_and_new_writes_wait_for_it() {
+    fn a_discard_waits_for_transfers_in_flight_and_new_transfers_wait_for_it() {
         let guard = Arc::new(DiscardGuard::default());
-        assert!(guard.try_enter_write());
+        assert!(guard.try_enter());
         let discarded = Arc::new(AtomicBool::new(false));
         let (g, d) = (guard.clone(), discarded.clone());
         let discard = std::thread::spawn(move || g.discard(|| d.store(true, SeqCst)));
@@ -75,11 +98,20 @@ mod tests {
             std::thread::yield_now();
         }
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!discarded.load(SeqCst), "the discard ran while a write was in flight");
-        assert!(!guard.try_enter_write(), "a new write started during a discard");
-        guard.leave_write();
+        assert!(!discarded.load(SeqCst), "the discard ran while a transfer was in flight");
+        assert!(!guard.try_enter(), "a new transfer started during a discard");
+        let (g, entered) = (guard.clone(), Arc::new(AtomicBool::new(false)));
+        let e = entered.clone();
+        let waiting = std::thread::spawn(move || {
+            g.enter_waiting();
+            e.store(true, SeqCst);
+            g.leave();
+        });
+        guard.leave();
         discard.join().unwrap();
         assert!(discarded.load(SeqCst));
-        assert!(guard.try_enter_write());
+        waiting.join().unwrap();
+        assert!(entered.load(SeqCst), "the waiting transfer went on after the discard");
+        assert!(guard.try_enter());
     }
 }

@@ -19,7 +19,9 @@
 //! worker (`workers.rs`) that completes later on the request's token.
 
 mod discard_guard;
+mod failures;
 mod gate;
+mod limits;
 mod refcount_cover;
 mod storage;
 mod workers;
@@ -31,6 +33,7 @@ use super::{
 };
 use crate::os_error::describe;
 use discard_guard::DiscardGuard;
+use failures::Failures;
 use gate::ChainGate;
 use imago::format::builder::FormatDriverBuilder;
 use imago::format::PreallocateMode;
@@ -38,6 +41,7 @@ use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, Mapping};
 use io_uring::{opcode, types};
+use limits::MetadataBudget;
 use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
@@ -94,6 +98,10 @@ struct Shared {
     growing: Mutex<()>,
     /// Discards wait for writes in flight, and writes for discards.
     guard: DiscardGuard,
+    /// Why recent requests failed, for the request core's report.
+    failures: Failures,
+    /// The data clusters live in an external data file.
+    external_data: bool,
 }
 
 fn errno(error: &io::Error) -> i32 {
@@ -102,10 +110,6 @@ fn errno(error: &io::Error) -> i32 {
         None if error.kind() == io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
         None => libc::EIO,
     }
-}
-
-fn result_of(result: io::Result<u64>) -> i32 {
-    result.map_or_else(|e| -errno(&e), |n| n as i32)
 }
 
 /// The request's buffer from `done` on, `len` bytes of it.
@@ -143,9 +147,10 @@ impl Qcow2Image {
         let unusable = |problem: String| ImageError(format!("Image {shown} is not a usable qcow2 image: {problem}"));
         let header = parse_qcow2_header(first_bytes).map_err(unusable)?;
         let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
-        if let Some(problem) = header.table_past_end(file_size) {
-            return Err(unusable(problem));
-        }
+        let budget = MetadataBudget::default();
+        limits::check_header(first_bytes, file_size, options.writable)
+            .and_then(|cost| budget.charge(cost))
+            .map_err(unusable)?;
         let direct = options.cache == CacheMode::Direct;
         let top =
             HostFile::open_path(path, options.writable, direct).map_err(|e| open_failed(path, options.writable, &e))?;
@@ -169,7 +174,7 @@ impl Qcow2Image {
             warnings.push(format!("The filesystem of {shown} refuses O_DIRECT; using the page cache instead"));
         }
         let uses_direct = top.direct_fd().is_some() && !memory_backed;
-        let gate = ChainGate::new(path.clone(), direct && !memory_backed);
+        let gate = ChainGate::new(path.clone(), options.writable, direct && !memory_backed, budget);
         let qcow2 = Qcow2::<HostFile>::builder(top)
             .write(options.writable)
             .open(gate)
@@ -183,6 +188,8 @@ impl Qcow2Image {
             direct: uses_direct,
             growing: Mutex::new(()),
             guard: DiscardGuard::default(),
+            failures: Failures::default(),
+            external_data: header.external_data_file,
         });
         let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
             .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
@@ -200,11 +207,10 @@ impl Qcow2Image {
     /// handed to a worker.
     fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
         let image = &*self.shared;
-        let writing = io.op == ImageOp::Write;
         while io.done < io.len {
             let offset = io.offset + io.done;
             let remaining = io.len - io.done;
-            if writing && !image.guard.try_enter_write() {
+            if !image.guard.try_enter() {
                 let job: Job<Shared> = Box::new(|image| {
                     image.guard.wait_for_discards();
                     0
@@ -212,12 +218,9 @@ impl Qcow2Image {
                 return self.hand_off(io, WAITING, context, job);
             }
             // Counted from here until the data lands (the ring completion),
-            // or until this thread hands the piece on.
-            let leave = |image: &Shared| {
-                if writing {
-                    image.guard.leave_write()
-                }
-            };
+            // or until this thread hands the piece on: a discard must not
+            // free the cluster this lookup found while its transfer is due.
+            let leave = |image: &Shared| image.guard.leave();
             let lookup = if io.stage == WARMED {
                 io.stage = 0;
                 image.access.get_mapping(offset, remaining)
@@ -228,13 +231,15 @@ impl Qcow2Image {
                 Ok(found) => found,
                 Err(e) if is_miss(&e) => {
                     leave(image);
-                    let job: Job<Shared> =
-                        Box::new(move |image| result_of(image.access.get_mapping(offset, remaining).map(|_| 0)));
+                    let request = io.offset;
+                    let job: Job<Shared> = Box::new(move |image| {
+                        image.answer(request, image.access.get_mapping(offset, remaining).map(|_| 0))
+                    });
                     return self.hand_off(io, WARMING, context, job);
                 }
                 Err(e) => {
                     leave(image);
-                    return Poll::Ready(-errno(&e));
+                    return Poll::Ready(image.failed(io.offset, &e));
                 }
             };
             let len = len.min(remaining);
@@ -246,7 +251,12 @@ impl Qcow2Image {
                     if image.memory_backed {
                         let copied = image.copy_in_memory(io.op, storage, host, len, buffer.0);
                         leave(image);
-                        copied
+                        match copied {
+                            Ok(read) if read < len => {
+                                return Poll::Ready(image.short_read(io.offset, offset, len, read));
+                            }
+                            other => other,
+                        }
                     } else {
                         let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
                         let entry = if io.op == ImageOp::Read {
@@ -261,33 +271,41 @@ impl Qcow2Image {
                     }
                 }
                 (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
+                    leave(image);
                     let len = if len == 0 { remaining } else { len };
                     // SAFETY: the request's buffer, `done + len <= io.len`.
                     unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
                     Ok(len)
                 }
                 (ImageOp::Read, _) => {
-                    // Compressed (or anything else imago must decode): read by imago.
+                    // Compressed (or anything else imago must decode): read by
+                    // imago, counted in again on the worker while it runs.
+                    leave(image);
+                    let request = io.offset;
                     let job: Job<Shared> = Box::new(move |image| {
                         // SAFETY: the request's buffer, lent until this job's result is posted.
                         let piece = unsafe { piece_of(buffer.get(), 0, len) };
                         let mut vector = IoVectorMut::new();
                         vector.push(piece);
-                        result_of(image.access.readv(vector, offset).map(|()| len))
+                        image.guard.enter_waiting();
+                        let read = image.access.readv(vector, offset).map(|()| len);
+                        image.guard.leave();
+                        image.answer(request, read)
                     });
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
                 _ => {
                     // The worker counts its allocation in itself, when it runs.
                     leave(image);
+                    let request = io.offset;
                     let job: Job<Shared> =
-                        Box::new(move |image| result_of(image.allocate(offset, remaining, buffer.get())));
+                        Box::new(move |image| image.answer(request, image.allocate(offset, remaining, buffer.get())));
                     return self.hand_off(io, HANDED_OFF, context, job);
                 }
             };
             match moved {
                 Ok(moved) => io.done += moved,
-                Err(e) => return Poll::Ready(-errno(&e)),
+                Err(e) => return Poll::Ready(image.failed(io.offset, &e)),
             }
         }
         Poll::Ready(io.done as i32)
@@ -295,6 +313,39 @@ impl Qcow2Image {
 }
 
 impl Shared {
+    /// A job's answer: its result, or the errno of its failure, whose
+    /// reason is noted for the report.
+    fn answer(&self, request: u64, result: io::Result<u64>) -> i32 {
+        result.map_or_else(|e| self.failed(request, &e), |n| n as i32)
+    }
+
+    /// The errno for the request at `request` failing with `error`, whose
+    /// reason (imago's words, the file and the offset) is noted.
+    fn failed(&self, request: u64, error: &io::Error) -> i32 {
+        self.failures.note(request, chain_message(error));
+        -errno(error)
+    }
+
+    /// A ring read of the cluster at guest `offset` came back short: its
+    /// mapping points past the end of its file (a truncated copy, or a
+    /// corrupt L2 entry). EIO, never zeroes; the reason names the file and
+    /// both offsets.
+    fn short_read(&self, request: u64, offset: u64, wanted: u64, read: u64) -> i32 {
+        let reason = match self.access.get_mapping(offset, wanted) {
+            Ok((Mapping::Raw { storage, offset: host, .. }, _)) => {
+                let size = storage.file().metadata().map_or(0, |m| m.len());
+                format!(
+                    "guest offset {offset} maps to host offset {host} of {}, which ends at {size} bytes \
+                     ({read} of {wanted} bytes read): the file is truncated or an L2 entry is corrupt",
+                    storage.path().display()
+                )
+            }
+            _ => format!("guest offset {offset}: {read} of {wanted} bytes read (the mapping changed meanwhile)"),
+        };
+        self.failures.note(request, reason);
+        -libc::EIO
+    }
+
     fn fd_for(&self, storage: &HostFile, host_offset: u64, len: u64, buffer: *const u8) -> RawFd {
         let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGNMENT);
         match storage.direct_fd() {
@@ -317,6 +368,7 @@ impl Shared {
         }
     }
 
+    /// Bytes copied: for a read, fewer than `len` where the file ends.
     fn copy_in_memory(&self, op: ImageOp, storage: &HostFile, host: u64, len: u64, buffer: *mut u8) -> io::Result<u64> {
         // SAFETY: the request's buffer at the piece, `len` bytes of it.
         let piece = unsafe { piece_of(buffer, 0, len) };
@@ -328,10 +380,9 @@ impl Shared {
                     n => filled += n,
                 }
             }
-            piece[filled..].fill(0);
-        } else {
-            storage.write_all_at(piece, host)?;
+            return Ok(filled as u64);
         }
+        storage.write_all_at(piece, host)?;
         Ok(len)
     }
 
@@ -340,9 +391,9 @@ impl Shared {
     /// written, then the mapping is committed. On a worker, one prepared
     /// mapping at a time, released before the next is prepared.
     fn allocate(&self, offset: u64, len: u64, data: *mut u8) -> io::Result<u64> {
-        self.guard.enter_write_waiting();
+        self.guard.enter_waiting();
         let allocated = self.allocate_counted(offset, len, data);
-        self.guard.leave_write();
+        self.guard.leave();
         allocated
     }
 
@@ -361,9 +412,10 @@ impl Shared {
     fn zero(&self, offset: u64, len: u64, discard: bool) -> io::Result<()> {
         let recorded = if discard {
             // SAFETY: imago's caveat is mappings held across the discard.
-            // Ours are held by writes from their lookup until their data
-            // lands, and the guard runs the discard only while none is; a
-            // read racing a discard of its own range may see either data.
+            // Ours are held by reads and writes from their lookup until
+            // their data lands, and the guard runs the discard only while
+            // none is; a read racing a discard of its own range sees the
+            // old data or zeroes, never a reused cluster's.
             self.guard.discard(|| unsafe { self.access.discard_to_zero_unsafe(offset, len) })
         } else {
             self.access.write_zeroes(offset, len)
@@ -385,13 +437,24 @@ impl Shared {
         }
     }
 
+    /// Everything acknowledged becomes durable: the metadata is written
+    /// back after the data it points to (allocations commit only once their
+    /// data is written), then imago syncs the qcow2 file and the external
+    /// data file. With an external data file, its data is synced first, so
+    /// that no durable table names data that is not.
+    fn flush(&self) -> io::Result<()> {
+        if self.external_data {
+            self.access.sync()?;
+        }
+        self.access.flush()?;
+        self.access.sync()
+    }
+
     /// Flush, discard, zeroes, preallocation: on a worker.
     fn other(&self, op: ImageOp, offset: u64, len: u64) -> io::Result<()> {
         let end = offset + len;
         match op {
-            // Metadata written back after the data it points to (allocations
-            // commit only once their data is written), then one fdatasync.
-            ImageOp::Flush => self.access.flush().and_then(|()| self.top.sync_data()),
+            ImageOp::Flush => self.flush(),
             ImageOp::Discard => self.zero(offset, len.min(self.access.size().saturating_sub(offset)), true),
             ImageOp::WriteZeroes => self.grow_to(end).and_then(|()| self.zero(offset, len, false)),
             ImageOp::Allocate => self.grow_to(end),
@@ -402,8 +465,10 @@ impl Shared {
 
 impl Drop for Qcow2Image {
     fn drop(&mut self) {
-        // Metadata caches written back when the export ends (imago does it
-        // when the last handle goes too; this does it before the workers end).
+        // Metadata caches written back when the image goes without a stop
+        // (a start given up half-way, a test): imago does it when the last
+        // handle goes too; this does it before the workers end. A stop
+        // closes the image explicitly and reports the result.
         if self.shared.writable {
             let _ = self.shared.access.flush();
         }
@@ -506,6 +571,17 @@ impl ImageBackend for Qcow2Image {
         self.path.to_string_lossy().into_owned()
     }
 
+    fn close(&self) -> io::Result<()> {
+        if !self.shared.writable {
+            return Ok(());
+        }
+        self.shared.flush()
+    }
+
+    fn failure_reason(&self, io: &ImageIo) -> Option<String> {
+        self.shared.failures.take(io.offset)
+    }
+
     fn submit(&self, io: &mut ImageIo, mut context: IoContext) -> Poll<i32> {
         match io.op {
             ImageOp::Read => self.step(io, &mut context),
@@ -513,14 +589,16 @@ impl ImageBackend for Qcow2Image {
                 let end = io.offset + io.len;
                 if end > self.shared.access.size() {
                     // Growing writes metadata: on a worker, then the write goes on.
-                    let job: Job<Shared> = Box::new(move |image| result_of(image.grow_to(end).map(|()| 0)));
+                    let request = io.offset;
+                    let job: Job<Shared> = Box::new(move |image| image.answer(request, image.grow_to(end).map(|()| 0)));
                     return self.hand_off(io, WAITING, &mut context, job);
                 }
                 self.step(io, &mut context)
             }
             op => {
                 let (offset, len) = (io.offset, io.len);
-                let job: Job<Shared> = Box::new(move |image| result_of(image.other(op, offset, len).map(|()| 0)));
+                let job: Job<Shared> =
+                    Box::new(move |image| image.answer(offset, image.other(op, offset, len).map(|()| 0)));
                 self.hand_off(io, HANDED_OFF, &mut context, job)
             }
         }
@@ -528,8 +606,8 @@ impl ImageBackend for Qcow2Image {
 
     fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
         let stage = std::mem::replace(&mut io.stage, 0);
-        if stage == ON_RING && io.op == ImageOp::Write {
-            self.shared.guard.leave_write();
+        if stage == ON_RING {
+            self.shared.guard.leave();
         }
         if result < 0 {
             return Poll::Ready(result);
@@ -541,15 +619,10 @@ impl ImageBackend for Qcow2Image {
             (WARMING, _) => io.stage = WARMED,
             (WAITING, _) => {}
             (HANDED_OFF, _) => io.done += result as u64,
-            (_, ImageOp::Read) => {
-                // Short: the file ends inside the cluster; the rest reads as zeroes.
-                let read = result as u64;
-                if read < io.piece {
-                    // SAFETY: the request's buffer, within the piece.
-                    unsafe { piece_of(context.buffer, io.done + read, io.piece - read) }.fill(0);
-                }
-                io.done += io.piece;
+            (_, ImageOp::Read) if (result as u64) < io.piece => {
+                return Poll::Ready(self.shared.short_read(io.offset, io.offset + io.done, io.piece, result as u64));
             }
+            (_, ImageOp::Read) => io.done += io.piece,
             (_, ImageOp::Write) if result == 0 => return Poll::Ready(-libc::EIO),
             (_, ImageOp::Write) => io.done += (result as u64).min(io.piece),
         }

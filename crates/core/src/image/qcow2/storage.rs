@@ -61,6 +61,29 @@ fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     }
 }
 
+/// Whether a read ending at `end`, past a file of `size` bytes, stops
+/// within the file's last, partial 512-byte sector. QEMU writes a compressed
+/// cluster to the byte but counts its length in sectors, so the read of the
+/// last compressed cluster of a file may go up to 511 bytes past its end:
+/// those read as zeroes, as in QEMU. Anything further is a table or a
+/// cluster the file does not hold.
+fn within_last_partial_sector(size: u64, end: u64) -> bool {
+    !size.is_multiple_of(512) && end <= size.next_multiple_of(512)
+}
+
+/// The error for a read of metadata or compressed data past the end of its
+/// file: never zeroes, which would be wrong bytes given without a word.
+fn past_end(path: &Path, offset: u64, len: u64, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "{}: {len} bytes at offset {offset} lie past the end of the file ({size} bytes): \
+             the file is truncated or a table entry is corrupt",
+            path.display()
+        ),
+    )
+}
+
 impl HostFile {
     /// Opens `path`, locked as QEMU locks an image it opens the same way.
     pub fn open_path(path: &Path, writable: bool, direct: bool) -> io::Result<HostFile> {
@@ -77,6 +100,10 @@ impl HostFile {
 
     pub fn direct_fd(&self) -> Option<RawFd> {
         self.direct.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn file(&self) -> &File {
@@ -122,6 +149,7 @@ impl Storage for HostFile {
         if INLINE_ONLY.with(|flag| flag.get()) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        let (start, len) = (offset, bufv.len());
         while !bufv.is_empty() {
             // SAFETY: the iovecs describe `bufv`'s buffers, alive for the call.
             let iovec = unsafe { bufv.as_iovec() };
@@ -129,9 +157,12 @@ impl Storage for HostFile {
                 libc::preadv(self.fd(), iovec.as_ptr(), iovec.len() as libc::c_int, offset as libc::off_t)
             })? as u64;
             if read == 0 {
-                // Past the end of the file reads as zeroes.
-                bufv.fill(0);
-                break;
+                let size = self.size()?;
+                if within_last_partial_sector(size, offset + bufv.len()) {
+                    bufv.fill(0);
+                    break;
+                }
+                return Err(past_end(&self.path, start, len, size));
             }
             bufv = bufv.split_tail_at(read);
             offset += read;
@@ -209,6 +240,28 @@ mod tests {
         let refused = without_blocking_reads(|| read(&file)).unwrap_err();
         assert!(is_miss(&refused));
         assert_eq!(read(&file).unwrap(), 7, "outside a lookup the read is done");
+        drop(file);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_read_past_the_end_fails_but_within_the_last_partial_sector() {
+        let path = std::env::temp_dir().join(format!("fuse-export-hostfile-end-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 1000]).unwrap();
+        let file = HostFile::open_path(&path, false, false).unwrap();
+        let read = |offset: u64, len: usize| {
+            let mut buffer = vec![1u8; len];
+            let mut vector = IoVectorMut::new();
+            vector.push(&mut buffer[..]);
+            // SAFETY: a plain buffer of ours.
+            unsafe { file.pure_readv(vector, offset) }.map(|()| buffer)
+        };
+        let compressed_tail = read(900, 124).unwrap();
+        assert_eq!((compressed_tail[99], compressed_tail[100]), (7, 0), "up to the sector's end: zeroes");
+        let error = read(512, 1024).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("1024 bytes at offset 512 lie past the end of the file (1000 bytes)"));
+        assert!(read(4096, 512).is_err(), "wholly past the end");
         drop(file);
         std::fs::remove_file(path).unwrap();
     }
