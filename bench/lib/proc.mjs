@@ -3,6 +3,7 @@
 // terminal reaches only the benchmark, which then stops them in order.
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { mountsOn } from '../../dist/lifecycle/mountinfo.js';
 
 /** Process ids of the children still alive, for the last-resort cleanup. */
 export const liveChildren = new Set();
@@ -132,20 +133,7 @@ export function resetPeakRss(pid) {
   }
 }
 
-const unescape = (field) => field.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
-
-/** The mounts on exactly `path` (from /proc/self/mountinfo, which never blocks on FUSE). */
-export function mountsOn(path) {
-  const found = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ');
-    const dash = fields.indexOf('-');
-    if (dash < 6) continue;
-    if (unescape(fields[4]) === path) found.push({ fsType: fields[dash + 1], source: fields[dash + 2] });
-  }
-  return found;
-}
-
+// The product's reader of /proc/self/mountinfo, which never blocks on FUSE.
 export const isMounted = (path) => mountsOn(path).length > 0;
 
 /** Lazily detaches everything mounted on `path`; returns how many it detached. */
