@@ -89,8 +89,6 @@ async function must(what, cmd, args, timeout = 300_000) {
   return out;
 }
 
-const nbdUri = (socket) => `nbd+unix:///?socket=${socket}`;
-
 /**
  * The section's image, filled with data: a raw file for every section (the
  * qcow2 is converted from it, the NBD servers are filled from it, and
@@ -134,12 +132,12 @@ export async function prepareSection(section, config, ctx) {
     // Two servers of the same data: one offers multi-conn (nbdkit's memory
     // plugin does), one is told not to, to see what one connection costs.
     image.nbd = {};
-    for (const [name, filters] of [['multi', []], ['single', [{ name: 'multi-conn', params: ['multi-conn-mode=disable'] }]]]) {
-      const socket = join(workdir, `nbdkit-${name}.sock`);
-      const server = await startNbdkit({ target: `nbdkit-${name}`, socket, plugin: ['memory', `size=${config.size}`], filters });
+    const servers = { multi: {}, single: { filters: ['multi-conn'], params: ['multi-conn-mode=disable'] } };
+    for (const [name, options] of Object.entries(servers)) {
+      const server = await startNbdkit({ target: `nbdkit-${name}`, dir: workdir, plugin: ['memory', `size=${config.size}`], ...options });
       ctx.ownServer(server);
-      await must(`filling the ${name}-connection NBD server`, 'nbdcopy', [path, nbdUri(socket)]);
-      image.nbd[name] = { socket, uri: nbdUri(socket), config: server.info.config };
+      await must(`filling the ${name}-connection NBD server`, 'nbdcopy', [path, server.uri]);
+      image.nbd[name] = { socket: server.socket, uri: server.uri, config: server.info.config };
     }
   }
   return image;
