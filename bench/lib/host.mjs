@@ -5,7 +5,8 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { say } from './log.mjs';
-import { isMounted, killGroup, liveChildren, umountLazy } from './proc.mjs';
+import { killGroup } from '../../test/helpers/run.mjs';
+import { isMounted, liveChildren, umountLazy } from './proc.mjs';
 
 export const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 
