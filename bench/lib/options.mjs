@@ -64,23 +64,15 @@ function list(text, allowed, name) {
   return allowed.filter((a) => items.includes(a));
 }
 
-function seconds(text, name) {
+/** `text` as a number that `fits`, or an error saying what `--name` takes. */
+function number(text, name, fits, takes) {
   const value = Number(text);
-  if (!Number.isFinite(value) || value < 1 || Math.round(value * 1000) !== value * 1000) throw new Error(`--${name} takes seconds >= 1 (milliseconds at most), not ${text}`);
+  if (!Number.isFinite(value) || !fits(value)) throw new Error(`--${name} takes ${takes}, not ${text}`);
   return value;
 }
-
-function percent(text, name) {
-  const value = Number(text);
-  if (!Number.isFinite(value) || value < 0 || value > 100) throw new Error(`--${name} takes a percentage from 0 to 100, not ${text}`);
-  return value;
-}
-
-function positiveInt(text, name) {
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} takes a whole number >= 1, not ${text}`);
-  return value;
-}
+const seconds = (text, name) => number(text, name, (v) => v >= 1 && Math.round(v * 1000) === v * 1000, 'seconds >= 1 (milliseconds at most)');
+const percent = (text, name) => number(text, name, (v) => v >= 0 && v <= 100, 'a percentage from 0 to 100');
+const positiveInt = (text, name) => number(text, name, (v) => Number.isInteger(v) && v >= 1, 'a whole number >= 1');
 
 /** The run's configuration from the command line; prints the usage and exits on --help. */
 export function readOptions() {
