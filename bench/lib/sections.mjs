@@ -99,8 +99,8 @@ async function must(what, cmd, args, timeout = 300_000) {
 
 /**
  * The section's image, filled with data: a raw file for every section (the
- * qcow2 is converted from it, the NBD servers are filled from it, and
- * mounts are compared with it); the NBD servers are started here.
+ * qcow2 is converted from it, the NBD servers are filled from it); the NBD
+ * servers are started here.
  */
 export async function prepareSection(section, config) {
   const workdir = mkdtempSync(join(section.dir, 'fuse-export-bench-'));
@@ -183,15 +183,17 @@ async function copyFor(image, path, target) {
   return copy;
 }
 
+/** A new file to mount on, known to the clean-up. */
 function mountFile(image, name) {
   const mountpoint = join(image.workdir, `mnt-${name}`);
   closeSync(openSync(mountpoint, 'w'));
+  state.mountpoints.push(mountpoint);
   return mountpoint;
 }
 
 /**
  * Starts `target` of `image`'s section: the server, with `imagePath` (the
- * file it serves, for the checks) and `file` (what fio opens) set.
+ * file it serves, removed after a fresh run) and `file` (what fio opens) set.
  * `fresh`: on a new, empty image (see FRESH).
  */
 export async function startTarget(target, image, config, { fresh = false } = {}) {
@@ -199,7 +201,6 @@ export async function startTarget(target, image, config, { fresh = false } = {})
   const name = fresh ? `${target}-fresh` : target;
   const fuseExport = async (transport, imagePath, format) => {
     const mountpoint = mountFile(image, name);
-    state.mountpoints.push(mountpoint);
     return startFuseExport({
       cli: CLI,
       target,
@@ -214,7 +215,6 @@ export async function startTarget(target, image, config, { fresh = false } = {})
   };
   const qsd = async (options) => {
     const mountpoint = mountFile(image, name);
-    state.mountpoints.push(mountpoint);
     // The cache mode fuse-export actually uses (it may decline O_DIRECT,
     // e.g. on a memory-backed image), or else what the file system allows.
     const directIo = image.exportDirectIo ?? image.directWorks;
@@ -263,9 +263,7 @@ export async function startTarget(target, image, config, { fresh = false } = {})
       break;
     }
     case 'reference': {
-      const mountpoint = mountFile(image, target);
-      state.mountpoints.push(mountpoint);
-      server = await startReference({ target, binary: config.referenceBinary, mountpoint, queues: config.threads, depth: config.queueDepth ?? DEFAULTS.queueDepth });
+      server = await startReference({ target, binary: config.referenceBinary, mountpoint: mountFile(image, target), queues: config.threads, depth: config.queueDepth ?? DEFAULTS.queueDepth });
       break;
     }
     default:
