@@ -1,8 +1,10 @@
 // Child processes, /proc readings and the mount table for the benchmark.
 // Every child runs in its own process group (detached), so a Ctrl-C on the
 // terminal reaches only the benchmark, which then stops them in order.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { mountsOn } from '../../dist/lifecycle/mountinfo.js';
+import { runCommand } from '../../test/helpers/run.mjs';
 
 /** Process ids of the children still alive, for the last-resort cleanup. */
 export const liveChildren = new Set();
@@ -12,15 +14,6 @@ export function track(child) {
   liveChildren.add(child.pid);
   child.once('exit', () => liveChildren.delete(child.pid));
   return child;
-}
-
-/** Signals a process group we started; quiet when it is gone already. */
-export function killGroup(pid, signal = 'SIGKILL') {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // Gone.
-  }
 }
 
 export function killPid(pid, signal) {
@@ -33,47 +26,16 @@ export function killPid(pid, signal) {
 }
 
 /**
- * Runs a command to completion; never rejects on a failure exit:
- * { code, signal, stdout, stderr, timedOut, stuck, ms }. A timeout kills its group.
+ * Runs a command to completion as the tests do (test/helpers/run.mjs), its
+ * group known to the last-resort clean-up. A process stuck in the kernel (a
+ * hung FUSE request) may not die at once: given up on 20 s after the kill.
  * `onSpawn(child)` lets the caller keep a handle (to kill it on abort).
  */
 export function run(cmd, args, { timeout = 60_000, onSpawn } = {}) {
-  return new Promise((resolve, reject) => {
-    const started = process.hrtime.bigint();
-    const child = track(spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] }));
-    onSpawn?.(child);
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
-    let settled = false;
-    let stuckTimer;
-    const finish = (result) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(stuckTimer);
-      resolve({ stdout, stderr, timedOut, ms: Number(process.hrtime.bigint() - started) / 1e6, ...result });
-    };
-    // A process stuck in the kernel (a hung FUSE request) may not die at
-    // once: give up waiting 20 s after the kill and say it is stuck.
-    const timer =
-      timeout > 0
-        ? setTimeout(() => {
-            timedOut = true;
-            killGroup(child.pid, 'SIGKILL');
-            stuckTimer = setTimeout(() => finish({ code: null, signal: null, stuck: true }), 20_000);
-          }, timeout)
-        : undefined;
-    child.on('error', (error) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(stuckTimer);
-      reject(error);
-    });
-    child.on('close', (code, signal) => finish({ code, signal, stuck: false }));
+  return runCommand([cmd, ...args], {
+    timeout,
+    stuckAfter: 20_000,
+    onSpawn: (child) => onSpawn?.(track(child)),
   });
 }
 
@@ -132,20 +94,7 @@ export function resetPeakRss(pid) {
   }
 }
 
-const unescape = (field) => field.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
-
-/** The mounts on exactly `path` (from /proc/self/mountinfo, which never blocks on FUSE). */
-export function mountsOn(path) {
-  const found = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ');
-    const dash = fields.indexOf('-');
-    if (dash < 6) continue;
-    if (unescape(fields[4]) === path) found.push({ fsType: fields[dash + 1], source: fields[dash + 2] });
-  }
-  return found;
-}
-
+// The product's reader of /proc/self/mountinfo, which never blocks on FUSE.
 export const isMounted = (path) => mountsOn(path).length > 0;
 
 /** Lazily detaches everything mounted on `path`; returns how many it detached. */

@@ -4,6 +4,9 @@
 import { closeSync, constants as fsConstants, copyFileSync, ftruncateSync, mkdirSync, mkdtempSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS } from '../../dist/options.js';
+import { state } from './host.mjs';
+import { say } from './log.mjs';
+import { CLI } from './paths.mjs';
 import { run } from './proc.mjs';
 import { startFuseExport, startNbdfuse, startNbdkit, startQsd, startReference } from './servers.mjs';
 
@@ -72,6 +75,11 @@ export const SECTIONS = [
   },
 ];
 
+/** The section's targets that this run measures: those asked for that can run (the reference server once built). */
+export function targetsToRun(section, config) {
+  return section.targets.filter((t) => config.activeTargets.includes(t) && (t !== 'reference' || config.referenceBinary));
+}
+
 /** Targets that fio reaches without a FUSE server of their own. */
 export const SERVERLESS = new Set(['file', 'fio-nbd']);
 /** Targets that a `fresh` workload restarts on a new, empty image for each run. */
@@ -89,22 +97,20 @@ async function must(what, cmd, args, timeout = 300_000) {
   return out;
 }
 
-const nbdUri = (socket) => `nbd+unix:///?socket=${socket}`;
-
 /**
  * The section's image, filled with data: a raw file for every section (the
- * qcow2 is converted from it, the NBD servers are filled from it, and
- * mounts are compared with it); the NBD servers are started here.
+ * qcow2 is converted from it, the NBD servers are filled from it); the NBD
+ * servers are started here.
  */
-export async function prepareSection(section, config, ctx) {
+export async function prepareSection(section, config) {
   const workdir = mkdtempSync(join(section.dir, 'fuse-export-bench-'));
-  ctx.ownDir(workdir);
+  state.dirs.push(workdir);
   const path = join(workdir, 'image.raw');
   const fd = openSync(path, 'w');
   ftruncateSync(fd, config.size);
   closeSync(fd);
   const directWorks = await probeDirect(path);
-  ctx.say(`${section.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
+  say(`${section.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
   const fill = await must('filling the image', 'fio', [
     '--name=fill', `--filename=${path}`, '--rw=write', '--bs=1m', `--size=${config.size}`, '--ioengine=io_uring', '--iodepth=8',
     `--direct=${directWorks ? 1 : 0}`, '--end_fsync=1', '--fallocate=none', '--output-format=json',
@@ -134,12 +140,12 @@ export async function prepareSection(section, config, ctx) {
     // Two servers of the same data: one offers multi-conn (nbdkit's memory
     // plugin does), one is told not to, to see what one connection costs.
     image.nbd = {};
-    for (const [name, filters] of [['multi', []], ['single', [{ name: 'multi-conn', params: ['multi-conn-mode=disable'] }]]]) {
-      const socket = join(workdir, `nbdkit-${name}.sock`);
-      const server = await startNbdkit({ target: `nbdkit-${name}`, socket, plugin: ['memory', `size=${config.size}`], filters });
-      ctx.ownServer(server);
-      await must(`filling the ${name}-connection NBD server`, 'nbdcopy', [path, nbdUri(socket)]);
-      image.nbd[name] = { socket, uri: nbdUri(socket), config: server.info.config };
+    const servers = { multi: {}, single: { filters: ['multi-conn'], params: ['multi-conn-mode=disable'] } };
+    for (const [name, options] of Object.entries(servers)) {
+      const server = await startNbdkit({ target: `nbdkit-${name}`, dir: workdir, plugin: ['memory', `size=${config.size}`], ...options });
+      state.servers.push(server);
+      await must(`filling the ${name}-connection NBD server`, 'nbdcopy', [path, server.uri]);
+      image.nbd[name] = { socket: server.socket, uri: server.uri, config: server.info.config };
     }
   }
   return image;
@@ -177,25 +183,26 @@ async function copyFor(image, path, target) {
   return copy;
 }
 
+/** A new file to mount on, known to the clean-up. */
 function mountFile(image, name) {
   const mountpoint = join(image.workdir, `mnt-${name}`);
   closeSync(openSync(mountpoint, 'w'));
+  state.mountpoints.push(mountpoint);
   return mountpoint;
 }
 
 /**
  * Starts `target` of `image`'s section: the server, with `imagePath` (the
- * file it serves, for the checks) and `file` (what fio opens) set.
+ * file it serves, removed after a fresh run) and `file` (what fio opens) set.
  * `fresh`: on a new, empty image (see FRESH).
  */
-export async function startTarget(target, image, config, ctx, { fresh = false } = {}) {
+export async function startTarget(target, image, config, { fresh = false } = {}) {
   // A fresh run's export mounts beside the section's own, which stays up.
   const name = fresh ? `${target}-fresh` : target;
   const fuseExport = async (transport, imagePath, format) => {
     const mountpoint = mountFile(image, name);
-    ctx.ownMountpoint(mountpoint);
     return startFuseExport({
-      cli: ctx.cli,
+      cli: CLI,
       target,
       image: imagePath,
       format,
@@ -208,7 +215,6 @@ export async function startTarget(target, image, config, ctx, { fresh = false } 
   };
   const qsd = async (options) => {
     const mountpoint = mountFile(image, name);
-    ctx.ownMountpoint(mountpoint);
     // The cache mode fuse-export actually uses (it may decline O_DIRECT,
     // e.g. on a memory-backed image), or else what the file system allows.
     const directIo = image.exportDirectIo ?? image.directWorks;
@@ -252,14 +258,12 @@ export async function startTarget(target, image, config, ctx, { fresh = false } 
     case 'nbdfuse': {
       const dir = join(image.workdir, `mnt-${target}`);
       mkdirSync(dir, { recursive: true });
-      ctx.ownMountpoint(dir);
+      state.mountpoints.push(dir);
       server = await startNbdfuse({ target, dir, uri: image.nbd.multi.uri });
       break;
     }
     case 'reference': {
-      const mountpoint = mountFile(image, target);
-      ctx.ownMountpoint(mountpoint);
-      server = await startReference({ target, binary: ctx.referenceBinary, mountpoint, queues: config.threads, depth: config.queueDepth ?? DEFAULTS.queueDepth });
+      server = await startReference({ target, binary: config.referenceBinary, mountpoint: mountFile(image, target), queues: config.threads, depth: config.queueDepth ?? DEFAULTS.queueDepth });
       break;
     }
     default:

@@ -3,8 +3,8 @@
 // server behind the NBD section (nbdkit). Each is started once per section
 // and stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { nbdkitCommand } from '../../test/helpers/nbdkit.mjs';
 import { isMounted, killPid, run, sleep, track, umountLazy } from './proc.mjs';
 
 class Server {
@@ -233,12 +233,14 @@ export async function startReference({ target, binary, mountpoint, queues, depth
   return server;
 }
 
-/** nbdkit serving `plugin` (with `filters`) on a Unix socket, in the foreground. */
-export async function startNbdkit({ target, socket, plugin, filters = [], timeout = 30_000 }) {
-  const args = ['--foreground', '--exit-with-parent', '--unix', socket, ...filters.flatMap((f) => ['--filter', f.name]), ...plugin, ...filters.flatMap((f) => f.params ?? [])];
-  const server = new Server({ target, kind: 'nbdkit', mountpoint: undefined, command: 'nbdkit', args });
+/** nbdkit as the tests start it (test/helpers/nbdkit.mjs), with its socket under `dir`. */
+export async function startNbdkit({ target, dir, plugin, filters = [], params = [], timeout = 30_000 }) {
+  const nbdkit = nbdkitCommand(dir, { plugin, filters, params });
+  const server = new Server({ target, kind: 'nbdkit', mountpoint: undefined, command: nbdkit.argv[0], args: nbdkit.argv.slice(1) });
   server.spawn();
-  await awaitReady(server, () => existsSync(socket), 'nbdkit', timeout);
-  server.info = { config: `nbdkit ${[...plugin, ...filters.map((f) => `--filter=${f.name} ${(f.params ?? []).join(' ')}`)].join(' ')}` };
+  await awaitReady(server, nbdkit.listening, 'nbdkit', timeout);
+  server.info = { config: `nbdkit ${[...plugin, ...filters.map((f) => `--filter=${f}`), ...params].join(' ')}` };
+  server.uri = nbdkit.uri;
+  server.socket = nbdkit.address;
   return server;
 }

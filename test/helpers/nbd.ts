@@ -2,8 +2,9 @@
 // test's directory (or on 127.0.0.1), started in the foreground, stopped by
 // their process id in teardown (and by the test when it wants them gone).
 import type { ExecutionContext } from 'ava';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { nbdkitCommand, type NbdkitOptions } from './nbdkit.mjs';
 import { run, sleep, startChild, waitUntil, type Argv } from './proc.js';
 
 export interface NbdServer {
@@ -47,46 +48,10 @@ async function serve(t: ExecutionContext, argv: Argv, uri: string, address: stri
   return { uri, address, pid, output: child.output, kill: () => end('SIGKILL'), stop: () => end('SIGTERM') };
 }
 
-export interface NbdkitOptions {
-  /** Plugin and its arguments, e.g. ['memory', '64M']. */
-  plugin?: string[];
-  /** Filters, outermost first, e.g. ['error', 'log']. */
-  filters?: string[];
-  /** Filter parameters, e.g. ['logfile=/tmp/x']. */
-  params?: string[];
-  readOnly?: boolean;
-  /** A socket path to reuse (a restarted server): the dead server's stale socket is removed first. */
-  socket?: string;
-  /** Listen on 127.0.0.1 at this port instead of a Unix socket. */
-  tcpPort?: number;
-  /** Require TLS with the pre-shared keys in this file. */
-  tlsPsk?: string;
-}
-
 /** nbdkit in the foreground on a Unix socket under `dir` (or 127.0.0.1). */
 export async function startNbdkit(t: ExecutionContext, dir: string, options: NbdkitOptions = {}): Promise<NbdServer> {
-  const { plugin = ['memory', '64M'], filters = [], params = [], readOnly = false, tcpPort, tlsPsk } = options;
-  const socket = options.socket ?? join(dir, `nbdkit-${process.pid}-${counter++}.sock`);
-  // nbdkit will not bind over a socket file its killed predecessor left.
-  if (options.socket !== undefined) rmSync(options.socket, { force: true });
-  const where = tcpPort !== undefined ? ['--ipaddr', '127.0.0.1', '--port', String(tcpPort)] : ['--unix', socket];
-  const pidfile = join(dir, `nbdkit-${counter++}.pid`);
-  const argv = [
-    'nbdkit',
-    '--foreground',
-    '--exit-with-parent',
-    '--pidfile',
-    pidfile,
-    ...where,
-    ...(readOnly ? ['--readonly'] : []),
-    ...(tlsPsk !== undefined ? ['--tls=require', `--tls-psk=${tlsPsk}`] : []),
-    ...filters.map((f) => `--filter=${f}`),
-    ...plugin,
-    ...params,
-  ];
-  const uri = tcpPort !== undefined ? `nbd://127.0.0.1:${tcpPort}/` : `nbd+unix:///?socket=${socket}`;
-  const address = tcpPort !== undefined ? `127.0.0.1:${tcpPort}` : socket;
-  return serve(t, argv, uri, address, () => existsSync(pidfile) && readFileSync(pidfile, 'utf8').trim() !== '');
+  const { argv, uri, address, listening } = nbdkitCommand(dir, options);
+  return serve(t, argv, uri, address, listening);
 }
 
 /** qemu-nbd serving `image` (its format probed, so qcow2 works) on a socket under `dir`. */

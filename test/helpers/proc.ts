@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { fileURLToPath } from 'node:url';
+import { killGroup as killPidGroup, runCommand } from './run.mjs';
 
 export const PYTHON = '/usr/bin/python3';
 export const FSOP = fileURLToPath(new URL('./fsop.py', import.meta.url));
@@ -15,7 +16,7 @@ export interface User {
   gid: number;
 }
 
-/** What run() resolves to. */
+/** What run() resolves to (runCommand's result, less what only the benchmark reads). */
 export interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -50,46 +51,15 @@ export function asUser(user: User | undefined, argv: Argv): string[] {
 
 /** Kills a process group we started (detached children lead their own group). */
 export function killGroup(child: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): void {
-  if (child.pid === undefined) return;
-  try {
-    process.kill(-child.pid, signal);
-  } catch {
-    // Already gone.
-  }
+  if (child.pid !== undefined) killPidGroup(child.pid, signal);
 }
 
 /**
  * Runs a command to completion. Never rejects on a non-zero exit: returns
- * { code, signal, stdout, stderr, timedOut }. A timeout kills the whole group.
+ * { code, signal, stdout, stderr, timedOut, ... }. A timeout kills the whole group.
  */
 export function run(argv: Argv, { timeout = 30_000, user, input, env, cwd }: RunOptions = {}): Promise<RunResult> {
-  const [cmd, ...args] = asUser(user, argv);
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, {
-      cwd,
-      env: { ...process.env, ...env },
-      detached: true,
-      stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    if (input !== undefined) child.stdin!.end(input);
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGroup(child);
-    }, timeout);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, timedOut });
-    });
-  });
+  return runCommand(asUser(user, argv), { timeout, input, env, cwd });
 }
 
 /** Like run(), but throws with the output when the command fails. */
