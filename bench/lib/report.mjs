@@ -347,6 +347,8 @@ export function markdownReport(result) {
     '',
     `Latest figures: ${config.mode === 'full' ? 'full run (`npm run bench`)' : `**${config.mode} run**${config.quick ? ' (`--quick`)' : ''}`} of ${date}, fuse-export ${result.fuseExport.version} at commit \`${result.fuseExport.commit}\`${result.fuseExport.dirty ? ' (with uncommitted changes in the tree)' : ''}.`,
     '',
+    `Every figure on this page comes from this one run, on the host named under [Machine](#machine) (${machine.cpuModel}). [PERFORMANCE.md](PERFORMANCE.md) also quotes other runs, some on other hosts (its "Hosts" table says which): absolute figures from different hosts or runs are not comparable with each other; the ratios measured within one run, where the targets were interleaved, are.`,
+    '',
     'fio drives the exported file through each target in turn; the chart shows IOPS relative to each section’s limit (1.0 = as fast as the image file itself, the raw export of the same data for qcow2, fio’s own NBD client for NBD). A black tick on a bar marks a target of the issues that the bar met, a red one a target it missed:',
     '',
     '![IOPS relative to each section’s limit](../bench/results/latest.svg)',
