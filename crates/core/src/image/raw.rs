@@ -30,9 +30,7 @@ enum Kind {
 /// size; 4 KiB covers every device and filesystem we meet.
 pub(super) const DIRECT_ALIGNMENT: u64 = 4096;
 
-const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
-const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
-const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+use libc::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
 
 /// Zeroes written per SQE where the filesystem cannot zero a range itself.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -70,7 +68,7 @@ fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> 
     OpenOptions::new().read(true).write(writable).custom_flags(libc::O_CLOEXEC | extra_flags).open(path)
 }
 
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// statfs's f_type of ramfs (`linux/magic.h`; the libc crate has TMPFS_MAGIC only).
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 pub(super) fn is_memory_filesystem(file: &File) -> bool {
@@ -80,7 +78,8 @@ pub(super) fn is_memory_filesystem(file: &File) -> bool {
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stats) } < 0 {
         return false;
     }
-    matches!(stats.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+    let kind = stats.f_type as i64;
+    kind == libc::TMPFS_MAGIC as i64 || kind == RAMFS_MAGIC
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {

@@ -4,7 +4,7 @@ use super::abi::*;
 use vm_memory::ByteValued;
 
 /// The largest fixed reply argument we send (`fuse_attr_out`).
-const MAX_ARGS: usize = std::mem::size_of::<AttrOut>();
+pub const MAX_ARGS: usize = std::mem::size_of::<AttrOut>();
 
 /// A reply before it is framed for a transport. `data_len` counts bytes that
 /// the image I/O already put at the start of the request's payload buffer.

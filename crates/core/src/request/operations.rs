@@ -7,11 +7,10 @@ use crate::image::{ImageIo, ImageOp, Seek};
 use crate::protocol::abi::*;
 use crate::protocol::{Operation, Reply, Request};
 
-const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+use libc::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
+
 /// How long SEEK_DATA / SEEK_HOLE may hold an I/O thread (`bounded.rs`).
 const SEEK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
-const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
-const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 
 fn reply(reply: Reply) -> Outcome {
     Outcome::Reply(reply)

@@ -12,6 +12,7 @@ use super::kind;
 use crate::image::ImageIo;
 use crate::os_error::describe_errno;
 use crate::protocol::abi::{MAX_WRITE, OUT_HEADER_SIZE, WRITE_HEADER_SIZE};
+use crate::protocol::reply::MAX_ARGS;
 use crate::protocol::request::decode_message;
 use crate::protocol::{Operation, Reply, Request};
 use crate::request::{Admission, Carrier, Outcome, RequestCore, Via};
@@ -33,7 +34,7 @@ const READ_LEN: usize = WRITE_HEADER_SIZE + MAX_WRITE as usize;
 /// READ data goes to the same page-aligned spot.
 const PAYLOAD_OFFSET: usize = PAGE;
 /// Out-header plus the largest fixed reply argument.
-const REPLY_HEAD_LEN: usize = OUT_HEADER_SIZE + 104;
+const REPLY_HEAD_LEN: usize = OUT_HEADER_SIZE + MAX_ARGS;
 
 /// Requests one thread keeps in flight on its descriptor.
 pub const SLOTS_PER_CHANNEL: usize = 32;
