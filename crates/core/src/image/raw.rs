@@ -79,7 +79,10 @@ pub(super) fn is_memory_filesystem(file: &File) -> bool {
         return false;
     }
     let kind = stats.f_type as i64;
-    kind == libc::TMPFS_MAGIC as i64 || kind == RAMFS_MAGIC
+    // libc's TMPFS_MAGIC is a c_long on some targets, a c_uint on others.
+    #[allow(clippy::unnecessary_cast)]
+    let tmpfs = libc::TMPFS_MAGIC as i64;
+    kind == tmpfs || kind == RAMFS_MAGIC
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {
