@@ -253,11 +253,13 @@ eachTransport(test, 'SEEK_DATA / SEEK_HOLE follow base:allocation; without it ev
   await stopExport(t, other.exp);
 });
 
-eachTransport(test, 'a multi-conn server that takes one client: its first connection serves both threads, data and block status', async (t, ioUring) => {
+eachTransport(test, 'a multi-conn server that takes one client: its first connection serves both threads, data and block status, and a warning says so', async (t, ioUring) => {
   const dir = tmpDir(t);
   // The data connections would ask for simple replies; the limit filter turns them away.
   const server = await startNbdkit(t, dir, { plugin: ['memory', '64M'], filters: ['limit'] });
   const { mnt, exp } = await exportServer(t, dir, server, ioUring);
+  const said = exp.lines.filter((l) => l.level === 'warn' && /offers multi-conn but turned a second connection away/.test(l.message));
+  t.is(said.length, 1, 'the fallback to one connection is said, once');
   const data = pattern(2 * MiB, 8);
   t.is((await writeVia(mnt, 40 * MiB, data, { how: 'rw' })).ok, data.length);
   t.is(await fsopOk('lseek', [mnt, 0, 'data']), 40 * MiB, 'base:allocation on the one connection');

@@ -270,7 +270,7 @@ pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String
                     .into(),
             ));
         }
-        return Ok((nbd::NbdImage::open(uri, options)?, Vec::new()));
+        return nbd::NbdImage::open(uri, options);
     }
     let shown = options.path.display();
     // A block device or a file we may not read fails in the backend's own open, with its hints.

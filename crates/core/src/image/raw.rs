@@ -9,7 +9,7 @@ use super::{
     Seek, Times,
 };
 use crate::os_error::describe;
-use crate::runtime::buffer::AlignedBuffer;
+use crate::runtime::buffer::Zeroes;
 use io_uring::{opcode, squeue, types};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,7 +17,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::task::Poll;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +32,6 @@ pub(super) const DIRECT_ALIGNMENT: u64 = 4096;
 use libc::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
 
 /// Zeroes written per SQE where the filesystem cannot zero a range itself.
-const ZERO_CHUNK: usize = 1 << 20;
 /// `ImageIo::stage` of a WriteZeroes that fell back to writing zeroes.
 const WRITING_ZEROES: u8 = 1;
 
@@ -54,7 +52,6 @@ pub struct RawImage {
     /// The filesystem answered EOPNOTSUPP to FALLOC_FL_ZERO_RANGE once
     /// (tmpfs does): write zeroes from then on, as QEMU does.
     zero_range_refused: AtomicBool,
-    zeroes: OnceLock<AlignedBuffer>,
     /// The format was probed, not named: a write may not plant a qcow2
     /// header in the first sector (QEMU's rule), or the next probe would
     /// follow whatever backing file that header names.
@@ -151,7 +148,6 @@ impl RawImage {
             writable: options.writable,
             growable: options.growable,
             zero_range_refused: AtomicBool::new(false),
-            zeroes: OnceLock::new(),
             probed,
         };
         Ok((image, warnings))
@@ -205,9 +201,8 @@ impl RawImage {
                 }
             }
             (ImageOp::WriteZeroes, WRITING_ZEROES) => {
-                let zeroes = self.zeroes.get_or_init(|| AlignedBuffer::zeroed(ZERO_CHUNK));
-                let len = remaining.min(ZERO_CHUNK as u64) as u32;
-                opcode::Write::new(file, zeroes.as_ptr(), len).offset(offset).build()
+                let len = remaining.min(Zeroes::LEN as u64) as u32;
+                opcode::Write::new(file, Zeroes::shared().as_ptr(), len).offset(offset).build()
             }
             (ImageOp::Flush, _) => opcode::Fsync::new(file).flags(types::FsyncFlags::DATASYNC).build(),
             (ImageOp::Discard, _) => self.fallocate(io, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),

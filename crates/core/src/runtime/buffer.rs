@@ -2,6 +2,7 @@
 //! very bytes the kernel handed us, so they must be aligned.
 
 use std::alloc::{alloc, alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::sync::OnceLock;
 
 pub const PAGE: usize = 4096;
 
@@ -10,10 +11,11 @@ pub struct AlignedBuffer {
     layout: Layout,
 }
 
-// SAFETY: plain memory; whoever holds the buffer decides who writes it.
+// SAFETY: a buffer has one owner (a legacy slot, a ring entry, a test),
+// which alone lends out its pointer, to one request or one SQE at a time;
+// moving the owner to another thread moves that exclusive use with it. It
+// is not Sync: `as_ptr(&self)` hands out a pointer to write through.
 unsafe impl Send for AlignedBuffer {}
-// SAFETY: shared only to be read (the zero buffer of write-zeroes).
-unsafe impl Sync for AlignedBuffer {}
 
 impl AlignedBuffer {
     /// Pages are left untouched (and so unbacked) until the kernel or the
@@ -55,6 +57,34 @@ impl AlignedBuffer {
         // SAFETY: in bounds (checked); the memory came from the kernel or from
         // our own writes before it is looked at.
         unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
+    }
+}
+
+/// Zeroes for the process, allocated once and never written: what a
+/// write-zeroes writes where the storage cannot zero a range itself (tmpfs,
+/// an NBD server without WRITE_ZEROES, a qcow2 v2 image), a chunk at a time.
+pub struct Zeroes(AlignedBuffer);
+
+// SAFETY: nothing writes to the buffer after `alloc_zeroed`: `Zeroes`
+// hands out only a `*const u8` and a shared slice of it.
+unsafe impl Sync for Zeroes {}
+
+impl Zeroes {
+    /// The most zeroes one write takes.
+    pub const LEN: usize = 1 << 20;
+
+    pub fn shared() -> &'static Zeroes {
+        static ZEROES: OnceLock<Zeroes> = OnceLock::new();
+        ZEROES.get_or_init(|| Zeroes(AlignedBuffer::zeroed(Self::LEN)))
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
+    /// The first `len` zeroes (at most `LEN`).
+    pub fn slice(&self, len: usize) -> &[u8] {
+        self.0.bytes(0, len.min(Self::LEN))
     }
 }
 

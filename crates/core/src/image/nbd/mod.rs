@@ -28,7 +28,7 @@ mod status;
 mod uri;
 
 use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Seek, ThreadImage, Times};
-use crate::runtime::buffer::AlignedBuffer;
+use crate::runtime::buffer::Zeroes;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
@@ -44,7 +44,7 @@ use status::StatusConnection;
 use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,8 +52,6 @@ pub use uri::is_uri;
 
 /// A bad address or a server that does not answer fails within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Zeroes written per command where the server cannot WRITE_ZEROES.
-const ZERO_CHUNK: u64 = 1 << 20;
 /// `ImageIo::stage` of a WriteZeroes done by writing zeroes.
 const WRITING_ZEROES: u8 = 1;
 
@@ -71,6 +69,9 @@ pub struct NbdImage {
     /// Where every connection goes, and what it must find there.
     target: Arc<Target>,
     export: Export,
+    /// The server offers multi-conn and took a second connection: each
+    /// I/O thread gets one of its own.
+    multi_conn: bool,
     writable: bool,
     /// How long commands wait for a lost server (0: the export halts).
     reconnect_delay: Duration,
@@ -81,13 +82,14 @@ pub struct NbdImage {
     /// carry it (simple replies); otherwise each thread asks its own.
     status: Option<StatusConnection>,
     opened: Times,
-    zeroes: OnceLock<AlignedBuffer>,
     /// What the connections' acknowledged writes risk (`durability.rs`).
     durability: Arc<Durability>,
 }
 
 impl NbdImage {
-    pub fn open(image: &str, options: &ImageOptions) -> Result<Arc<dyn ImageBackend>, ImageError> {
+    /// The export and what the user should know (a multi-conn server that
+    /// turned a second connection away).
+    pub fn open(image: &str, options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
         let parsed = uri::parse(image).map_err(ImageError)?;
         if options.growable {
             return Err(ImageError(format!(
@@ -109,10 +111,20 @@ impl NbdImage {
         // connections then ask for simple replies (a 4 KiB read costs two
         // system calls fewer) and the first one stays for block status.
         // A server that takes no second connection gets one that does all.
-        let simple = export
-            .multi_conn
-            .then(|| Handle::connect(api, image, &parsed.address, Replies::Simple, deadline).ok())
-            .flatten();
+        let mut warnings = Vec::new();
+        let simple = export.multi_conn.then(|| Handle::connect(api, image, &parsed.address, Replies::Simple, deadline));
+        let simple = match simple {
+            Some(Ok(connection)) => Some(connection),
+            Some(Err(why)) => {
+                warnings.push(format!(
+                    "The NBD server at {} offers multi-conn but turned a second connection away ({why}): \
+                     one connection serves every I/O thread",
+                    parsed.address
+                ));
+                None
+            }
+            None => None,
+        };
         let target = |replies| {
             Arc::new(Target {
                 api,
@@ -123,6 +135,7 @@ impl NbdImage {
                 replies,
             })
         };
+        let simple_taken = simple.is_some();
         let (data, status, replies) = match simple {
             Some((data, _)) => {
                 let status = export.base_allocation.then(|| StatusConnection::new(first, target(Replies::Structured)));
@@ -134,8 +147,9 @@ impl NbdImage {
         let first = Connection::new(data, durability.clone()).map_err(ImageError)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let stamp = (now.as_secs(), now.subsec_nanos());
-        Ok(Arc::new(NbdImage {
+        let image = Arc::new(NbdImage {
             id: NEXT_IMAGE.fetch_add(1, Ordering::Relaxed),
+            multi_conn: simple_taken,
             target: target(replies),
             shown: parsed.shown,
             export,
@@ -145,9 +159,9 @@ impl NbdImage {
             connections: Mutex::new(vec![Arc::new(first)]),
             status,
             opened: [stamp; 3],
-            zeroes: OnceLock::new(),
             durability,
-        }))
+        });
+        Ok((image, warnings))
     }
 
     /// This thread's connection and whether it drives it.
@@ -181,8 +195,7 @@ impl NbdImage {
             }
             ImageOp::Discard | ImageOp::WriteZeroes => {
                 io.stage = WRITING_ZEROES;
-                let zeroes = self.zeroes.get_or_init(|| AlignedBuffer::zeroed(ZERO_CHUNK as usize));
-                Command::Write { buffer: zeroes.as_ptr(), len: len.min(ZERO_CHUNK), offset }
+                Command::Write { buffer: Zeroes::shared().as_ptr(), len: len.min(Zeroes::LEN as u64), offset }
             }
             ImageOp::Allocate => return Poll::Ready(-libc::EOPNOTSUPP),
         };
@@ -297,15 +310,24 @@ impl ImageBackend for NbdImage {
     /// (opened here), otherwise threads past the first share thread 0's.
     fn attach_thread(&self, thread: usize, channel: u16) -> Option<Box<dyn ThreadImage>> {
         let mut connections = self.connections.lock().unwrap();
-        if self.export.multi_conn && thread == connections.len() {
+        let mut notices = Vec::new();
+        if self.multi_conn && thread == connections.len() {
             let deadline = Instant::now() + CONNECT_TIMEOUT;
-            // SAFETY of the unwrap: the library was loaded by `open`.
+            // The library was loaded by `open`.
             let api = ffi::api().ok()?;
             let target = &self.target;
-            let connected =
-                Handle::connect(api, &target.uri, &target.address, target.replies, deadline).map(|(handle, _)| handle);
-            if let Ok(connection) = connected.and_then(|handle| Connection::new(handle, self.durability.clone())) {
-                connections.push(Arc::new(connection));
+            let connected = Handle::connect(api, &target.uri, &target.address, target.replies, deadline)
+                .and_then(|(handle, _)| Connection::new(handle, self.durability.clone()));
+            match connected {
+                Ok(connection) => connections.push(Arc::new(connection)),
+                Err(why) => notices.push(Notice {
+                    kind: "nbd-shared-connection",
+                    message: format!(
+                        "the NBD server at {} turned the connection of I/O thread {thread} away ({why}): \
+                         the threads from {thread} on share thread 0's",
+                        target.address
+                    ),
+                }),
             }
         }
         let (connection, owns) = match connections.get(thread) {
@@ -315,7 +337,7 @@ impl ImageBackend for NbdImage {
         let recovery = (!self.reconnect_delay.is_zero())
             .then(|| Recovery::new(self.target.clone(), self.reconnect_delay, self.outages.clone()));
         let driver = owns.then(|| Driver::new(connection.clone(), self.target.address.clone(), channel, recovery));
-        Some(Box::new(NbdThread { image: self.id, connection, driver, homed: false }))
+        Some(Box::new(NbdThread { image: self.id, connection, driver, homed: false, notices }))
     }
 }
 
@@ -326,6 +348,8 @@ struct NbdThread {
     connection: Arc<Connection>,
     driver: Option<Driver>,
     homed: bool,
+    /// What attaching found that the user should hear of.
+    notices: Vec<Notice>,
 }
 
 impl ThreadImage for NbdThread {
@@ -350,6 +374,8 @@ impl ThreadImage for NbdThread {
     }
 
     fn take_notices(&mut self) -> Vec<Notice> {
-        self.driver.as_mut().map(Driver::take_notices).unwrap_or_default()
+        let mut notices = std::mem::take(&mut self.notices);
+        notices.extend(self.driver.as_mut().map(Driver::take_notices).unwrap_or_default());
+        notices
     }
 }

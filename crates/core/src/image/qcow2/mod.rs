@@ -32,6 +32,7 @@ use super::{
     open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times,
 };
 use crate::os_error::describe;
+use crate::runtime::buffer::Zeroes;
 use discard_guard::DiscardGuard;
 use failures::Failures;
 use gate::ChainGate;
@@ -73,9 +74,6 @@ const WORKERS: usize = 2;
 
 /// How long a SEEK_DATA / SEEK_HOLE may walk the mappings.
 const SEEK_WALK_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Zeroes written per call where the image cannot record zeroes itself.
-const ZERO_CHUNK: usize = 1 << 20;
 
 pub struct Qcow2Image {
     shared: Arc<Shared>,
@@ -422,12 +420,11 @@ impl Shared {
         };
         match recorded {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                let zeroes = vec![0u8; ZERO_CHUNK.min(len as usize)];
                 let mut done = 0;
                 while done < len {
-                    let chunk = (len - done).min(ZERO_CHUNK as u64) as usize;
+                    let chunk = (len - done).min(Zeroes::LEN as u64) as usize;
                     let mut vector = IoVector::new();
-                    vector.push(&zeroes[..chunk]);
+                    vector.push(Zeroes::shared().slice(chunk));
                     self.access.writev(vector, offset + done)?;
                     done += chunk as u64;
                 }
