@@ -141,6 +141,18 @@ pub enum Seek {
     Hole,
 }
 
+impl Seek {
+    /// The answer from `offset` when every byte is taken for data: coarse,
+    /// but always true (SEEK_DATA finds data right there, SEEK_HOLE only
+    /// the end), for when the real allocation cannot be had in time.
+    pub fn all_data(self, offset: u64, size: u64) -> u64 {
+        match self {
+            Seek::Data => offset,
+            Seek::Hole => size,
+        }
+    }
+}
+
 /// (seconds, nanoseconds) of the image's atime, mtime and ctime.
 pub type Times = [(u64, u32); 3];
 

@@ -170,9 +170,10 @@ impl RequestCore {
             Some(Ok(offset)) => Reply::with_args(&LseekOut { offset }),
             Some(Err(e)) => errno_of(e),
             // Too slow (a server that does not answer): every byte is data.
-            None if offset >= self.image.size() => Reply::error(libc::ENXIO),
-            None if what == Seek::Data => Reply::with_args(&LseekOut { offset }),
-            None => Reply::with_args(&LseekOut { offset: self.image.size() }),
+            None => match self.image.size() {
+                size if offset >= size => Reply::error(libc::ENXIO),
+                size => Reply::with_args(&LseekOut { offset: what.all_data(offset, size) }),
+            },
         }
     }
 }

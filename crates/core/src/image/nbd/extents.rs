@@ -19,15 +19,6 @@ pub fn extents_of(entries: &[u32]) -> impl Iterator<Item = (u64, u32)> + '_ {
     entries.chunks_exact(2).map(|pair| (u64::from(pair[0]), pair[1]))
 }
 
-/// The answer to a seek when every byte is data.
-pub fn all_data(size: u64, offset: u64, what: Seek) -> u64 {
-    if what == Seek::Data {
-        offset
-    } else {
-        size
-    }
-}
-
 /// SEEK_DATA / SEEK_HOLE from `offset` (below `size`) over the extents
 /// `status(position, count)` returns: `Ok(None)` when they cannot be had
 /// now (every byte is then data, a true answer), `Err(errno)` on failure.
@@ -45,7 +36,7 @@ pub fn seek(
     while position < size {
         let count = (size - position).min(STATUS_SPAN);
         let Some(extents) = status(position, count).map_err(io::Error::from_raw_os_error)? else {
-            return Ok(all_data(size, offset, what));
+            return Ok(what.all_data(offset, size));
         };
         let start = position;
         for (len, flags) in extents {

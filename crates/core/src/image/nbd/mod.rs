@@ -255,7 +255,7 @@ impl ImageBackend for NbdImage {
             return Err(io::Error::from_raw_os_error(libc::ENXIO));
         }
         if !self.export.base_allocation {
-            return Ok(extents::all_data(self.export.size, offset, what));
+            return Ok(what.all_data(offset, self.export.size));
         }
         self.seek_extents(offset, what)
     }

@@ -153,7 +153,7 @@ impl Qcow2Image {
         let top =
             HostFile::open_path(path, options.writable, direct).map_err(|e| open_failed(path, options.writable, &e))?;
         if options.writable {
-            let uncovered = refcount_cover::uncovered_metadata(&top, &header, first_bytes)
+            let uncovered = refcount_cover::uncovered_metadata(&top, &header)
                 .map_err(|e| ImageError(format!("Failed to read image {shown}: {}", describe(&e))))?;
             if let Some(problem) = uncovered {
                 return Err(ImageError(format!(
@@ -540,7 +540,7 @@ impl ImageBackend for Qcow2Image {
         let budget = std::time::Instant::now() + SEEK_WALK_BUDGET;
         while at < size {
             if std::time::Instant::now() >= budget {
-                return Ok(if what == Seek::Data { at } else { size });
+                return Ok(what.all_data(at, size));
             }
             let (mapping, len) = access.get_mapping(at, size - at)?;
             let data = matches!(mapping, Mapping::Raw { .. } | Mapping::Special { .. });
