@@ -142,16 +142,16 @@ impl RequestCore {
     /// the detached mount alive waiting; a halted export answers everything
     /// at once (EIO, `begin`).
     pub fn admission(&self, decoded: &Result<Request, Malformed>, phase: Phase) -> Admission {
-        if self.status.is_halted() {
+        // Running (every request but those of a stop) serves, halted or not.
+        if phase == Phase::Running || self.status.is_halted() {
             return Admission::Serve;
         }
         let moves_data = decoded.as_ref().is_ok_and(|request| request.operation.moves_data());
         match phase {
-            Phase::Running => Admission::Serve,
             Phase::Paused if moves_data => Admission::Hold,
             Phase::Detached if moves_data => Admission::Refuse,
-            Phase::Paused | Phase::Detached => Admission::Serve,
             Phase::Stopping => Admission::Refuse,
+            Phase::Running | Phase::Paused | Phase::Detached => Admission::Serve,
         }
     }
 

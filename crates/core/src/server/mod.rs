@@ -318,15 +318,16 @@ impl Server {
         self.control.pause();
     }
 
-    /// Unmounts unless the mount is gone already (unmounted from outside). Lazy: callers that still hold the file open can stat,
-    /// flush and close it; what moves data fails from now on, so that
-    /// nobody keeps the connection alive waiting for an answer.
+    /// Unmounts unless the mount is gone already (unmounted from outside).
+    /// Lazy: callers that still hold the file open can stat, flush and
+    /// close it; what moves data fails from now on, so that nobody keeps
+    /// the connection alive waiting for an answer.
     pub fn unmount(&self) -> Result<(), String> {
         self.control.detach();
         // Disconnected already: unmounted from outside (nothing left to
         // do), or aborted, which leaves the dead mount in place.
-        let dead_mount_left = self.connection.is_some_and(|c| mount::mounted_here(&self.mountpoint, c));
-        if self.core.status.is_disconnected() && !dead_mount_left {
+        let dead_mount_left = || self.connection.is_some_and(|c| mount::mounted_here(&self.mountpoint, c));
+        if self.core.status.is_disconnected() && !dead_mount_left() {
             return Ok(());
         }
         mount::unmount(&self.mountpoint, true)
