@@ -47,7 +47,12 @@ pub struct Qcow2Header {
     pub snapshots: (u32, u64),
     /// The data clusters live in another file (a v3 incompatible feature).
     pub external_data_file: bool,
+    /// Refcounts are 2^refcount_order bits wide (version 2: always 16).
+    pub refcount_order: u32,
 }
+
+/// A version 2 image's refcounts are 16 bits wide (order 4).
+const V2_REFCOUNT_ORDER: u32 = 4;
 
 /// The incompatible feature bit of an external data file.
 const EXTERNAL_DATA_FILE: u64 = 1 << 2;
@@ -122,6 +127,7 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
     let refcount_table = (be64(bytes, 48), u64::from(be32(bytes, 56)) << cluster_bits);
     let snapshots = (be32(bytes, 60), be64(bytes, 64));
     let external_data_file = version >= 3 && bytes.len() >= 80 && be64(bytes, 72) & EXTERNAL_DATA_FILE != 0;
+    let refcount_order = if version >= 3 && bytes.len() >= 100 { be32(bytes, 96) } else { V2_REFCOUNT_ORDER };
     Ok(Qcow2Header {
         version,
         cluster_bits,
@@ -131,6 +137,7 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
         refcount_table,
         snapshots,
         external_data_file,
+        refcount_order,
     })
 }
 
@@ -180,6 +187,7 @@ mod tests {
                 refcount_table: (0x10000, 0x10000),
                 snapshots: (0, 0),
                 external_data_file: false,
+                refcount_order: 0,
             }
         );
         assert_eq!(parse_qcow2_header(&header(2, 12, "")).unwrap().backing_file, None);

@@ -14,13 +14,11 @@ use std::os::unix::fs::FileExt;
 
 /// Bits 9..63 of a refcount table entry: the refcount block's offset.
 const REFBLOCK_OFFSET_MASK: u64 = !0x1ff;
-/// A version 2 image's refcounts are 16 bits wide (order 4).
-const V2_REFCOUNT_ORDER: u32 = 4;
 
 /// The first metadata of the image (named) whose cluster no refcount block
 /// covers, with its offset.
-pub fn uncovered_metadata(top: &HostFile, header: &Qcow2Header, first_bytes: &[u8]) -> io::Result<Option<String>> {
-    let order = refcount_order(header, first_bytes);
+pub fn uncovered_metadata(top: &HostFile, header: &Qcow2Header) -> io::Result<Option<String>> {
+    let order = header.refcount_order;
     // Clusters per refcount block: a cluster's worth of 2^order-bit counts.
     let Some(block_bits) = (header.cluster_bits + 3).checked_sub(order) else {
         return Ok(Some(format!("its refcount width (2^{order} bits) is wider than a cluster")));
@@ -43,12 +41,4 @@ pub fn uncovered_metadata(top: &HostFile, header: &Qcow2Header, first_bytes: &[u
         }
     }
     Ok(None)
-}
-
-/// refcount_order: in a version 3 header at byte 96; version 2 has none.
-fn refcount_order(header: &Qcow2Header, first_bytes: &[u8]) -> u32 {
-    match first_bytes.get(96..100) {
-        Some(order) if header.version >= 3 => u32::from_be_bytes(order.try_into().unwrap()),
-        _ => V2_REFCOUNT_ORDER,
-    }
 }
