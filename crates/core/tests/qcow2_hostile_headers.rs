@@ -4,7 +4,9 @@
 //! served, with a peak RSS (VmHWM) under 256 MiB. The images are sparse
 //! files: their tables lie within them, as a hostile download's would.
 
-use fuse_export_core::image::{self, CacheMode, FormatChoice, ImageOptions, Seek};
+mod common;
+
+use common::open_and_walk;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -64,27 +66,6 @@ impl Header {
     }
 }
 
-/// What the child does: open the image and walk every mapping.
-fn open_and_walk(path: &Path, writable: bool) -> Result<(), String> {
-    let options = ImageOptions {
-        path: path.to_path_buf(),
-        writable,
-        growable: false,
-        cache: CacheMode::Writeback,
-        format: FormatChoice::Qcow2,
-        reconnect_delay: Default::default(),
-    };
-    let (image, _) = image::open(&options).map_err(|e| e.0)?;
-    let size = image.size();
-    let mut at = 0;
-    while at < size {
-        let Ok(data) = image.seek(at, Seek::Data) else { break };
-        let Ok(hole) = image.seek(data, Seek::Hole) else { break };
-        at = hole.max(data + 1);
-    }
-    Ok(())
-}
-
 fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -95,7 +76,7 @@ fn peak_rss_kib() -> u64 {
 fn hostile_header_child() {
     let Some(path) = std::env::var_os(CHILD_IMAGE) else { return };
     let writable = std::env::var_os(CHILD_WRITABLE).is_some();
-    let outcome = open_and_walk(Path::new(&path), writable);
+    let outcome = open_and_walk(Path::new(&path), writable, u64::MAX);
     println!("outcome: {outcome:?}");
     println!("peak: {} KiB", peak_rss_kib());
 }
