@@ -8,11 +8,18 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# ensure_debian_packages PACKAGE:COMMAND ... installs a package when its command is missing.
+# ensure_debian_packages PACKAGE:COMMAND ... installs a package when its
+# command is missing; PACKAGE: (no command: a library, plugins) when dpkg does
+# not have it installed.
 ensure_debian_packages() {
-  local missing=()
+  local missing=() package command
   for pair in "$@"; do
-    command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+    package="${pair%%:*}" command="${pair#*:}"
+    if [ -n "$command" ]; then
+      command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+    else
+      [ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" = 'install ok installed' ] || missing+=("$package")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "Installing Debian packages: ${missing[*]}" >&2

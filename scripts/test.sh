@@ -5,6 +5,10 @@
 # as root on Linux with /dev/fuse).
 source "$(dirname "$0")/lib.sh"
 ensure_debian_packages fuse3:fusermount3 fio:fio strace:strace qemu-utils:qemu-io e2fsprogs:mkfs.ext4 mount:losetup util-linux:setpriv python3:/usr/bin/python3 fdisk:sfdisk nbdkit:nbdkit qemu-utils:qemu-nbd
+# The servers of test/servers.test.ts (test/helpers/servers.ts): HTTPS
+# certificates, an iSCSI target, sshd with ssh-agent; and QEMU's curl, iscsi
+# and ssh block drivers, which qemu-block-extra holds (no command).
+ensure_debian_packages openssl:openssl tgt:tgtd openssh-server:sshd openssh-client:ssh-agent qemu-block-extra:
 # libnbd0 has no command: fuse-export loads libnbd.so.0 for NBD images (test/nbd.test.ts).
 # (grep reads all of ldconfig's list: with -q it would stop early, and
 # ldconfig's SIGPIPE would fail the pipe under pipefail.)

@@ -142,11 +142,12 @@ export interface Exit {
 /**
  * Starts a long-running child: { child, output(), waitFor(regex, timeout),
  * exited, done, wait(timeout) }. Its stdout and stderr are collected
- * together. Nothing stops it but its caller: tests use startChild().
+ * together; `env` is added to our environment. Nothing stops it but its
+ * caller: tests use startChild().
  */
-export function spawnChild(argv: Argv, { user }: { user?: User } = {}) {
+export function spawnChild(argv: Argv, { user, env }: { user?: User; env?: NodeJS.ProcessEnv } = {}) {
   const [cmd, ...args] = asUser(user, argv);
-  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, args, { detached: true, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   let done = false;
   const exited = new Promise<Exit>((resolve) => {
