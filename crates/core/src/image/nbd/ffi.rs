@@ -90,6 +90,8 @@ api! {
     optional {
         // libnbd >= 1.12.
         nbd_set_pread_initialize: fn(H, bool) -> c_int;
+        // libnbd >= 1.8.
+        nbd_set_request_block_size: fn(H, bool) -> c_int;
     }
     nbd_create: fn() -> H;
     nbd_close: fn(H) -> ();

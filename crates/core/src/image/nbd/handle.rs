@@ -85,6 +85,13 @@ impl Handle {
             // The URI is the user's own: its TLS key and certificate files
             // (tls-psk-file=, tls-certificates=) may be read.
             (api.nbd_set_uri_allow_local_file)(raw, true);
+            // A client that asks for the server's block size must keep to
+            // its minimum: qemu-nbd then refuses a 300-byte write to a VHDX
+            // (EINVAL). One that does not ask gets any alignment, the server
+            // reading-modifying-writing itself (the NBD spec's default).
+            if let Some(set_request_block_size) = api.nbd_set_request_block_size {
+                set_request_block_size(raw, false);
+            }
             if (api.nbd_aio_connect_uri)(raw, c_uri.as_ptr()) < 0 {
                 return Err(failed(api.last_error().0));
             }
