@@ -40,7 +40,7 @@ pub fn open(path: &Path, writable: bool, growable: bool, flags: u8) -> Option<Ar
         growable: writable && growable,
         cache: if flags & 1 == 0 { CacheMode::Direct } else { CacheMode::Writeback },
         format: FormatChoice::Auto,
-        reconnect_delay: Default::default(),
+        ..Default::default()
     };
     match image::open(&options) {
         Ok((image, _warnings)) => Some(image),

@@ -31,7 +31,7 @@ fn main() {
             growable: false,
             cache: CacheMode::Direct,
             format: FormatChoice::Auto,
-            reconnect_delay: Default::default(),
+            ..Default::default()
         },
         mountpoint: mountpoint.into(),
         allow_other: Switch::Off,

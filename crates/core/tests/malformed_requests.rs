@@ -40,7 +40,7 @@ impl Harness {
             growable: false,
             cache: CacheMode::Writeback,
             format: FormatChoice::Raw,
-            reconnect_delay: Default::default(),
+            ..Default::default()
         };
         let (image, _) = image::open(&options).unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));

@@ -80,7 +80,7 @@ fn reads_writes_growth_discards_zeroes_and_flushes_match_a_model() {
         growable: true,
         cache: CacheMode::Direct,
         format: FormatChoice::Auto,
-        reconnect_delay: Default::default(),
+        ..Default::default()
     };
     let (image, _) = image::open(&options).unwrap();
     assert_eq!((image.format(), image.size()), ("qcow2", 4 << 20));
@@ -141,7 +141,7 @@ fn a_discard_never_frees_a_cluster_a_read_in_flight_has_mapped() {
         growable: false,
         cache: CacheMode::Writeback,
         format: FormatChoice::Qcow2,
-        reconnect_delay: Default::default(),
+        ..Default::default()
     };
     let (image, _) = image::open(&options).unwrap();
     let cluster = 65536;
@@ -190,7 +190,7 @@ fn read_only_exports_open_the_external_data_file_read_only() {
         growable: false,
         cache: CacheMode::Writeback,
         format: FormatChoice::Qcow2,
-        reconnect_delay: Default::default(),
+        ..Default::default()
     };
     let (first, _) = image::open(&options).unwrap();
     let second = image::open(&options).map(|_| ());

@@ -1,7 +1,8 @@
 //! The napi-rs binding: JavaScript starts, steers and stops an export and
 //! reads its counters; requests never cross this line.
 
-use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions};
+use fuse_export_core::image::probe::QEMU_FORMATS;
+use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions, Overlay};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::status::Event;
 use fuse_export_core::transport::mount;
@@ -28,10 +29,20 @@ pub struct NativeOptions {
     pub poll_max_us: u32,
     /// "direct" | "writeback"
     pub cache: String,
-    /// "auto" | "raw" | "qcow2"
+    /// "auto", "raw", "qcow2" or another of QEMU's formats
     pub format: String,
     /// Seconds requests wait for a lost NBD server to come back (0: halt).
     pub reconnect_delay: Option<f64>,
+    /// The file holding an encrypted image's key.
+    pub key_file: Option<String>,
+    /// The file holding the password of the image's server.
+    pub password_file: Option<String>,
+    /// The CA an HTTPS server's certificate is checked against.
+    pub ca_file: Option<String>,
+    /// Writes go to a temporary overlay, thrown away at the end.
+    pub snapshot: Option<bool>,
+    /// Writes go to this qcow2 overlay, made when missing.
+    pub overlay: Option<String>,
 }
 
 #[napi(object)]
@@ -40,8 +51,10 @@ pub struct NativeStartInfo {
     pub format: String,
     /// The image as it may be shown (an NBD URI without secrets).
     pub image: String,
-    /// "file" | "nbd"
+    /// "file" | "nbd" | "qemu"
     pub backend: String,
+    /// qemu-nbd's version, when QEMU serves the image.
+    pub qemu_version: Option<String>,
     pub size: f64,
     pub transport: String,
     pub transport_reason: String,
@@ -91,8 +104,19 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         "writeback" => CacheMode::Writeback,
         other => return Err(Error::from_reason(format!("cache must be direct or writeback, not {other:?}"))),
     };
-    let format = FormatChoice::parse(&options.format)
-        .ok_or_else(|| Error::from_reason(format!("format must be auto, raw or qcow2, not {:?}", options.format)))?;
+    let format = FormatChoice::parse(&options.format).ok_or_else(|| {
+        Error::from_reason(format!(
+            "format must be auto or one of QEMU's formats ({}), not {:?}",
+            QEMU_FORMATS.join(", "),
+            options.format
+        ))
+    })?;
+    let overlay = match (&options.overlay, options.snapshot.unwrap_or(false)) {
+        (Some(_), true) => return Err(Error::from_reason("--snapshot and --overlay exclude each other")),
+        (Some(file), false) => Overlay::File(file.into()),
+        (None, true) => Overlay::Temporary,
+        (None, false) => Overlay::None,
+    };
     Ok(StartOptions {
         image: ImageOptions {
             path: options.image.clone().into(),
@@ -101,6 +125,10 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
             cache,
             format,
             reconnect_delay: std::time::Duration::from_secs_f64(options.reconnect_delay.unwrap_or(0.0).max(0.0)),
+            key_file: options.key_file.as_ref().map(Into::into),
+            password_file: options.password_file.as_ref().map(Into::into),
+            ca_file: options.ca_file.as_ref().map(Into::into),
+            overlay,
         },
         mountpoint: options.mountpoint.clone().into(),
         allow_other: switch("allowOther", &options.allow_other)?,
@@ -201,6 +229,7 @@ impl NativeExport {
                 format: info.format.into(),
                 image: info.image.clone(),
                 backend: info.backend.to_string(),
+                qemu_version: info.backend_version.clone(),
                 size: info.size as f64,
                 transport: info.transport.to_string(),
                 transport_reason: info.transport_reason.clone(),

@@ -23,7 +23,9 @@ mod lock;
 mod nbd;
 pub mod probe;
 mod qcow2;
+mod qemu;
 mod raw;
+mod route;
 
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
@@ -36,14 +38,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 pub use probe::FormatChoice;
+use route::Route;
 
 /// NBD block status turned into SEEK answers, for the fuzz targets.
 #[cfg(feature = "fuzzing")]
 pub use nbd::extents as nbd_extents;
 
 /// How the image is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CacheMode {
+    #[default]
     /// O_DIRECT for aligned requests: no double caching under a guest or a
     /// filesystem that caches already.
     Direct,
@@ -51,7 +55,7 @@ pub enum CacheMode {
     Writeback,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ImageOptions {
     pub path: PathBuf,
     pub writable: bool,
@@ -62,6 +66,26 @@ pub struct ImageOptions {
     /// Remote images: how long requests wait for a lost server to come
     /// back before they fail (0: the export halts when it goes).
     pub reconnect_delay: Duration,
+    /// The key of an encrypted image (LUKS, encrypted qcow2).
+    pub key_file: Option<PathBuf>,
+    /// The password of a place that asks for one (HTTP authentication).
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed an HTTPS server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Where writes go instead of the image.
+    pub overlay: Overlay,
+}
+
+/// `--snapshot` and `--overlay FILE`: writes land in a qcow2 over the
+/// image, which is opened read-only and never changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Overlay {
+    #[default]
+    None,
+    /// Thrown away when the export ends, or the process does.
+    Temporary,
+    /// Created over the image when missing, reused when present.
+    File(PathBuf),
 }
 
 /// What went wrong while opening: the message names the path and the fix.
@@ -183,9 +207,14 @@ pub trait ImageBackend: Send + Sync {
     fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32>;
     /// A completion arrived on `io`'s token: done, or more work queued.
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32>;
-    /// "file" or "nbd", for the `ready` event.
+    /// "file", "nbd" or "qemu", for the `ready` event.
     fn backend_name(&self) -> &'static str {
         "file"
+    }
+    /// The version of the program that serves the image, when it is not us
+    /// (qemu-nbd's).
+    fn backend_version(&self) -> Option<String> {
+        None
     }
     /// The image as it may be shown (logs, the mount table): no secrets.
     fn shown_name(&self) -> String;
@@ -271,40 +300,86 @@ fn in_use(path: &std::path::Path, holder: impl std::fmt::Display) -> ImageError 
 }
 
 /// Opens the image the options name, in the format `--format` names or its
-/// header shows. Warnings (such as an O_DIRECT fallback) are returned for
-/// the caller to report.
+/// header shows, with the backend `route.rs` picks. Warnings (such as an
+/// O_DIRECT fallback) are returned for the caller to report.
 pub fn open(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
-    if let Some(uri) = options.path.to_str().filter(|p| nbd::is_uri(p)) {
-        if options.format == FormatChoice::Qcow2 {
-            return Err(ImageError(
-                "An NBD export is served as the server presents it: --format qcow2 applies to image files only \
-                 (serve the qcow2 with qemu-nbd, which reads the format itself)"
-                    .into(),
-            ));
-        }
-        return nbd::NbdImage::open(uri, options);
+    let image = options.path.to_string_lossy();
+    let route = route::route(&image, options.format);
+    if !options.reconnect_delay.is_zero() && matches!(route, Route::Raw | Route::Qcow2) {
+        return Err(ImageError(format!(
+            "--reconnect-delay applies to NBD images and images QEMU serves, not to {} (a {} file served directly)",
+            options.path.display(),
+            route.format().unwrap_or("raw")
+        )));
     }
-    let shown = options.path.display();
-    // A block device or a file we may not read fails in the backend's own open, with its hints.
+    if options.overlay != Overlay::None {
+        return open_with_overlay(&image, route, options);
+    }
+    match route {
+        Route::Nbd => nbd::NbdImage::open(&image, options),
+        Route::Qemu { format, encrypted } => {
+            qemu::QemuImage::open(qemu::Source { image: &image, format, encrypted }, options)
+        }
+        Route::Qcow2 => open_qcow2(options),
+        Route::Raw => {
+            let probed = options.format == FormatChoice::Auto;
+            let (image, mut warnings) = raw::RawImage::open(options, probed)?;
+            if probed && route::ends_with_vhd_footer(&options.path) {
+                warnings.push(format!(
+                    "Image {} ends in a VHD footer: it looks like a fixed VHD, which QEMU too serves as raw \
+                     (footer included); --format vpc serves the disk without it",
+                    options.path.display()
+                ));
+            }
+            Ok((Arc::new(image), warnings))
+        }
+    }
+}
+
+fn open_qcow2(options: &ImageOptions) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
     let first = qcow2::read_first_bytes(&options.path).unwrap_or_default();
-    let qcow2 = match options.format {
-        FormatChoice::Raw => false,
-        FormatChoice::Auto => probe::is_qcow2(&first),
-        FormatChoice::Qcow2 if probe::is_qcow2(&first) => true,
-        FormatChoice::Qcow2 => {
-            std::fs::metadata(&options.path)
-                .map_err(|e| ImageError(format!("Failed to open image {shown}: {}", crate::os_error::describe(&e))))?;
-            return Err(ImageError(format!(
-                "Image {shown} is not a qcow2 image (it does not start with the qcow2 magic): \
-                 export it with --format raw, or --format auto to detect the format"
-            )));
-        }
-    };
-    if qcow2 {
-        let (image, warnings) = qcow2::Qcow2Image::open(options, &first)?;
-        return Ok((Arc::new(image), warnings));
+    if !first.starts_with(&probe::QCOW2_MAGIC) {
+        let shown = options.path.display();
+        std::fs::metadata(&options.path)
+            .map_err(|e| ImageError(format!("Failed to open image {shown}: {}", crate::os_error::describe(&e))))?;
+        return Err(ImageError(format!(
+            "Image {shown} is not a qcow2 image (it does not start with the qcow2 magic): \
+             export it with --format raw, or --format auto to detect the format"
+        )));
     }
-    let probed = options.format == FormatChoice::Auto;
-    let (image, warnings) = raw::RawImage::open(options, probed)?;
+    let (image, warnings) = qcow2::Qcow2Image::open(options, &first)?;
     Ok((Arc::new(image), warnings))
+}
+
+/// `--snapshot`, `--overlay FILE`: the image read-only under a qcow2 that
+/// takes the writes; imago serves it when it serves the image, else QEMU.
+fn open_with_overlay(
+    image: &str,
+    route: Route,
+    options: &ImageOptions,
+) -> Result<(Arc<dyn ImageBackend>, Vec<String>), ImageError> {
+    if options.growable {
+        return Err(ImageError(
+            "--growable does not go with --snapshot or --overlay: an overlay has the image's size".into(),
+        ));
+    }
+    match route {
+        Route::Raw | Route::Qcow2 => {
+            let format = route.format().unwrap_or("raw");
+            let overlay = qemu::native_overlay(image, format, options)?;
+            let top = ImageOptions {
+                path: overlay.path.clone(),
+                writable: true,
+                format: FormatChoice::Qcow2,
+                overlay: Overlay::None,
+                ..options.clone()
+            };
+            let opened = open_qcow2(&top);
+            // imago holds descriptors of its own now.
+            drop(overlay);
+            opened
+        }
+        Route::Nbd => qemu::QemuImage::open(qemu::Source { image, format: Some("raw"), encrypted: false }, options),
+        Route::Qemu { format, encrypted } => qemu::QemuImage::open(qemu::Source { image, format, encrypted }, options),
+    }
 }

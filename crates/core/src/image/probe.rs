@@ -13,12 +13,15 @@ pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 pub const PROBE_BYTES: usize = 512;
 
 /// The user's choice of `--format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FormatChoice {
-    /// qcow2 when the header says so, raw otherwise.
+    /// What the image's first bytes show (`probe_format`).
+    #[default]
     Auto,
     Raw,
     Qcow2,
+    /// Any other format of QEMU's (`QEMU_FORMATS`), served by QEMU.
+    Qemu(&'static str),
 }
 
 impl FormatChoice {
@@ -27,13 +30,11 @@ impl FormatChoice {
             "auto" => Some(FormatChoice::Auto),
             "raw" => Some(FormatChoice::Raw),
             "qcow2" => Some(FormatChoice::Qcow2),
-            _ => None,
+            _ => QEMU_FORMATS.iter().find(|known| **known == name).map(|known| FormatChoice::Qemu(known)),
         }
     }
 }
 
-/// A qcow2 image of a version we open: the magic, then version 2 or 3.
-/// (Version 1 is the older qcow format, which `probe_format` names "qcow".)
 pub fn is_qcow2(first: &[u8]) -> bool {
     first.len() >= 8 && first.starts_with(&QCOW2_MAGIC) && (2..=3).contains(&be32(first, 4))
 }
@@ -58,6 +59,9 @@ pub struct Qcow2Header {
     /// The guest data is encrypted (crypt_method is not 0: AES or LUKS).
     pub encrypted: bool,
 }
+
+/// The longest backing file name qcow2 allows.
+pub const MAX_BACKING_NAME: usize = 1023;
 
 /// A version 2 image's refcounts are 16 bits wide (order 4).
 const V2_REFCOUNT_ORDER: u32 = 4;
@@ -120,8 +124,10 @@ pub fn parse_qcow2_header(bytes: &[u8]) -> Result<Qcow2Header, String> {
     let (backing_offset, backing_len) = (be64(bytes, 8), be32(bytes, 16) as u64);
     let backing_file = if backing_offset == 0 {
         None
-    } else if backing_len > 1023 {
-        return Err(format!("its backing file name is {backing_len} bytes long; qcow2 allows at most 1023"));
+    } else if backing_len > MAX_BACKING_NAME as u64 {
+        return Err(format!(
+            "its backing file name is {backing_len} bytes long; qcow2 allows at most {MAX_BACKING_NAME}"
+        ));
     } else {
         match backing_offset.checked_add(backing_len) {
             Some(end) if end <= bytes.len() as u64 => {

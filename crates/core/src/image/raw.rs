@@ -415,7 +415,7 @@ mod tests {
             growable: false,
             cache: CacheMode::Writeback,
             format: crate::image::FormatChoice::Raw,
-            reconnect_delay: Default::default(),
+            ..Default::default()
         };
         let err = RawImage::open(&options, false).err().unwrap();
         assert!(err.0.contains("/nonexistent/disk.img"), "{}", err.0);
@@ -430,7 +430,7 @@ mod tests {
             growable: true,
             cache: CacheMode::Writeback,
             format: crate::image::FormatChoice::Raw,
-            reconnect_delay: Default::default(),
+            ..Default::default()
         };
         assert!(RawImage::open(&options, false).err().unwrap().0.contains("--writable"));
         std::fs::remove_file(path).unwrap();
@@ -445,7 +445,7 @@ mod tests {
             growable: false,
             cache: CacheMode::Writeback,
             format: crate::image::FormatChoice::Raw,
-            reconnect_delay: Default::default(),
+            ..Default::default()
         };
         let (image, _) = RawImage::open(&options, false).unwrap();
         assert_eq!(image.seek(0, Seek::Data).unwrap(), 0);

@@ -84,8 +84,10 @@ pub struct StartInfo {
     pub format: &'static str,
     /// The image as it may be shown: a path, or an NBD URI without secrets.
     pub image: String,
-    /// "file" or "nbd".
+    /// "file", "nbd" or "qemu".
     pub backend: &'static str,
+    /// The version of the program that serves the image (qemu-nbd's).
+    pub backend_version: Option<String>,
     /// The virtual size.
     pub size: u64,
     pub transport: &'static str,
@@ -141,6 +143,7 @@ impl Server {
             format: image.format(),
             image: image.shown_name(),
             backend: image.backend_name(),
+            backend_version: image.backend_version(),
             size: image.size(),
             transport: "legacy",
             transport_reason,

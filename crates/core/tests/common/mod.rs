@@ -14,7 +14,7 @@ pub fn open_and_walk(path: &Path, writable: bool, limit: u64) -> Result<(), Stri
         growable: false,
         cache: CacheMode::Writeback,
         format: FormatChoice::Qcow2,
-        reconnect_delay: Default::default(),
+        ..Default::default()
     };
     let (image, _) = image::open(&options).map_err(|e| e.0)?;
     let size = image.size().min(limit);
