@@ -59,10 +59,20 @@ export interface NativeOptions {
   pollMaxUs: number
   /** "direct" | "writeback" */
   cache: string
-  /** "auto" | "raw" | "qcow2" */
+  /** "auto", "raw", "qcow2" or another of QEMU's formats */
   format: string
   /** Seconds requests wait for a lost NBD server to come back (0: halt). */
   reconnectDelay?: number
+  /** The file holding an encrypted image's key. */
+  keyFile?: string
+  /** The file holding the password of the image's server. */
+  passwordFile?: string
+  /** The CA an HTTPS server's certificate is checked against. */
+  caFile?: string
+  /** Writes go to a temporary overlay, thrown away at the end. */
+  snapshot?: boolean
+  /** Writes go to this qcow2 overlay, made when missing. */
+  overlay?: string
 }
 
 export interface NativeStartInfo {
@@ -70,8 +80,10 @@ export interface NativeStartInfo {
   format: string
   /** The image as it may be shown (an NBD URI without secrets). */
   image: string
-  /** "file" | "nbd" */
+  /** "file" | "nbd" | "qemu" */
   backend: string
+  /** qemu-nbd's version, when QEMU serves the image. */
+  qemuVersion?: string
   size: number
   transport: string
   transportReason: string

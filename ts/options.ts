@@ -4,8 +4,12 @@ import { availableParallelism } from 'node:os';
 
 export type Switch = 'on' | 'off' | 'auto';
 export type CacheMode = 'direct' | 'writeback';
-/** How the image's bytes are laid out; `auto` recognises qcow2 by its header, else raw. */
-export type ImageFormat = 'auto' | 'raw' | 'qcow2';
+/**
+ * How the image's bytes are laid out. `auto` recognises every format QEMU's
+ * probe does; raw and qcow2 (chains imago follows) are served natively,
+ * the rest through QEMU's block layer (a qemu-nbd child).
+ */
+export type ImageFormat = (typeof FORMATS)[number];
 
 export interface ExportOptions {
   /**
@@ -36,13 +40,27 @@ export interface ExportOptions {
   /** Milliseconds a stop waits for in-flight requests before it aborts. */
   shutdownTimeout?: number;
   /**
-   * NBD images: seconds requests wait for a lost server to come back before
-   * they fail with EIO; 0 (the default) halts the export when it goes.
+   * NBD images and images QEMU serves: seconds requests wait for a lost
+   * server (or a restarted qemu-nbd) to come back before they fail with
+   * EIO; 0 (the default) halts an NBD export when its server goes, and
+   * gives QEMU's child 30 s.
    */
   reconnectDelay?: number;
+  /** The key of an encrypted image (LUKS, encrypted qcow2); one trailing newline is dropped. */
+  keyFile?: string;
+  /** The password of the image's server (HTTP authentication). */
+  passwordFile?: string;
+  /** The CA that signed an HTTPS server's certificate (instead of the system's). */
+  caFile?: string;
+  /** Writes go to a temporary overlay, thrown away at exit; the image is never written. */
+  snapshot?: boolean;
+  /** Writes go to this qcow2 overlay over the image, created when missing. */
+  overlay?: string;
 }
 
-export type ResolvedOptions = Required<ExportOptions>;
+/** The file options stay optional: they are absent unless given. */
+type FileOptions = 'keyFile' | 'passwordFile' | 'caFile' | 'overlay';
+export type ResolvedOptions = Required<Omit<ExportOptions, FileOptions>> & Pick<ExportOptions, FileOptions>;
 
 /** How `start()` reports what happens before it resolves. */
 export interface StartHooks {
@@ -56,7 +74,22 @@ export interface StartHooks {
 
 export const SWITCHES: readonly Switch[] = ['on', 'off', 'auto'];
 export const CACHE_MODES: readonly CacheMode[] = ['direct', 'writeback'];
-export const FORMATS: readonly ImageFormat[] = ['auto', 'raw', 'qcow2'];
+export const FORMATS = [
+  'auto',
+  'raw',
+  'qcow2',
+  'bochs',
+  'cloop',
+  'dmg',
+  'luks',
+  'parallels',
+  'qcow',
+  'qed',
+  'vdi',
+  'vhdx',
+  'vmdk',
+  'vpc',
+] as const;
 export const MAX_THREADS = 1024;
 export const MAX_QUEUE_DEPTH = 4096;
 export const MAX_POLL_US = 10_000;
@@ -74,11 +107,17 @@ export const DEFAULTS = {
   format: 'auto' as ImageFormat,
   shutdownTimeout: 10_000,
   reconnectDelay: 0,
+  snapshot: false,
 };
 
 /** Whether the image argument names an NBD server rather than a file. */
 export function isNbdUri(image: string): boolean {
   return /^nbds?(\+unix)?:\/\//.test(image);
+}
+
+/** Whether the image lives on a server (NBD, or a place QEMU reads) rather than in a local file. */
+export function isRemoteImage(image: string): boolean {
+  return isNbdUri(image) || /^((https?|ftps?|ssh|iscsi|nfs):\/\/|rbd:|json:)/.test(image);
 }
 
 export class OptionError extends Error {
@@ -107,6 +146,11 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
     throw new OptionError('a mountpoint path is required');
   }
   const merged = { ...DEFAULTS, ...stripUndefined(options) } as ResolvedOptions;
+  if (merged.snapshot && merged.overlay !== undefined) {
+    throw new OptionError('--snapshot and --overlay exclude each other: one overlay takes the writes');
+  }
+  // The image itself is never written: the overlay is.
+  if (merged.snapshot || merged.overlay !== undefined) merged.writable = true;
   if (merged.growable && !merged.writable) {
     throw new OptionError('--growable needs --writable');
   }
@@ -122,8 +166,11 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   if (!Number.isFinite(merged.reconnectDelay) || merged.reconnectDelay < 0 || merged.reconnectDelay > 3600) {
     throw new OptionError(`reconnect-delay must be from 0 to 3600 seconds, not ${merged.reconnectDelay}`);
   }
-  if (merged.reconnectDelay > 0 && !isNbdUri(merged.image)) {
-    throw new OptionError('--reconnect-delay applies to NBD images only (nbd://, nbd+unix://)');
+  for (const name of ['keyFile', 'passwordFile', 'caFile', 'overlay'] as const) {
+    const value = merged[name];
+    if (value !== undefined && (typeof value !== 'string' || value === '')) {
+      throw new OptionError(`${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} takes a file's path`);
+    }
   }
   return merged;
 }

@@ -60,9 +60,22 @@ const OPTIONS = {
     choices: FORMATS,
     default: DEFAULTS.format,
     describe:
-      'image format: auto recognises qcow2 by its header (backing files followed), else raw; ' +
-      'an image probed as raw refuses writes that would plant a qcow2 header (--format raw lifts that)',
+      'image format: auto recognises every format QEMU does (qcow2, vmdk, vhdx, vdi, vpc, luks...); raw and ' +
+      'qcow2 are served natively, the others through QEMU (qemu-nbd); an image probed as raw refuses writes ' +
+      'that would plant a qcow2 header (--format raw lifts that)',
   },
+  snapshot: {
+    type: 'boolean',
+    default: DEFAULTS.snapshot,
+    describe: 'writes go to a temporary overlay, thrown away at exit: the image is never written',
+  },
+  overlay: {
+    type: 'string',
+    describe: 'writes go to this qcow2 overlay over the image (created when missing, reused when present)',
+  },
+  'key-file': { type: 'string', describe: 'file holding the key of an encrypted image (LUKS, encrypted qcow2)' },
+  'password-file': { type: 'string', describe: "file holding the password of the image's server (HTTP)" },
+  'ca-file': { type: 'string', describe: "CA certificate (PEM) to check an HTTPS server's certificate against" },
   'shutdown-timeout': {
     type: 'number',
     default: DEFAULTS.shutdownTimeout / 1000,
@@ -72,8 +85,9 @@ const OPTIONS = {
     type: 'number',
     default: DEFAULTS.reconnectDelay,
     describe:
-      'NBD images: seconds requests wait for a lost server to come back, then EIO while reconnecting goes on ' +
-      '(0: the export halts when the server goes)',
+      'NBD images and images QEMU serves: seconds requests wait for a lost server (or a restarted qemu-nbd) ' +
+      'to come back, then EIO while reconnecting goes on (0: an NBD export halts when the server goes; ' +
+      "QEMU's child gets 30 s)",
   },
   'log-format': {
     choices: ['json', 'pretty'] as const,
@@ -102,7 +116,9 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
     .command('$0 <image> <mountpoint>', false)
     .positional('image', {
       type: 'string',
-      describe: 'disk image file or block device to export, or nbd://HOST[:PORT][/EXPORT], nbd+unix:///EXPORT?socket=PATH',
+      describe:
+        'disk image file or block device to export, nbd://HOST[:PORT][/EXPORT], nbd+unix:///EXPORT?socket=PATH, ' +
+        "or a place QEMU reads: http(s)://, ssh://, iscsi://, nfs://, rbd:, json:{...}",
     })
     .positional('mountpoint', { type: 'string', describe: 'existing regular file that becomes the image' })
     .options(OPTIONS)
@@ -132,6 +148,11 @@ export function parseArgs(argv: string[], fail: (message: string) => never): Cli
       format: parsed.format as ImageFormat,
       shutdownTimeout: Math.round(number('shutdown-timeout', parsed['shutdown-timeout']) * 1000),
       reconnectDelay: number('reconnect-delay', parsed['reconnect-delay']),
+      snapshot: parsed.snapshot,
+      overlay: parsed.overlay,
+      keyFile: parsed['key-file'],
+      passwordFile: parsed['password-file'],
+      caFile: parsed['ca-file'],
     },
     logFormat: parsed['log-format'] as LogFormat,
     logLevel: parsed.quiet ? 'warn' : parsed['log-level'],

@@ -53,6 +53,7 @@ function logReady(log: winston.Logger, exp: FuseExport): void {
     image: info.image,
     format: info.format,
     backend: info.backend,
+    ...(info.qemuVersion ? { qemuVersion: info.qemuVersion } : {}),
     size: info.size,
     writable: info.writable,
     growable: info.growable,

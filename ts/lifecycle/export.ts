@@ -4,7 +4,14 @@
 import { EventEmitter } from 'node:events';
 import { resolve } from 'node:path';
 import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
-import { isNbdUri, resolveOptions, type ExportOptions, type ResolvedOptions, type StartHooks } from '../options.js';
+import {
+  isRemoteImage,
+  resolveOptions,
+  type ExportOptions,
+  type ImageFormat,
+  type ResolvedOptions,
+  type StartHooks,
+} from '../options.js';
 import { claimMountpoint, prepareMountpoint, releaseMountpoint, SetupError } from './mountpoint.js';
 import { References } from './references.js';
 import { StateMachine, type ExportState } from './state.js';
@@ -33,12 +40,17 @@ export interface ExportStats extends CoreStats {
 
 export interface ExportInfo {
   mountpoint: string;
-  /** The image path, or its NBD URI without secrets. */
+  /** The image path, or its URI without secrets. */
   image: string;
-  /** `raw` or `qcow2`: the format the image was opened in. */
-  format: 'raw' | 'qcow2';
-  /** Where the bytes live: a local file or block device, or an NBD server. */
-  backend: 'file' | 'nbd';
+  /** The format the image was opened in (`raw`, `qcow2`, `vmdk`...). */
+  format: Exclude<ImageFormat, 'auto'>;
+  /**
+   * Who serves the bytes: `file` (a local file or block device, natively),
+   * `nbd` (an NBD server) or `qemu` (QEMU's block layer, a qemu-nbd child).
+   */
+  backend: 'file' | 'nbd' | 'qemu';
+  /** qemu-nbd's version, when `backend` is `qemu`. */
+  qemuVersion?: string;
   /** The virtual size (what the exported file holds). */
   size: number;
   writable: boolean;
@@ -124,7 +136,11 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   /** Mounts and serves; resolves when the kernel talks to the export. */
   static async start(options: ExportOptions, hooks: StartHooks = {}, core: Core = native()): Promise<FuseExport> {
     const resolved = resolveOptions(options);
-    if (!isNbdUri(resolved.image)) resolved.image = resolve(resolved.image);
+    if (!isRemoteImage(resolved.image)) resolved.image = resolve(resolved.image);
+    for (const name of ['keyFile', 'passwordFile', 'caFile', 'overlay'] as const) {
+      const path = resolved[name];
+      if (path !== undefined) resolved[name] = resolve(path);
+    }
     const warnings: ExportWarning[] = [];
     const warn = (warning: ExportWarning) => (hooks.onWarning ? hooks.onWarning(warning) : warnings.push(warning));
     const mountpoint = await prepareMountpoint(resolved.mountpoint, {
@@ -152,6 +168,11 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           cache: resolved.cache,
           format: resolved.format,
           reconnectDelay: resolved.reconnectDelay,
+          keyFile: resolved.keyFile,
+          passwordFile: resolved.passwordFile,
+          caFile: resolved.caFile,
+          snapshot: resolved.snapshot,
+          overlay: resolved.overlay,
         },
         onEvent,
       );
@@ -166,7 +187,8 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
       {
         mountpoint,
         image: info.image ?? resolved.image,
-        backend: info.backend === 'nbd' ? 'nbd' : 'file',
+        backend: info.backend as ExportInfo['backend'],
+        ...(info.qemuVersion ? { qemuVersion: info.qemuVersion } : {}),
         format: info.format as ExportInfo['format'],
         size: info.size,
         writable: resolved.writable,
