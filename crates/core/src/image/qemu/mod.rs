@@ -361,3 +361,39 @@ impl ThreadImage for QemuThread {
         notices
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemus_messages_become_what_to_do() {
+        let image = "/images/disk.luks";
+        let said = |message: &str| explain(image, message).0;
+        assert!(
+            said("Parameter 'key-secret' is required for cipher").contains("encrypted: give its key with --key-file")
+        );
+        assert!(said("Invalid password, cannot unlock any keyslot").contains("wrong key"));
+        assert!(said("Unknown protocol 'https'").contains("install Debian's qemu-block-extra"));
+        assert!(said("Unknown driver 'ssh'").contains("qemu-block-extra"));
+        let other = said("Could not read image for determining its format: Input/output error");
+        assert!(other.starts_with("QEMU could not open image /images/disk.luks: Could not read"), "{other}");
+        let missing = "qemu-nbd is missing: images of this kind ...";
+        assert_eq!(said(missing), missing);
+    }
+
+    #[test]
+    fn the_child_keeps_the_exports_promises() {
+        let file = spec::local_file(Path::new("/images/disk.vmdk"));
+        let image = spec::format_node("vmdk", &file, false);
+        let args = child_args(&image, false, true, &Secrets::default(), CacheMode::Direct);
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        for expected in ["--persistent", "--discard=unmap", "--cache=none", "--aio=io_uring", "--read-only"] {
+            assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
+        }
+        assert!(args.iter().any(|a| a.starts_with("--shared=")));
+        assert_eq!(args.last().unwrap(), &format!("json:{image}"));
+        let remote = child_args(&image, true, false, &Secrets::default(), CacheMode::Direct);
+        assert!(!remote.iter().any(|a| a == "--read-only" || a.to_string_lossy().starts_with("--cache")));
+    }
+}
