@@ -43,6 +43,8 @@ const MAX_CONNECTIONS: usize = 1024 + 2;
 /// Requests wait this long for a restarted child when the user set no
 /// `--reconnect-delay`: a crash of qemu-nbd is not the end of the export.
 const DEFAULT_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Drivers Debian ships as modules in qemu-block-extra.
+const MODULE_DRIVERS: &[&str] = &["http", "https", "ftp", "ftps", "ssh", "iscsi", "nfs", "rbd", "gluster"];
 /// Formats whose key is in the format node itself rather than in `encrypt`.
 const KEYED_FORMATS: &[&str] = &["luks"];
 
@@ -229,7 +231,10 @@ fn explain(shown: &str, message: &str) -> ImageError {
         format!("Image {shown} is encrypted: give its key with --key-file FILE")
     } else if lower.contains("invalid password") || lower.contains("cannot unlock") {
         format!("The key in --key-file does not unlock image {shown}: it is the wrong key")
-    } else if lower.contains("unknown protocol") || lower.contains("unknown driver") {
+    } else if lower.contains("qemu-block-extra")
+        || lower.contains("unknown protocol")
+        || MODULE_DRIVERS.iter().any(|driver| lower.contains(&format!("unknown driver '{driver}'")))
+    {
         format!(
             "QEMU cannot read image {shown}: its driver is missing ({message}); install Debian's \
              qemu-block-extra package"
@@ -376,6 +381,7 @@ mod tests {
         assert!(said("Invalid password, cannot unlock any keyslot").contains("wrong key"));
         assert!(said("Unknown protocol 'https'").contains("install Debian's qemu-block-extra"));
         assert!(said("Unknown driver 'ssh'").contains("qemu-block-extra"));
+        assert!(!said("Unknown driver 'vmdk2'").contains("qemu-block-extra"));
         let other = said("Could not read image for determining its format: Input/output error");
         assert!(other.starts_with("QEMU could not open image /images/disk.luks: Could not read"), "{other}");
         let missing = "qemu-nbd is missing: images of this kind ...";
