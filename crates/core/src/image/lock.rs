@@ -6,8 +6,31 @@
 //! same bytes the same way makes a running QEMU (or qemu-img, or a second
 //! export) and us refuse each other, while readers share.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Opens an image file as QEMU does: for reading (and writing), locked
+/// against the users it would conflict with (the error then has kind
+/// ResourceBusy and names the holder).
+pub fn open_locked(path: &Path, writable: bool) -> io::Result<File> {
+    let file = open(path, writable, 0)?;
+    let access = if writable { Access::ReadWrite } else { Access::ReadOnly };
+    acquire(&file, access).map_err(|holder| io::Error::new(io::ErrorKind::ResourceBusy, holder))?;
+    Ok(file)
+}
+
+/// A second descriptor of an image opened with `open_locked`, with
+/// O_DIRECT, for aligned transfers (the locks are the first one's).
+pub fn open_direct(path: &Path, writable: bool) -> io::Result<File> {
+    open(path, writable, libc::O_DIRECT)
+}
+
+fn open(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
+    OpenOptions::new().read(true).write(writable).custom_flags(libc::O_CLOEXEC | extra_flags).open(path)
+}
 
 const PERM_BASE: i64 = 100;
 const SHARED_BASE: i64 = 200;

@@ -128,6 +128,32 @@ impl ImageOp {
     }
 }
 
+/// Where a request's image operation stands between its completions. Each
+/// backend uses the stages of its own, named here so that none is mistaken
+/// for another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// Nothing out yet, or what was out is done.
+    #[default]
+    Idle,
+    /// Raw, NBD: a WriteZeroes done by writing zeroes, the range not being
+    /// zeroed as such by the filesystem or the server.
+    WritingZeroes,
+    /// qcow2: a piece is on the ring (`ImageIo::piece` bytes).
+    OnRing,
+    /// qcow2: a worker loads the metadata a lookup missed.
+    Warming,
+    /// qcow2: the lookup after a warm-up: it may block (it will not, but
+    /// it must end).
+    Warmed,
+    /// qcow2: a worker does the work (an allocation, a compressed read, a
+    /// flush...).
+    HandedOff,
+    /// qcow2: a write waits on a worker (for a discard to finish, for the
+    /// image to grow).
+    Waiting,
+}
+
 /// One request's image operation in progress. `done` and `stage` are the
 /// backend's own bookkeeping across completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +163,7 @@ pub struct ImageIo {
     pub len: u64,
     /// Bytes already transferred or zeroed.
     pub done: u64,
-    pub stage: u8,
+    pub stage: Stage,
     /// Bytes of the part now in flight, for backends that split a request
     /// into parts (qcow2: one mapping's worth at a time).
     pub piece: u64,
@@ -145,7 +171,7 @@ pub struct ImageIo {
 
 impl ImageIo {
     pub fn new(op: ImageOp, offset: u64, len: u64) -> Self {
-        Self { op, offset, len, done: 0, stage: 0, piece: 0 }
+        Self { op, offset, len, done: 0, stage: Stage::Idle, piece: 0 }
     }
 }
 

@@ -2,20 +2,19 @@
 //! through the I/O thread's ring straight into and out of the request's
 //! buffer; on tmpfs and ramfs, copied by the thread itself.
 
-use super::lock::{self, Access};
+use super::lock;
 use super::probe::QCOW2_MAGIC;
 use super::{
-    in_use, open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext,
-    Seek, Times,
+    open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Stage,
+    Times,
 };
 use crate::os_error::describe;
 use crate::runtime::buffer::Zeroes;
 use io_uring::{opcode, squeue, types};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 
@@ -30,10 +29,6 @@ enum Kind {
 pub(super) const DIRECT_ALIGNMENT: u64 = 4096;
 
 use libc::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
-
-/// Zeroes written per SQE where the filesystem cannot zero a range itself.
-/// `ImageIo::stage` of a WriteZeroes that fell back to writing zeroes.
-const WRITING_ZEROES: u8 = 1;
 
 pub struct RawImage {
     path: std::path::PathBuf,
@@ -60,10 +55,6 @@ pub struct RawImage {
 
 /// The ioctl request type is c_ulong on glibc and c_int on musl.
 const BLKGETSIZE64: libc::Ioctl = 0x8008_1272_u32 as libc::Ioctl;
-
-fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
-    OpenOptions::new().read(true).write(writable).custom_flags(libc::O_CLOEXEC | extra_flags).open(path)
-}
 
 /// statfs's f_type of ramfs (`linux/magic.h`; the libc crate has TMPFS_MAGIC only).
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -96,9 +87,7 @@ impl RawImage {
     pub fn open(options: &ImageOptions, probed: bool) -> Result<(RawImage, Vec<String>), ImageError> {
         let path = &options.path;
         let shown = path.display();
-        let file = open_file(path, options.writable, 0).map_err(|e| open_failed(path, options.writable, &e))?;
-        let access = if options.writable { Access::ReadWrite } else { Access::ReadOnly };
-        lock::acquire(&file, access).map_err(|holder| in_use(path, holder))?;
+        let file = lock::open_locked(path, options.writable).map_err(|e| open_failed(path, options.writable, &e))?;
         let meta =
             file.metadata().map_err(|e| ImageError(format!("Failed to stat image {shown}: {}", describe(&e))))?;
         let kind = if meta.file_type().is_block_device() {
@@ -124,7 +113,7 @@ impl RawImage {
         let memory_backed = kind == Kind::File && is_memory_filesystem(&file);
         let direct = match options.cache {
             CacheMode::Writeback => None,
-            CacheMode::Direct => match open_file(path, options.writable, libc::O_DIRECT) {
+            CacheMode::Direct => match lock::open_direct(path, options.writable) {
                 // tmpfs keeps its data in the page cache: O_DIRECT would only
                 // add alignment rules and a detour.
                 Ok(_) if memory_backed => None,
@@ -200,7 +189,7 @@ impl RawImage {
                     opcode::Write::new(fd, buffer, remaining as u32).offset(offset).build()
                 }
             }
-            (ImageOp::WriteZeroes, WRITING_ZEROES) => {
+            (ImageOp::WriteZeroes, Stage::WritingZeroes) => {
                 let len = remaining.min(Zeroes::LEN as u64) as u32;
                 opcode::Write::new(file, Zeroes::shared().as_ptr(), len).offset(offset).build()
             }
@@ -250,12 +239,12 @@ impl RawImage {
             // End of file, or a failure after part of the transfer: what
             // was done is the answer.
             ImageOp::Read | ImageOp::Write => Some(if io.done > 0 { io.done as i32 } else { result }),
-            ImageOp::WriteZeroes if io.stage == 0 && result == -libc::EOPNOTSUPP => {
+            ImageOp::WriteZeroes if io.stage == Stage::Idle && result == -libc::EOPNOTSUPP => {
                 self.zero_range_refused.store(true, Ordering::Relaxed);
-                io.stage = WRITING_ZEROES;
+                io.stage = Stage::WritingZeroes;
                 None
             }
-            ImageOp::WriteZeroes if io.stage == WRITING_ZEROES && result >= 0 => {
+            ImageOp::WriteZeroes if io.stage == Stage::WritingZeroes && result >= 0 => {
                 if result == 0 {
                     return Some(-libc::EIO);
                 }
@@ -382,7 +371,7 @@ impl ImageBackend for RawImage {
             return Poll::Ready(-libc::EPERM);
         }
         if io.op == ImageOp::WriteZeroes && self.zero_range_refused.load(Ordering::Relaxed) {
-            io.stage = WRITING_ZEROES;
+            io.stage = Stage::WritingZeroes;
         }
         self.next(io, context)
     }

@@ -8,6 +8,7 @@ use super::token::Token;
 use io_uring::{opcode, types, IoUring};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 /// A promise to complete `token` on one I/O thread's ring. Post it exactly
 /// once: that thread counts it as outstanding and does not end before.
@@ -51,8 +52,42 @@ impl Poster {
         Ok(Self { ring: IoUring::new(4)? })
     }
 
-    /// Delivers `result` as the completion of `remote`'s token.
+    /// A poster for a thread that holds a completion to deliver now: a
+    /// failure to make its ring (no memory, no descriptor free) is waited
+    /// out, as `post` waits out its own, since the request's owner waits.
+    pub fn new_patiently() -> Self {
+        let mut pause = RETRY_FIRST;
+        loop {
+            match Self::new() {
+                Ok(poster) => return poster,
+                Err(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Delivers `result` as the completion of `remote`'s token. A transient
+    /// failure (the kernel short of memory, the target's completion queue
+    /// overflowing, a signal) is retried until it goes through: the
+    /// request's owner waits for this completion and would wait forever.
+    /// An error is left only when the target ring is gone, and with it
+    /// every request that could wait for `remote`.
     pub fn post(&mut self, remote: Remote, result: i32) -> io::Result<()> {
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.try_post(&remote, result) {
+                Err(e) if is_transient(&e) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn try_post(&mut self, remote: &Remote, result: i32) -> io::Result<()> {
         let message =
             opcode::MsgRingData::new(types::Fd(remote.ring_fd), result, remote.token.user_data(), None).build();
         // SAFETY: the message points at no memory of ours.
@@ -64,6 +99,18 @@ impl Poster {
         }
         Ok(())
     }
+}
+
+/// The first pause before a failed post is tried again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_micros(50);
+const RETRY_MAX: Duration = Duration::from_millis(100);
+
+fn is_transient(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::WouldBlock
+        || matches!(
+            error.raw_os_error(),
+            Some(libc::EAGAIN | libc::EINTR | libc::ENOMEM | libc::EBUSY | libc::EOVERFLOW)
+        )
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 use super::durability::Durability;
 use super::extents::Extents;
 use super::ffi::CompletionCallback;
-use super::handle::Handle;
+use super::handle::{Command, Handle};
 use crate::runtime::remote::{Poster, Remote};
 use crate::runtime::ring::Ring;
 use std::ffi::{c_int, c_void};
@@ -29,35 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 /// Replies read on one read readiness at most, so that a server that
 /// keeps the socket full cannot hold the thread from its other work.
 const REPLIES_PER_TURN: usize = 64;
-
-/// What a command asks of the server. Buffers belong to the request and
-/// stay put until its completion is delivered.
-#[derive(Debug, Clone, Copy)]
-pub enum Command {
-    Read {
-        buffer: *mut u8,
-        len: u64,
-        offset: u64,
-    },
-    Write {
-        buffer: *const u8,
-        len: u64,
-        offset: u64,
-    },
-    /// `covers_writes`: acknowledged writes were not yet durable when it
-    /// went out (`Durability`).
-    Flush {
-        covers_writes: bool,
-    },
-    Trim {
-        len: u64,
-        offset: u64,
-    },
-    Zero {
-        len: u64,
-        offset: u64,
-    },
-}
 
 // SAFETY: the buffers are a waiting request's; a command carries them only
 // to the libnbd call that reads or fills them, on whichever thread sends it.
@@ -343,10 +314,10 @@ impl Connection {
             };
             let result = if errno == 0 { in_flight.command.success() } else { -request_errno(errno) };
             if let Err(remote) = ring.complete_local(in_flight.remote, result) {
-                let poster = poster.get_or_insert_with(|| Poster::new().expect("a ring to post completions from"));
-                if let Err(e) = poster.post(remote, result) {
-                    panic!("posting an NBD completion to another I/O thread failed: {e}");
-                }
+                let poster = poster.get_or_insert_with(Poster::new_patiently);
+                // Transient failures are retried inside; what is left means
+                // that thread's ring is gone, and nobody waits for this.
+                let _ = poster.post(remote, result);
             }
         }
         kept.into_iter().map(|ended| ended.slot).collect()

@@ -1,11 +1,39 @@
 //! One libnbd handle: connecting it, what it learnt about the export, the
 //! commands sent on it and the state of its socket. Closed when dropped.
 
-use super::connection::Command;
 use super::extents::{extents_of, Extents};
 use super::ffi::{self, Api, CompletionCallback, ExtentCallback, RawHandle};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::time::{Duration, Instant};
+
+/// What a command asks of the server. Buffers belong to the request and
+/// stay put until its completion is delivered.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    Read {
+        buffer: *mut u8,
+        len: u64,
+        offset: u64,
+    },
+    Write {
+        buffer: *const u8,
+        len: u64,
+        offset: u64,
+    },
+    /// `covers_writes`: acknowledged writes were not yet durable when it
+    /// went out (`Durability`).
+    Flush {
+        covers_writes: bool,
+    },
+    Trim {
+        len: u64,
+        offset: u64,
+    },
+    Zero {
+        len: u64,
+        offset: u64,
+    },
+}
 
 pub struct Handle {
     api: &'static Api,

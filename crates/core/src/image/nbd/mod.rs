@@ -27,16 +27,18 @@ mod retry;
 mod status;
 mod uri;
 
-use super::{ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Seek, ThreadImage, Times};
+use super::{
+    ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Seek, Stage, ThreadImage, Times,
+};
 use crate::runtime::buffer::Zeroes;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
-use connection::{Command, Connection};
+use connection::Connection;
 use driver::Driver;
 use durability::Durability;
 use extents::Extents;
-use handle::{Export, Handle, Replies};
+use handle::{Command, Export, Handle, Replies};
 use outages::Outages;
 use reconnect::Target;
 use recovery::Recovery;
@@ -52,8 +54,6 @@ pub use uri::is_uri;
 
 /// A bad address or a server that does not answer fails within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// `ImageIo::stage` of a WriteZeroes done by writing zeroes.
-const WRITING_ZEROES: u8 = 1;
 
 static NEXT_IMAGE: AtomicUsize = AtomicUsize::new(1);
 
@@ -190,11 +190,11 @@ impl NbdImage {
             ImageOp::Flush if !self.export.can_flush => return Poll::Ready(0),
             ImageOp::Flush => Command::Flush { covers_writes: false },
             ImageOp::Discard if self.export.can_trim => Command::Trim { len, offset },
-            ImageOp::Discard | ImageOp::WriteZeroes if self.export.can_zero && io.stage == 0 => {
+            ImageOp::Discard | ImageOp::WriteZeroes if self.export.can_zero && io.stage == Stage::Idle => {
                 Command::Zero { len, offset }
             }
             ImageOp::Discard | ImageOp::WriteZeroes => {
-                io.stage = WRITING_ZEROES;
+                io.stage = Stage::WritingZeroes;
                 Command::Write { buffer: Zeroes::shared().as_ptr(), len: len.min(Zeroes::LEN as u64), offset }
             }
             ImageOp::Allocate => return Poll::Ready(-libc::EOPNOTSUPP),
@@ -271,7 +271,7 @@ impl ImageBackend for NbdImage {
     }
 
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32> {
-        let outcome = if io.stage != WRITING_ZEROES || result < 0 {
+        let outcome = if io.stage != Stage::WritingZeroes || result < 0 {
             Poll::Ready(result)
         } else {
             io.done += result as u64;

@@ -29,7 +29,8 @@ mod workers;
 use super::probe::{parse_qcow2_header, PROBE_BYTES};
 use super::raw::{is_memory_filesystem, DIRECT_ALIGNMENT};
 use super::{
-    open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Times,
+    open_failed, times_of, CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Seek, Stage,
+    Times,
 };
 use crate::os_error::describe;
 use crate::runtime::buffer::Zeroes;
@@ -52,17 +53,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use storage::{is_miss, without_blocking_reads, HostFile};
 use workers::{Job, Lent, Workers};
-
-/// `ImageIo::stage`: a piece is on the ring (`ImageIo::piece` bytes).
-const ON_RING: u8 = 1;
-/// A worker loads the metadata a lookup missed.
-const WARMING: u8 = 2;
-/// The lookup after a warm-up: it may block (it will not, but it must end).
-const WARMED: u8 = 3;
-/// A worker does the work (an allocation, a compressed read, a flush...).
-const HANDED_OFF: u8 = 4;
-/// A write waits on a worker (for a discard to finish, for the image to grow).
-const WAITING: u8 = 5;
 
 /// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
 /// other size down): a write past the end grows to the next sector
@@ -195,7 +185,7 @@ impl Qcow2Image {
     }
 
     /// Hands `job` to a worker; its result completes the request's token.
-    fn hand_off(&self, io: &mut ImageIo, stage: u8, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
+    fn hand_off(&self, io: &mut ImageIo, stage: Stage, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
         io.stage = stage;
         self.workers.run(context.ring.hand_off(context.token), job);
         Poll::Pending
@@ -213,14 +203,14 @@ impl Qcow2Image {
                     image.guard.wait_for_discards();
                     0
                 });
-                return self.hand_off(io, WAITING, context, job);
+                return self.hand_off(io, Stage::Waiting, context, job);
             }
             // Counted from here until the data lands (the ring completion),
             // or until this thread hands the piece on: a discard must not
             // free the cluster this lookup found while its transfer is due.
             let leave = |image: &Shared| image.guard.leave();
-            let lookup = if io.stage == WARMED {
-                io.stage = 0;
+            let lookup = if io.stage == Stage::Warmed {
+                io.stage = Stage::Idle;
                 image.access.get_mapping(offset, remaining)
             } else {
                 without_blocking_reads(|| image.access.get_mapping(offset, remaining))
@@ -233,7 +223,7 @@ impl Qcow2Image {
                     let job: Job<Shared> = Box::new(move |image| {
                         image.answer(request, image.access.get_mapping(offset, remaining).map(|_| 0))
                     });
-                    return self.hand_off(io, WARMING, context, job);
+                    return self.hand_off(io, Stage::Warming, context, job);
                 }
                 Err(e) => {
                     leave(image);
@@ -263,7 +253,7 @@ impl Qcow2Image {
                             opcode::Write::new(fd, buffer.0, len as u32).offset(host).build()
                         };
                         io.piece = len;
-                        io.stage = ON_RING;
+                        io.stage = Stage::OnRing;
                         context.ring.push(entry, context.token);
                         return Poll::Pending;
                     }
@@ -290,7 +280,7 @@ impl Qcow2Image {
                         image.guard.leave();
                         image.answer(request, read)
                     });
-                    return self.hand_off(io, HANDED_OFF, context, job);
+                    return self.hand_off(io, Stage::HandedOff, context, job);
                 }
                 _ => {
                     // The worker counts its allocation in itself, when it runs.
@@ -298,7 +288,7 @@ impl Qcow2Image {
                     let request = io.offset;
                     let job: Job<Shared> =
                         Box::new(move |image| image.answer(request, image.allocate(offset, remaining, buffer.get())));
-                    return self.hand_off(io, HANDED_OFF, context, job);
+                    return self.hand_off(io, Stage::HandedOff, context, job);
                 }
             };
             match moved {
@@ -588,7 +578,7 @@ impl ImageBackend for Qcow2Image {
                     // Growing writes metadata: on a worker, then the write goes on.
                     let request = io.offset;
                     let job: Job<Shared> = Box::new(move |image| image.answer(request, image.grow_to(end).map(|()| 0)));
-                    return self.hand_off(io, WAITING, &mut context, job);
+                    return self.hand_off(io, Stage::Waiting, &mut context, job);
                 }
                 self.step(io, &mut context)
             }
@@ -596,14 +586,14 @@ impl ImageBackend for Qcow2Image {
                 let (offset, len) = (io.offset, io.len);
                 let job: Job<Shared> =
                     Box::new(move |image| image.answer(offset, image.other(op, offset, len).map(|()| 0)));
-                self.hand_off(io, HANDED_OFF, &mut context, job)
+                self.hand_off(io, Stage::HandedOff, &mut context, job)
             }
         }
     }
 
     fn complete(&self, io: &mut ImageIo, result: i32, mut context: IoContext) -> Poll<i32> {
-        let stage = std::mem::replace(&mut io.stage, 0);
-        if stage == ON_RING {
+        let stage = std::mem::take(&mut io.stage);
+        if stage == Stage::OnRing {
             self.shared.guard.leave();
         }
         if result < 0 {
@@ -613,9 +603,9 @@ impl ImageBackend for Qcow2Image {
             (_, ImageOp::Flush | ImageOp::Discard | ImageOp::WriteZeroes | ImageOp::Allocate) => {
                 return Poll::Ready(result)
             }
-            (WARMING, _) => io.stage = WARMED,
-            (WAITING, _) => {}
-            (HANDED_OFF, _) => io.done += result as u64,
+            (Stage::Warming, _) => io.stage = Stage::Warmed,
+            (Stage::Waiting, _) => {}
+            (Stage::HandedOff, _) => io.done += result as u64,
             (_, ImageOp::Read) if (result as u64) < io.piece => {
                 return Poll::Ready(self.shared.short_read(io.offset, io.offset + io.done, io.piece, result as u64));
             }

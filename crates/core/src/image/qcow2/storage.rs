@@ -3,14 +3,13 @@
 //! export reads the descriptors out of the mappings imago returns, to move
 //! the data of mapped clusters on the I/O thread's ring.
 
-use crate::image::lock::{self, Access};
+use crate::image::lock;
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::storage::drivers::CommonStorageHelper;
 use imago::{Storage, StorageOpenOptions};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 thread_local! {
@@ -42,10 +41,6 @@ pub struct HostFile {
     /// O_DIRECT descriptor for aligned data transfers, when wanted and allowed.
     direct: Option<File>,
     helper: CommonStorageHelper,
-}
-
-fn open_file(path: &Path, writable: bool, extra_flags: i32) -> io::Result<File> {
-    OpenOptions::new().read(true).write(writable).custom_flags(libc::O_CLOEXEC | extra_flags).open(path)
 }
 
 fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
@@ -87,10 +82,8 @@ fn past_end(path: &Path, offset: u64, len: u64, size: u64) -> io::Error {
 impl HostFile {
     /// Opens `path`, locked as QEMU locks an image it opens the same way.
     pub fn open_path(path: &Path, writable: bool, direct: bool) -> io::Result<HostFile> {
-        let file = open_file(path, writable, 0)?;
-        lock::acquire(&file, if writable { Access::ReadWrite } else { Access::ReadOnly })
-            .map_err(|e| io::Error::new(io::ErrorKind::ResourceBusy, e))?;
-        let direct = if direct { open_file(path, writable, libc::O_DIRECT).ok() } else { None };
+        let file = lock::open_locked(path, writable)?;
+        let direct = if direct { lock::open_direct(path, writable).ok() } else { None };
         Ok(HostFile { path: path.to_path_buf(), file, direct, helper: CommonStorageHelper::default() })
     }
 
