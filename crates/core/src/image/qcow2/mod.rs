@@ -194,109 +194,138 @@ impl Qcow2Image {
     /// The next pieces of a read or write: done inline, put on the ring, or
     /// handed to a worker.
     fn step(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
-        let image = &*self.shared;
         while io.done < io.len {
-            let offset = io.offset + io.done;
-            let remaining = io.len - io.done;
-            if !image.guard.try_enter() {
-                let job: Job<Shared> = Box::new(|image| {
-                    image.guard.wait_for_discards();
-                    0
-                });
-                return self.hand_off(io, Stage::Waiting, context, job);
-            }
-            // Counted from here until the data lands (the ring completion),
-            // or until this thread hands the piece on: a discard must not
-            // free the cluster this lookup found while its transfer is due.
-            let leave = |image: &Shared| image.guard.leave();
-            let lookup = if io.stage == Stage::Warmed {
-                io.stage = Stage::Idle;
-                image.access.get_mapping(offset, remaining)
-            } else {
-                without_blocking_reads(|| image.access.get_mapping(offset, remaining))
-            };
-            let (mapping, len) = match lookup {
+            let (mapping, len) = match self.look_up(io, context) {
                 Ok(found) => found,
-                Err(e) if is_miss(&e) => {
-                    leave(image);
-                    let request = io.offset;
-                    let job: Job<Shared> = Box::new(move |image| {
-                        image.answer(request, image.access.get_mapping(offset, remaining).map(|_| 0))
-                    });
-                    return self.hand_off(io, Stage::Warming, context, job);
-                }
-                Err(e) => {
-                    leave(image);
-                    return Poll::Ready(image.failed(io.offset, &e));
-                }
+                Err(outcome) => return outcome,
             };
-            let len = len.min(remaining);
-            let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
+            // Each arm leaves the discard guard once it is done with the
+            // mapping (`look_up` entered it).
+            let image = &*self.shared;
             let moved = match (io.op, mapping) {
                 (_, Mapping::Raw { storage, offset: host, writable, .. })
                     if io.op == ImageOp::Read || (writable && len > 0) =>
                 {
-                    if image.memory_backed {
-                        let copied = image.copy_in_memory(io.op, storage, host, len, buffer.0);
-                        leave(image);
-                        match copied {
-                            Ok(read) if read < len => {
-                                return Poll::Ready(image.short_read(io.offset, offset, len, read));
-                            }
-                            other => other,
-                        }
-                    } else {
-                        let fd = types::Fd(image.fd_for(storage, host, len, buffer.0));
-                        let entry = if io.op == ImageOp::Read {
-                            opcode::Read::new(fd, buffer.0, len as u32).offset(host).build()
-                        } else {
-                            opcode::Write::new(fd, buffer.0, len as u32).offset(host).build()
-                        };
-                        io.piece = len;
-                        io.stage = Stage::OnRing;
-                        context.ring.push(entry, context.token);
-                        return Poll::Pending;
-                    }
+                    self.transfer(io, context, storage, host, len)
                 }
                 (ImageOp::Read, Mapping::Zero { .. } | Mapping::Eof { .. }) => {
-                    leave(image);
-                    let len = if len == 0 { remaining } else { len };
+                    image.guard.leave();
+                    let len = if len == 0 { io.len - io.done } else { len };
                     // SAFETY: the request's buffer, `done + len <= io.len`.
                     unsafe { piece_of(context.buffer, io.done, len) }.fill(0);
                     Ok(len)
                 }
-                (ImageOp::Read, _) => {
-                    // Compressed (or anything else imago must decode): read by
-                    // imago, counted in again on the worker while it runs.
-                    leave(image);
-                    let request = io.offset;
-                    let job: Job<Shared> = Box::new(move |image| {
-                        // SAFETY: the request's buffer, lent until this job's result is posted.
-                        let piece = unsafe { piece_of(buffer.get(), 0, len) };
-                        let mut vector = IoVectorMut::new();
-                        vector.push(piece);
-                        image.guard.enter_waiting();
-                        let read = image.access.readv(vector, offset).map(|()| len);
-                        image.guard.leave();
-                        image.answer(request, read)
-                    });
-                    return self.hand_off(io, Stage::HandedOff, context, job);
-                }
-                _ => {
-                    // The worker counts its allocation in itself, when it runs.
-                    leave(image);
-                    let request = io.offset;
-                    let job: Job<Shared> =
-                        Box::new(move |image| image.answer(request, image.allocate(offset, remaining, buffer.get())));
-                    return self.hand_off(io, Stage::HandedOff, context, job);
-                }
+                (ImageOp::Read, _) => return self.read_decoded(io, context, len),
+                _ => return self.allocate(io, context),
             };
             match moved {
                 Ok(moved) => io.done += moved,
-                Err(e) => return Poll::Ready(image.failed(io.offset, &e)),
+                Err(outcome) => return outcome,
             }
         }
         Poll::Ready(io.done as i32)
+    }
+
+    /// The mapping of the next piece of `io`, the discard guard entered
+    /// (counted from here until the data lands, or until this thread hands
+    /// the piece on: a discard must not free the cluster this lookup found
+    /// while its transfer is due). A lookup that must wait goes to a worker.
+    fn look_up(&self, io: &mut ImageIo, context: &mut IoContext) -> Result<(Mapping<'_, HostFile>, u64), Poll<i32>> {
+        let image = &*self.shared;
+        let (offset, remaining) = (io.offset + io.done, io.len - io.done);
+        if !image.guard.try_enter() {
+            let job: Job<Shared> = Box::new(|image| {
+                image.guard.wait_for_discards();
+                0
+            });
+            return Err(self.hand_off(io, Stage::Waiting, context, job));
+        }
+        let lookup = if io.stage == Stage::Warmed {
+            io.stage = Stage::Idle;
+            image.access.get_mapping(offset, remaining)
+        } else {
+            without_blocking_reads(|| image.access.get_mapping(offset, remaining))
+        };
+        match lookup {
+            Ok((mapping, len)) => Ok((mapping, len.min(remaining))),
+            Err(e) if is_miss(&e) => {
+                image.guard.leave();
+                let request = io.offset;
+                let job: Job<Shared> = Box::new(move |image| {
+                    image.answer(request, image.access.get_mapping(offset, remaining).map(|_| 0))
+                });
+                Err(self.hand_off(io, Stage::Warming, context, job))
+            }
+            Err(e) => {
+                image.guard.leave();
+                Err(Poll::Ready(image.failed(io.offset, &e)))
+            }
+        }
+    }
+
+    /// Data that lies in a host file as it is: copied on a memory-backed
+    /// image (done at once), else an SQE that reads into or writes from the
+    /// request's buffer (Pending; the guard is left on its completion).
+    fn transfer(
+        &self,
+        io: &mut ImageIo,
+        context: &mut IoContext,
+        storage: &HostFile,
+        host: u64,
+        len: u64,
+    ) -> Result<u64, Poll<i32>> {
+        let image = &*self.shared;
+        let buffer = context.buffer.wrapping_add(io.done as usize);
+        if image.memory_backed {
+            let copied = image.copy_in_memory(io.op, storage, host, len, buffer);
+            image.guard.leave();
+            let offset = io.offset + io.done;
+            return match copied {
+                Ok(read) if read < len => Err(Poll::Ready(image.short_read(io.offset, offset, len, read))),
+                Ok(moved) => Ok(moved),
+                Err(e) => Err(Poll::Ready(image.failed(io.offset, &e))),
+            };
+        }
+        let fd = types::Fd(image.fd_for(storage, host, len, buffer));
+        let entry = if io.op == ImageOp::Read {
+            opcode::Read::new(fd, buffer, len as u32).offset(host).build()
+        } else {
+            opcode::Write::new(fd, buffer, len as u32).offset(host).build()
+        };
+        io.piece = len;
+        io.stage = Stage::OnRing;
+        context.ring.push(entry, context.token);
+        Err(Poll::Pending)
+    }
+
+    /// Compressed data (or anything else imago must decode): read by imago
+    /// on a worker, counted in the discard guard again while it runs.
+    fn read_decoded(&self, io: &mut ImageIo, context: &mut IoContext, len: u64) -> Poll<i32> {
+        self.shared.guard.leave();
+        let (request, offset) = (io.offset, io.offset + io.done);
+        let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
+        let job: Job<Shared> = Box::new(move |image| {
+            // SAFETY: the request's buffer, lent until this job's result is posted.
+            let piece = unsafe { piece_of(buffer.get(), 0, len) };
+            let mut vector = IoVectorMut::new();
+            vector.push(piece);
+            image.guard.enter_waiting();
+            let read = image.access.readv(vector, offset).map(|()| len);
+            image.guard.leave();
+            image.answer(request, read)
+        });
+        self.hand_off(io, Stage::HandedOff, context, job)
+    }
+
+    /// A write where the top image has no writable cluster: the allocation
+    /// (and the write) on a worker, which counts itself in when it runs.
+    fn allocate(&self, io: &mut ImageIo, context: &mut IoContext) -> Poll<i32> {
+        self.shared.guard.leave();
+        let (request, offset, remaining) = (io.offset, io.offset + io.done, io.len - io.done);
+        let buffer = Lent(context.buffer.wrapping_add(io.done as usize));
+        let job: Job<Shared> =
+            Box::new(move |image| image.answer(request, image.allocate(offset, remaining, buffer.get())));
+        self.hand_off(io, Stage::HandedOff, context, job)
     }
 }
 
