@@ -4,8 +4,10 @@
 //! runtime through `thread::ThreadTransports`.
 
 pub mod fuse_queue;
+mod image_part;
 pub mod legacy;
 pub mod mount;
+mod registration;
 pub mod thread;
 pub mod uring_setup;
 

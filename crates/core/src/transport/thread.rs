@@ -1,10 +1,14 @@
-//! What one I/O thread serves: its /dev/fuse descriptor and the kernel FUSE
-//! queues dealt to it. It is the owner of every SQE the thread's ring
-//! carries for them, and routes each completion by its token's channel.
+//! What one I/O thread serves: its /dev/fuse descriptor, the kernel FUSE
+//! queues dealt to it, the image backend's part. It is the owner of every
+//! SQE the thread's ring carries for them, and routes each completion by
+//! its token's channel; the REGISTER step (`registration.rs`) and the
+//! backend's part (`image_part.rs`) have homes of their own.
 
 use super::fuse_queue::{FuseQueue, QueueEvent};
+use super::image_part::ImagePart;
 use super::kind;
 use super::legacy::LegacyChannel;
+use super::registration::Registration;
 use super::uring_setup::RingSetup;
 use crate::image::ThreadImage;
 use crate::request::RequestCore;
@@ -29,20 +33,8 @@ pub struct ThreadTransports {
     core: Arc<RequestCore>,
     legacy: LegacyChannel,
     queues: Vec<FuseQueue>,
-    /// Present when FUSE-over-io_uring is wanted.
-    ring_setup: Option<Arc<RingSetup>>,
     registration: Registration,
-    /// The image backend's part on this thread, if it has one.
-    image: Option<Box<dyn ThreadImage>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Registration {
-    /// Until INIT's reply is out.
-    Waiting,
-    /// REGISTERs submitted; immediate refusals are reaped on the next turn.
-    Submitted,
-    Done,
+    image: Option<ImagePart>,
 }
 
 impl ThreadTransports {
@@ -53,19 +45,8 @@ impl ThreadTransports {
         ring_setup: Option<Arc<RingSetup>>,
         image: Option<Box<dyn ThreadImage>>,
     ) -> Self {
-        let registration = if queues.is_empty() { Registration::Done } else { Registration::Waiting };
-        Self { core, legacy, queues, ring_setup, registration, image }
-    }
-
-    /// The image backend's notices are warnings; its fatal error halts the
-    /// export.
-    fn image_outcome(core: &RequestCore, image: &mut dyn ThreadImage, outcome: Result<(), String>) {
-        for notice in image.take_notices() {
-            core.status.warn(notice.kind, notice.message);
-        }
-        if let Err(reason) = outcome {
-            core.status.halt(reason);
-        }
+        let registration = Registration::new(ring_setup, &queues);
+        Self { core, legacy, queues, registration, image: image.map(ImagePart::new) }
     }
 
     /// The CPU whose queue this thread serves alone, if it serves one CPU:
@@ -75,41 +56,18 @@ impl ThreadTransports {
         let first = self.queues.first()?.qid();
         self.queues.iter().all(|q| q.qid() == first).then_some(first as usize)
     }
-
-    /// REGISTERs every entry of this thread's queues once INIT's reply is
-    /// out; the thread's loop then submits them at once and comes back, so
-    /// that a refusal is seen before `start()` reports the transport.
-    fn register(&mut self, ring: &mut Ring) -> Next {
-        let Some(setup) = &self.ring_setup else { return Next::Wait };
-        match self.registration {
-            Registration::Waiting if setup.may_register(&self.core) => {
-                for queue in &mut self.queues {
-                    queue.register(ring);
-                }
-                self.registration = Registration::Submitted;
-                Next::Poll
-            }
-            Registration::Submitted => {
-                setup.thread_registered();
-                self.registration = Registration::Done;
-                Next::Wait
-            }
-            _ => Next::Wait,
-        }
-    }
 }
 
 impl Owner for ThreadTransports {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next {
         if let Some(image) = &mut self.image {
-            let outcome = image.prepare(ring, phase);
-            Self::image_outcome(&self.core, image.as_mut(), outcome);
+            image.prepare(ring, phase, &self.core);
         }
         self.legacy.prepare(ring, &self.core, phase);
         for queue in &mut self.queues {
             queue.admit_held(ring, &self.core, phase);
         }
-        self.register(ring)
+        self.registration.advance(&mut self.queues, ring, &self.core)
     }
 
     fn complete(&mut self, ring: &mut Ring, completion: Completion, phase: Phase) {
@@ -119,8 +77,7 @@ impl Owner for ThreadTransports {
         let queue = (token.channel() as usize).wrapping_sub(1);
         if token.channel() == IMAGE_CHANNEL {
             if let Some(image) = &mut self.image {
-                let outcome = image.complete(ring, token, result);
-                Self::image_outcome(core, image.as_mut(), outcome);
+                image.complete(ring, token, result, core);
             }
             return;
         }
@@ -132,19 +89,13 @@ impl Owner for ThreadTransports {
                 let was_init = self.legacy.on_reply(core, slot, result);
                 // Written, so the kernel has processed INIT's reply.
                 if was_init && core.init_replied.set(()) {
-                    if let Some(setup) = &self.ring_setup {
-                        setup.wake_to_register();
-                    }
+                    self.registration.init_replied();
                 }
             }
             (kind::RING_COMMAND, _) => match self.queues[queue].on_command(ring, core, slot, result, phase) {
                 QueueEvent::None => {}
                 QueueEvent::Disconnected => core.status.disconnected(),
-                QueueEvent::RegisterFailed(reason) => {
-                    if let Some(setup) = &self.ring_setup {
-                        setup.register_failed(core, reason);
-                    }
-                }
+                QueueEvent::RegisterFailed(reason) => self.registration.failed(core, reason),
                 QueueEvent::Fatal(reason) => core.status.halt(reason),
             },
             _ => {}
