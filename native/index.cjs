@@ -837,4 +837,6 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeExport = nativeBinding.NativeExport
 module.exports.detachMount = nativeBinding.detachMount
+module.exports.latencyBounds = nativeBinding.latencyBounds
+module.exports.sdNotify = nativeBinding.sdNotify
 module.exports.startExport = nativeBinding.startExport

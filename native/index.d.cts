@@ -10,8 +10,12 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeExport {
+  /** Changes the image's virtual size (QMP's `block_resize`). */
+  resize(size: number): void
   info(): NativeStartInfo
   stats(): NativeStats
+  /** The image operations' latencies so far, by class. */
+  latencies(): Array<NativeLatency>
   /** Stop fetching new requests (drain); in-flight ones finish. */
   pause(): void
   halt(reason: string): void
@@ -32,6 +36,9 @@ export declare class NativeExport {
 /** Lazily unmounts whatever is mounted on `path` (a dead export). */
 export declare function detachMount(path: string): void
 
+/** The upper bounds of the latency buckets, in seconds. */
+export declare function latencyBounds(): Array<number>
+
 /**
  * `kind` is "disconnected" (the kernel connection ended), "halted" (with `reason`) or "warning" (with
  * `reason` and `name`, which names the warning for scripts).
@@ -40,6 +47,18 @@ export interface NativeEvent {
   kind: string
   reason?: string
   name?: string
+}
+
+/**
+ * How long one class of image operations took: per bucket of
+ * `latencyBounds()` (not cumulative; the last counts what exceeded every
+ * bound), and their sum.
+ */
+export interface NativeLatency {
+  /** "read" | "write" | "other" */
+  op: string
+  counts: Array<number>
+  sumSeconds: number
 }
 
 export interface NativeOptions {
@@ -105,6 +124,12 @@ export interface NativeStats {
   errors: number
   inFlight: number
 }
+
+/**
+ * Sends `state` (`READY=1`, `STOPPING=1`, `STATUS=...`) to NOTIFY_SOCKET.
+ * False when no service manager listens (the variable is unset).
+ */
+export declare function sdNotify(state: string): boolean
 
 /**
  * Mounts `options.mountpoint` and serves it; resolves once the kernel's

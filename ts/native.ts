@@ -9,6 +9,7 @@ export type NativeExport = Native.NativeExport;
 export type NativeEvent = Native.NativeEvent;
 export type NativeOptions = Native.NativeOptions;
 export type NativeStats = Native.NativeStats;
+export type NativeLatency = Native.NativeLatency;
 
 let binding: typeof Native | undefined;
 

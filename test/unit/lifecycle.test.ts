@@ -50,6 +50,8 @@ function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
       return {
         info: () => ({ format: 'raw', image: 'fake.img', backend: 'file', size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, passthrough: false, passthroughReason: 'fake', warnings: [] }),
         stats: () => ({ legacyRequests: 7, ringRequests: 0, bytesRead: 1, bytesWritten: 2, errors: 0, inFlight: core.inFlight }),
+        resize: (size) => void calls.push(`resize:${size}`),
+        latencies: () => [],
         pause: () => void calls.push('pause'),
         halt: (reason) => {
           calls.push(`halt:${reason}`);

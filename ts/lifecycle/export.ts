@@ -3,7 +3,7 @@
 // decides when to drain, halt and let go, and holds the references.
 import { EventEmitter } from 'node:events';
 import { resolve } from 'node:path';
-import { native, type NativeEvent, type NativeExport, type NativeOptions } from '../native.js';
+import { native, type NativeEvent, type NativeExport, type NativeLatency, type NativeOptions } from '../native.js';
 import {
   isRemoteImage,
   resolveOptions,
@@ -94,7 +94,10 @@ export interface Core {
   startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<CoreExport>;
   detachMount(path: string): void;
 }
-export type CoreExport = Pick<NativeExport, 'info' | 'stats' | 'pause' | 'halt' | 'unmount' | 'abort' | 'stop'>;
+export type CoreExport = Pick<
+  NativeExport,
+  'info' | 'stats' | 'latencies' | 'resize' | 'pause' | 'halt' | 'unmount' | 'abort' | 'stop'
+>;
 
 const DRAIN_POLL_MS = 2;
 /** The I/O threads get at least this long to finish, even past the deadline. */
@@ -224,6 +227,20 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
   }
 
   /** Counters of the Rust core; the last values once stopped. */
+  /**
+   * Changes the image's virtual size (QMP's `block_resize`), whatever
+   * `growable` says; the file shows it within a second (the kernel's
+   * attribute cache).
+   */
+  resize(size: number): void {
+    this.#core.resize(size);
+  }
+
+  /** How long the image operations took so far, by class, per bucket of `latencyBounds()`. */
+  latencies(): NativeLatency[] {
+    return this.#core.latencies();
+  }
+
   stats(): ExportStats {
     if (!this.#machine.is('stopped')) this.#lastStats = this.#core.stats();
     return { ...this.#lastStats, passthrough: this.info.passthrough };

@@ -3,6 +3,7 @@
 
 use fuse_export_core::image::probe::QEMU_FORMATS;
 use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions, Overlay};
+use fuse_export_core::request::counters::{OpClass, LATENCY_BOUNDS};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::status::Event;
 use fuse_export_core::transport::mount;
@@ -10,6 +11,8 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
+
+pub mod notify;
 
 #[napi(object)]
 pub struct NativeOptions {
@@ -76,6 +79,23 @@ pub struct NativeStats {
     pub bytes_written: f64,
     pub errors: f64,
     pub in_flight: f64,
+}
+
+/// How long one class of image operations took: per bucket of
+/// `latencyBounds()` (not cumulative; the last counts what exceeded every
+/// bound), and their sum.
+#[napi(object)]
+pub struct NativeLatency {
+    /// "read" | "write" | "other"
+    pub op: String,
+    pub counts: Vec<f64>,
+    pub sum_seconds: f64,
+}
+
+/// The upper bounds of the latency buckets, in seconds.
+#[napi]
+pub fn latency_bounds() -> Vec<f64> {
+    LATENCY_BOUNDS.iter().map(|bound| bound.as_secs_f64()).collect()
 }
 
 /// `kind` is "disconnected" (the kernel connection ended), "halted" (with `reason`) or "warning" (with
@@ -221,6 +241,15 @@ impl NativeExport {
 
 #[napi]
 impl NativeExport {
+    /// Changes the image's virtual size (QMP's `block_resize`).
+    #[napi]
+    pub fn resize(&self, size: f64) -> Result<()> {
+        if !(size.is_finite() && size >= 0.0 && size.fract() == 0.0) {
+            return Err(Error::from_reason(format!("a size is a whole number of bytes, not {size}")));
+        }
+        self.with(|server| server.resize(size as u64))?.map_err(Error::from_reason)
+    }
+
     #[napi]
     pub fn info(&self) -> Result<NativeStartInfo> {
         self.with(|server| {
@@ -257,6 +286,25 @@ impl NativeExport {
                 errors: s.errors as f64,
                 in_flight: s.in_flight as f64,
             }
+        })
+    }
+
+    /// The image operations' latencies so far, by class.
+    #[napi]
+    pub fn latencies(&self) -> Result<Vec<NativeLatency>> {
+        self.with(|server| {
+            let snapshot = server.stats();
+            OpClass::ALL
+                .iter()
+                .map(|class| {
+                    let latencies = &snapshot.latencies[*class as usize];
+                    NativeLatency {
+                        op: class.name().into(),
+                        counts: latencies.buckets.iter().map(|&n| n as f64).collect(),
+                        sum_seconds: latencies.sum_ns as f64 / 1e9,
+                    }
+                })
+                .collect()
         })
     }
 

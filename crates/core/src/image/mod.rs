@@ -35,7 +35,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use probe::FormatChoice;
 use route::Route;
@@ -167,11 +167,13 @@ pub struct ImageIo {
     /// Bytes of the part now in flight, for backends that split a request
     /// into parts (qcow2: one mapping's worth at a time).
     pub piece: u64,
+    /// When the operation began, for its latency.
+    pub started: Instant,
 }
 
 impl ImageIo {
     pub fn new(op: ImageOp, offset: u64, len: u64) -> Self {
-        Self { op, offset, len, done: 0, stage: Stage::Idle, piece: 0 }
+        Self { op, offset, len, done: 0, stage: Stage::Idle, piece: 0, started: Instant::now() }
     }
 }
 

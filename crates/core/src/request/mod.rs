@@ -23,7 +23,7 @@ use crate::runtime::token::Token;
 use crate::status::Status;
 use attributes::Attributes;
 use bounded::Bounded;
-use counters::Counters;
+use counters::{Counters, OpClass};
 use init::Negotiated;
 use passthrough::Passthrough;
 use std::sync::atomic::Ordering;
@@ -222,6 +222,7 @@ impl RequestCore {
             return Reply::error(libc::EIO);
         }
         let result = if self.faults.fails(io.offset, io.len) { -libc::EIO } else { result };
+        self.counters.local().latency(OpClass::of(io.op), io.started.elapsed());
         if result < 0 {
             self.image_error(io, -result);
             return Reply::error(-result);

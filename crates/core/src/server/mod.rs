@@ -312,6 +312,19 @@ impl Server {
         self.core.counters.snapshot()
     }
 
+    /// Changes the image's virtual size (QMP's `block_resize`), as a
+    /// truncate through the mount would, whatever `--growable` says: the
+    /// file shows it once the kernel's cached attributes expire (1 s).
+    pub fn resize(&self, size: u64) -> Result<(), String> {
+        let image = self.core.image();
+        if !image.writable() {
+            return Err(format!("{} is exported read-only: it cannot be resized", image.shown_name()));
+        }
+        image
+            .resize(size)
+            .map_err(|e| format!("Failed to resize {}: {}", image.shown_name(), crate::os_error::describe(&e)))
+    }
+
     pub fn halt(&self, reason: &str) {
         self.core.status.halt(reason);
     }
