@@ -37,7 +37,17 @@ export interface FuseExportSpec {
 export interface IothreadSpec {
   id: string;
   'poll-max-ns'?: number;
+  /** QEMU's adaptive polling and batching knobs: kept so they can be reported back. */
+  'poll-grow'?: number;
+  'poll-shrink'?: number;
+  'aio-max-batch'?: number;
 }
+
+/**
+ * `--object secret,id=ID,data=...` or `...,file=PATH`: a key an encrypted
+ * image names by id (luks `key-secret`, qcow2 `encrypt.key-secret`).
+ */
+export type SecretSpec = { id: string; data: string } | { id: string; file: string };
 
 /** `--chardev socket,id=ID,path=PATH,server=on,wait=off`: where QMP listens. */
 export interface ChardevSpec {
@@ -54,6 +64,7 @@ export interface DaemonConfig {
   blockdevs: BlockdevOptions[];
   exports: FuseExportSpec[];
   iothreads: IothreadSpec[];
+  secrets: SecretSpec[];
   chardevs: ChardevSpec[];
   monitors: MonitorSpec[];
   pidfile?: string;
