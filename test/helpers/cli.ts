@@ -11,6 +11,7 @@ import { register } from './registry.js';
 import { assertPassthroughOfPass, DEFAULT_PASSTHROUGH, formatOfPass, type ReadyPassthrough } from './passthrough-pass.js';
 
 export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const CLI_COMMAND: Argv = [process.execPath, CLI, '--log-format', 'json'];
 const READY_TIMEOUT = 20_000;
 const EXIT_TIMEOUT = 20_000;
 
@@ -80,6 +81,8 @@ export interface CliStartOptions {
   env?: NodeJS.ProcessEnv;
   onLine?: (line: LogLine) => void;
   cwd?: string;
+  /** What runs before `args` (default: `node CLI --log-format json`; the storage daemon's is its own). */
+  command?: Argv;
 }
 
 /** A running `fuse-export` started by spawnCli() or startCli(). */
@@ -92,8 +95,8 @@ export type ReadyExport = CliExport & { ready: LogLine };
  * { child, pid, lines, stderr(), event(name, timeout), exited, signal(sig),
  * wait(timeout) }. Nothing stops it but its caller: tests use startCli().
  */
-export function spawnCli(args: Argv, { user, env, onLine, cwd }: CliStartOptions = {}) {
-  const [cmd, ...rest] = asUser(user, [process.execPath, CLI, '--log-format', 'json', ...args]);
+export function spawnCli(args: Argv, { user, env, onLine, cwd, command = CLI_COMMAND }: CliStartOptions = {}) {
+  const [cmd, ...rest] = asUser(user, [...command, ...args]);
   const child = spawn(cmd, rest, { cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   let stdout = '';

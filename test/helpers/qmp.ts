@@ -105,13 +105,14 @@ export class QmpTestClient {
     });
   }
 
-  /** The first event of that name, received already or within the time. */
-  waitEvent(name: string, timeoutMs = REPLY_TIMEOUT_MS): Promise<QmpEvent> {
-    const seen = this.events.find((event) => event.event === name);
+  /** The first event of that name (and that `where` accepts), received already or within the time. */
+  waitEvent(name: string, timeoutMs = REPLY_TIMEOUT_MS, where: (event: QmpEvent) => boolean = () => true): Promise<QmpEvent> {
+    const wanted = (event: QmpEvent) => event.event === name && where(event);
+    const seen = this.events.find(wanted);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       const listener = (event: QmpEvent): void => {
-        if (event.event !== name) return;
+        if (!wanted(event)) return;
         this.eventListeners.delete(listener);
         clearTimeout(timer);
         resolve(event);

@@ -1,0 +1,231 @@
+// The storage daemon's state, in qemu-storage-daemon's terms: block nodes
+// and the FUSE exports of them, added and removed while it runs (from the
+// command line, QMP or the Node API), with qsd's refusals. Each export is
+// a FuseExport; the daemon knows which node it serves and tells when it is
+// gone.
+import { EventEmitter } from 'node:events';
+import { statSync, truncateSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { availableParallelism } from 'node:os';
+import { FuseExport, type ExportStats, type StoppedEvent } from '../lifecycle/export.js';
+import type { Core } from '../lifecycle/export.js';
+import type { ExportWarning } from '../lifecycle/export.js';
+import type { NativeLatency } from '../native.js';
+import { native } from '../native.js';
+import {
+  DaemonConfigError,
+  type BlockdevOptions,
+  type FuseExportSpec,
+  type IothreadSpec,
+  type SecretSpec,
+} from './config.js';
+import { nodeGraph, nodeUsers, resolveNode, type ResolvedNode } from './nodes.js';
+import { SecretFiles } from './secrets.js';
+
+const run = promisify(execFile);
+
+/** One export the daemon serves. */
+export interface DaemonExport {
+  spec: FuseExportSpec;
+  export: FuseExport;
+  /** A stop under way (block-export-del, shutdown). */
+  stopping?: Promise<StoppedEvent>;
+}
+
+/** What `query-block-exports` says of an export. */
+export interface ExportSummary {
+  type: 'fuse';
+  id: string;
+  'node-name': string;
+  'shutting-down': boolean;
+}
+
+export interface ExportCounters extends ExportStats {
+  id: string;
+  nodeName: string;
+  transport: string;
+  latencies: NativeLatency[];
+}
+
+export interface StorageDaemonEvents {
+  /** An export stopped and unmounted: `BLOCK_EXPORT_DELETED`. */
+  exportDeleted: [{ id: string; stopped: StoppedEvent }];
+  warning: [ExportWarning & { id?: string }];
+}
+
+export interface StorageDaemonOptions {
+  iothreads?: readonly IothreadSpec[];
+  secrets?: readonly SecretSpec[];
+  /** I/O threads of an export that names no iothread (default: one per CPU, as the CLI's). */
+  defaultThreads?: number;
+  /** The Rust core (a fake one in unit tests). */
+  core?: Core;
+}
+
+export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
+  /** The nodes added at the top (blockdev-add, --blockdev), and every named node in them. */
+  readonly #blockdevs: BlockdevOptions[] = [];
+  #nodes = new Map<string, BlockdevOptions>();
+  readonly #exports = new Map<string, DaemonExport>();
+  readonly #iothreads = new Set<string>();
+  readonly #secrets: SecretFiles;
+  readonly #defaultThreads: number;
+  readonly #core: Core | undefined;
+
+  constructor({ iothreads = [], secrets = [], defaultThreads, core }: StorageDaemonOptions = {}) {
+    super();
+    for (const iothread of iothreads) this.#iothreads.add(iothread.id);
+    this.#secrets = new SecretFiles(secrets);
+    this.#defaultThreads = defaultThreads ?? availableParallelism();
+    this.#core = core;
+  }
+
+  /** `--blockdev`, `blockdev-add`: a node, checked as far as it can be without opening it. */
+  addBlockdev(options: BlockdevOptions): void {
+    const name = options['node-name'];
+    if (typeof name !== 'string' || name === '') {
+      throw new DaemonConfigError("'node-name' must be specified for the root node");
+    }
+    const nodes = nodeGraph([...this.#blockdevs, options]);
+    resolveNode(nodes, name);
+    this.#blockdevs.push(options);
+    this.#nodes = nodes;
+  }
+
+  /** `blockdev-del`: a node added at the top, refused while an export or another node uses it. */
+  deleteBlockdev(name: string): void {
+    const index = this.#blockdevs.findIndex((node) => node['node-name'] === name);
+    if (index < 0) throw new DaemonConfigError(`Failed to find node with node-name='${name}'`);
+    const exporter = [...this.#exports.values()].find((e) => e.spec['node-name'] === name);
+    if (exporter) throw new DaemonConfigError(`Node '${name}' is busy: block device is in use by block export '${exporter.spec.id}'`);
+    const user = nodeUsers(this.#nodes, name)[0];
+    if (user !== undefined) throw new DaemonConfigError(`Node '${name}' is busy: node is used as child of '${user}'`);
+    this.#blockdevs.splice(index, 1);
+    this.#nodes = nodeGraph(this.#blockdevs);
+  }
+
+  /** `--export`, `block-export-add`: mounts and serves before it resolves. */
+  async addExport(spec: FuseExportSpec): Promise<FuseExport> {
+    if (this.#exports.has(spec.id)) throw new DaemonConfigError(`Block export id '${spec.id}' is already in use`);
+    const nodeName = spec['node-name'];
+    if (!this.#nodes.has(nodeName)) {
+      throw new DaemonConfigError(`Cannot find device='${nodeName}' nor node-name='${nodeName}'`);
+    }
+    checkMountpoint(spec.mountpoint, [...this.#exports.values()]);
+    const iothreads = spec.iothread === undefined ? [] : [spec.iothread].flat();
+    for (const id of iothreads) {
+      if (!this.#iothreads.has(id)) throw new DaemonConfigError(`Cannot find iothread ${id}`);
+    }
+    const node = resolveNode(this.#nodes, nodeName);
+    if (spec.writable && node.readOnly) {
+      throw new DaemonConfigError(`Block node is read-only: export ${spec.id} cannot be writable`);
+    }
+    const exp = await FuseExport.start(
+      {
+        ...this.#imageOptions(node),
+        mountpoint: spec.mountpoint,
+        writable: spec.writable ?? false,
+        growable: spec.growable ?? false,
+        allowOther: spec['allow-other'] ?? 'auto',
+        ioUring: spec['io-uring'],
+        passthrough: spec.passthrough,
+        queueDepth: spec['queue-depth'],
+        pollMaxUs: spec['poll-max-us'],
+        threads: iothreads.length || this.#defaultThreads,
+      },
+      { onWarning: (warning) => this.emit('warning', { ...warning, id: spec.id }) },
+      this.#core ?? native(),
+    );
+    const entry: DaemonExport = { spec, export: exp };
+    this.#exports.set(spec.id, entry);
+    exp.on('warning', (warning) => this.emit('warning', { ...warning, id: spec.id }));
+    // An export that ends by itself (unmounted from outside, halted) is gone too.
+    exp.on('stopped', (stopped) => this.#forget(spec.id, stopped));
+    return exp;
+  }
+
+  /** `block-export-del`: drains and unmounts; `exportDeleted` follows. */
+  deleteExport(id: string): Promise<StoppedEvent> {
+    const entry = this.#exports.get(id);
+    if (!entry) throw new DaemonConfigError(`Export '${id}' is not found`);
+    entry.stopping ??= entry.export.stop('api');
+    return entry.stopping;
+  }
+
+  /** `block_resize`: the live export's file when the node has one, else the image itself. */
+  async resize(nodeName: string, size: number): Promise<void> {
+    if (!this.#nodes.has(nodeName)) {
+      throw new DaemonConfigError(`Cannot find device='${nodeName}' nor node-name='${nodeName}'`);
+    }
+    if (!Number.isSafeInteger(size) || size < 0) throw new DaemonConfigError(`Invalid size ${size}`);
+    const exporter = [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName);
+    if (exporter) return exporter.export.resize(size);
+    const node = resolveNode(this.#nodes, nodeName);
+    if (node.readOnly) throw new DaemonConfigError(`Node '${nodeName}' is read-only`);
+    if (node.format === 'raw' && !node.image.includes('://')) return truncateSync(node.image, size);
+    await run('qemu-img', ['resize', '-q', '-f', node.format, node.image, String(size)]);
+  }
+
+  get nodes(): ReadonlyMap<string, BlockdevOptions> {
+    return this.#nodes;
+  }
+
+  exports(): ExportSummary[] {
+    return [...this.#exports.values()].map(({ spec, stopping }) => ({
+      type: 'fuse',
+      id: spec.id,
+      'node-name': spec['node-name'],
+      'shutting-down': stopping !== undefined,
+    }));
+  }
+
+  /** Every export's counters and latencies (metrics, query-blockstats). */
+  counters(): ExportCounters[] {
+    return [...this.#exports.values()].map(({ spec, export: exp }) => ({
+      ...exp.stats(),
+      id: spec.id,
+      nodeName: spec['node-name'],
+      transport: exp.info.transport,
+      latencies: exp.latencies(),
+    }));
+  }
+
+  /** The export serving `nodeName`, if any. */
+  exportOf(nodeName: string): FuseExport | undefined {
+    return [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName)?.export;
+  }
+
+  /** Stops every export (drain, unmount), then forgets the secrets' files. */
+  async shutdown(): Promise<void> {
+    await Promise.allSettled([...this.#exports.keys()].map((id) => this.deleteExport(id)));
+    this.#secrets.remove();
+  }
+
+  #imageOptions(node: ResolvedNode) {
+    return {
+      image: node.image,
+      format: node.format,
+      cache: node.cache,
+      ...(node.keySecret === undefined ? {} : { keyFile: this.#secrets.fileOf(node.keySecret) }),
+    };
+  }
+
+  #forget(id: string, stopped: StoppedEvent): void {
+    if (!this.#exports.delete(id)) return;
+    this.emit('exportDeleted', { id, stopped });
+  }
+}
+
+/** qsd's mountpoint rules: an existing regular file that no other export uses. */
+function checkMountpoint(mountpoint: string, exports: DaemonExport[]): void {
+  let stat;
+  try {
+    stat = statSync(mountpoint);
+  } catch (error) {
+    throw new DaemonConfigError(`Failed to stat '${mountpoint}': ${(error as Error).message}`);
+  }
+  if (!stat.isFile()) throw new DaemonConfigError(`'${mountpoint}' is not a regular file`);
+  const other = exports.find((e) => e.spec.mountpoint === mountpoint);
+  if (other) throw new DaemonConfigError(`'${mountpoint}' is already the mountpoint of export '${other.spec.id}'`);
+}
