@@ -29,6 +29,7 @@ import {
   type IoUring,
 } from './helpers/index.js';
 import { DAEMON, qmpClient, qmpSocket, startDaemon, stopDaemon } from './helpers/daemon.js';
+import { StorageDaemon } from 'fuse-export';
 import { QmpCommandError, QmpTestClient } from './helpers/qmp.js';
 
 const SIZE = 16 * MiB;
@@ -289,4 +290,25 @@ test.serial('command line refusals exit 1 naming the option and the key; --daemo
     }
   }, { what: 'the daemon to exit' });
   t.pass();
+});
+
+test.serial('the Node API: a StorageDaemon adds, lists, resizes and removes exports on real mounts', async (t) => {
+  const dir = tmpDir(t);
+  const image = makeImage(dir, 'disk.img', SIZE, [[0, pattern(4 * KiB, 9)]]);
+  const mnt = makeMountpoint(dir);
+  const daemon = new StorageDaemon({ defaultThreads: 1 });
+  t.teardown(() => daemon.shutdown());
+  daemon.addBlockdev({ driver: 'file', 'node-name': 'disk', filename: image });
+  const exp = await daemon.addExport({ type: 'fuse', id: 'exp0', 'node-name': 'disk', mountpoint: mnt, writable: true });
+  t.is(exp.info.size, SIZE);
+  t.deepEqual(daemon.list(), [{ type: 'fuse', id: 'exp0', 'node-name': 'disk', 'shutting-down': false }]);
+  assertBytes(t, await readVia(mnt, 0, 4 * KiB), pattern(4 * KiB, 9));
+  await daemon.resize('disk', 2 * SIZE);
+  await waitUntil(() => statSync(mnt).size === 2 * SIZE, { timeout: 3000, what: 'the new size' });
+  const deleted = new Promise((resolve) => daemon.once('exportDeleted', resolve));
+  const stopped = await daemon.removeExport('exp0');
+  t.is(stopped.reason, 'api');
+  await deleted;
+  assertUnmounted(t, mnt);
+  t.deepEqual(daemon.list(), []);
 });

@@ -11,5 +11,9 @@ export type {
   Transport,
 } from './lifecycle/export.js';
 export { SetupError } from './lifecycle/mountpoint.js';
+export { StorageDaemon } from './daemon/daemon.js';
+export type { ExportCounters, ExportSummary, StorageDaemonEvents, StorageDaemonOptions } from './daemon/daemon.js';
+export type { BlockdevOptions, FuseExportSpec, IothreadSpec, SecretSpec } from './daemon/config.js';
+export { DaemonConfigError } from './daemon/config.js';
 export { OptionError, DEFAULTS } from './options.js';
 export type { CacheMode, ExportOptions, ImageFormat, StartHooks, Switch } from './options.js';

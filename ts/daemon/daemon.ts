@@ -146,7 +146,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   }
 
   /** `block-export-del`: drains and unmounts; `exportDeleted` follows. */
-  deleteExport(id: string): Promise<StoppedEvent> {
+  removeExport(id: string): Promise<StoppedEvent> {
     const entry = this.#exports.get(id);
     if (!entry) throw new DaemonConfigError(`Export '${id}' is not found`);
     entry.stopping ??= entry.export.stop('api');
@@ -171,7 +171,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
     return this.#nodes;
   }
 
-  exports(): ExportSummary[] {
+  list(): ExportSummary[] {
     return [...this.#exports.values()].map(({ spec, stopping }) => ({
       type: 'fuse',
       id: spec.id,
@@ -198,7 +198,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
 
   /** Stops every export (drain, unmount), then forgets the secrets' files. */
   async shutdown(): Promise<void> {
-    await Promise.allSettled([...this.#exports.keys()].map((id) => this.deleteExport(id)));
+    await Promise.allSettled([...this.#exports.keys()].map((id) => this.removeExport(id)));
     this.#secrets.remove();
   }
 

@@ -37,9 +37,9 @@ export function qmpCommands(daemon: StorageDaemon, onQuit: () => void): Record<s
     'block-export-del': (args) => {
       const { id } = checkArguments(args, { id: 'str', mode: { values: ['safe', 'hard'], optional: true } });
       // The answer comes at once; BLOCK_EXPORT_DELETED follows the unmount.
-      return refusalsAsQmp(() => void daemon.deleteExport(id)).then(() => ({}));
+      return refusalsAsQmp(() => void daemon.removeExport(id)).then(() => ({}));
     },
-    'query-block-exports': () => daemon.exports(),
+    'query-block-exports': () => daemon.list(),
     'query-named-block-nodes': (args) => {
       checkArguments(args, { flat: 'bool?' });
       return [...daemon.nodes.entries()].map(([name, options]) => nodeInfo(daemon, name, options));
