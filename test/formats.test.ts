@@ -274,7 +274,12 @@ eachTransport(test, 'qemu-nbd killed (kill -9) under reads: it is restarted, rea
   await exp.wait();
   await waitUntil(async () => (await qemuNbdServing(image)).length === 0, { timeout: 5_000, what: 'qemu-nbd to die with the exporter' });
   forceUnmountUnder(dir);
-  t.pass();
+  // Its private directory is left; the next export sweeps it.
+  const left = readdirSync(tmpdir()).filter((name) => name.startsWith(`fuse-export-qemu-${exp.pid}-`));
+  t.true(left.length > 0, 'the killed exporter left its directory');
+  const next = await exportImage(t, { image, mountpoint: mnt, ioUring });
+  await stopExport(t, next);
+  for (const name of left) t.false(existsSync(join(tmpdir(), name)), `${name} was swept`);
 });
 
 test.serial('corrupt VMDK and VHDX files: exit 1 naming the problem, or EIO for what they cannot give; never a hang; the file is not changed', async (t) => {

@@ -88,6 +88,16 @@ pub enum Overlay {
     File(PathBuf),
 }
 
+impl Overlay {
+    /// The user's overlay file, if any.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            Overlay::File(path) => Some(path),
+            Overlay::None | Overlay::Temporary => None,
+        }
+    }
+}
+
 /// What went wrong while opening: the message names the path and the fix.
 #[derive(Debug)]
 pub struct ImageError(pub String);

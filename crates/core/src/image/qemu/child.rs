@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -347,9 +348,10 @@ impl PrivateDir {
         use std::os::unix::fs::DirBuilderExt;
         let base = std::env::temp_dir();
         sweep_orphans(&base);
-        let stamp = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
-        for attempt in 0..100u32 {
-            let path = base.join(format!("{DIR_PREFIX}{}-{stamp:x}-{attempt}", std::process::id()));
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        for _ in 0..100 {
+            let number = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("{DIR_PREFIX}{}-{number}", std::process::id()));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(PrivateDir { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -94,8 +94,8 @@ impl QemuImage {
                 }
                 (base, options.writable, access.file.is_local(), None)
             }
-            kind => {
-                let overlay = overlay::create(kind, &access, format, &base)?;
+            Overlay::Temporary | Overlay::File(_) => {
+                let overlay = overlay::create(options.overlay.file(), &access, format, &base)?;
                 let top =
                     json!({ "driver": "qcow2", "file": spec::local_file(&overlay.path).options, "backing": base });
                 (top, true, true, Some(overlay))
@@ -124,7 +124,7 @@ impl QemuImage {
 pub fn native_overlay(image: &str, format: &str, options: &ImageOptions) -> Result<OverlayFile, ImageError> {
     let access = Access::new(image, options)?;
     let base = spec::format_node(format, &access.file, false);
-    overlay::create(&options.overlay, &access, format, &base)
+    overlay::create(options.overlay.file(), &access, format, &base)
 }
 
 /// The image's place, as QEMU's file node, with what every QEMU process

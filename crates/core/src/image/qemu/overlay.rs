@@ -8,7 +8,7 @@ use super::child::PrivateDir;
 use super::Access;
 use crate::image::probe::{is_qcow2, parse_qcow2_header};
 use crate::image::qcow2::read_first_bytes;
-use crate::image::{ImageError, Overlay};
+use crate::image::ImageError;
 use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -22,17 +22,16 @@ pub struct OverlayFile {
 }
 
 /// Makes (or, for an existing `--overlay FILE`, checks) the overlay over
-/// `base`, the image's format node.
-pub fn create(kind: &Overlay, access: &Access, format: &str, base: &Value) -> Result<OverlayFile, ImageError> {
+/// `base`, the image's format node: the user's FILE, or a temporary one.
+pub fn create(file: Option<&Path>, access: &Access, format: &str, base: &Value) -> Result<OverlayFile, ImageError> {
     let backing = access.backing_name(base);
-    match kind {
-        Overlay::None => unreachable!("an overlay was asked for"),
-        Overlay::File(path) if path.exists() => reuse(path, &backing),
-        Overlay::File(path) => {
+    match file {
+        Some(path) if path.exists() => reuse(path, &backing),
+        Some(path) => {
             make(access, &backing, format, path)?;
-            Ok(OverlayFile { path: path.clone(), _held: None })
+            Ok(OverlayFile { path: path.to_path_buf(), _held: None })
         }
-        Overlay::Temporary => {
+        None => {
             let dir = PrivateDir::create().map_err(ImageError)?;
             let path = dir.path().join("snapshot.qcow2");
             make(access, &backing, format, &path)?;
