@@ -397,7 +397,7 @@ mod tests {
         let image = spec::format_node("vmdk", &file, false);
         let args = child_args(&image, false, true, &Secrets::default(), CacheMode::Direct);
         let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
-        for expected in ["--persistent", "--discard=unmap", "--cache=none", "--aio=io_uring", "--read-only"] {
+        for expected in ["--persistent", "--discard=unmap", "--cache=none", "--aio=native", "--read-only"] {
             assert!(args.contains(&expected.to_string()), "{expected} in {args:?}");
         }
         assert!(args.iter().any(|a| a.starts_with("--shared=")));
