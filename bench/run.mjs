@@ -2,13 +2,14 @@
 // The fuse-export benchmark (`npm run bench`, `npm run bench -- --quick`).
 //
 // One fio matrix per section (bench/lib/sections.mjs: raw images on tmpfs
-// and disk, qcow2, NBD), interleaved so that the machine's drift cancels
+// and disk, qcow2, NBD, formats through QEMU), interleaved so that the machine's drift cancels
 // out: for each section, every export is started once; then for each
 // workload, for each repeat, fio runs against each target in turn.
 // Results: a table on stdout, bench/results/<timestamp>.json and
-// latest.json, latest.svg, and docs/BENCHMARKS.md.
+// latest.json, and docs/BENCHMARKS.md with its charts (a run of some
+// sections keeps the others there: bench/lib/docs.mjs).
 //
-// Needs root, /dev/fuse, fio, qemu-storage-daemon, qemu-img, nbdkit,
+// Needs root, /dev/fuse, fio, qemu-storage-daemon, qemu-img, qemu-nbd, nbdkit,
 // nbdfuse and nbdcopy (scripts/bench.sh installs them) and a build
 // (dist/cli/main.js).
 //
@@ -16,7 +17,7 @@
 // options (the command line), machine (what the host is and has), host
 // (what the run changes and undoes), sections and servers (the images and
 // the exports under test), start, matrix and measure (the runs), fio,
-// results and report (what is derived and written), proc and log.
+// results, report and docs (what is derived and written), proc and log.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';

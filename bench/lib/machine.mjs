@@ -25,6 +25,7 @@ export function machineInfo() {
     memoryBytes: memKiB * 1024 || totalmem(),
     fio: sh('fio', ['--version']) || 'unknown',
     qsd: sh('qemu-storage-daemon', ['--version']).split('\n')[0] || 'unknown',
+    qemuNbd: sh('qemu-nbd', ['--version']).split('\n')[0] || 'unknown',
     node: process.version,
   };
 }
@@ -49,7 +50,8 @@ export function preflight(config) {
   need('fio', ['--version'], 'scripts/bench.sh installs it');
   const targets = config.targets;
   if (targets.some((t) => t.startsWith('qsd'))) need('qemu-storage-daemon', ['--version'], 'Debian package qemu-system-common');
-  if (config.images.includes('qcow2')) need('qemu-img', ['--version'], 'Debian package qemu-utils');
+  if (config.images.includes('qcow2') || config.images.includes('formats')) need('qemu-img', ['--version'], 'Debian package qemu-utils');
+  if (config.images.includes('formats')) need('qemu-nbd', ['--version'], 'Debian package qemu-utils');
   if (config.images.includes('nbd')) {
     need('nbdkit', ['--version'], 'Debian package nbdkit');
     need('nbdcopy', ['--version'], 'Debian package libnbd-bin');

@@ -2,7 +2,7 @@
 import { WORKLOADS } from './fio.mjs';
 import { Aborted, removeDir, state } from './host.mjs';
 import { say } from './log.mjs';
-import { memory } from './proc.mjs';
+import { notePeakRss } from './proc.mjs';
 import { fmtIops, fmtLat } from './report.mjs';
 import { FRESH, prepareSection, SERVERLESS, targetsToRun } from './sections.mjs';
 import { fmtShare, measureWithoutSteal } from './measure.mjs';
@@ -62,9 +62,7 @@ export async function benchSection(section, config, result) {
       }
     }
   }
-  for (const server of Object.values(servers)) {
-    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
-  }
+  for (const server of Object.values(servers)) notePeakRss(server);
   say(`${image.id}: stopping the exports`);
   await Promise.all(Object.values(servers).map((s) => s.stop()));
   for (const server of Object.values(servers)) {

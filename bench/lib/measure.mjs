@@ -1,12 +1,14 @@
 // One measured run: fio against one target, with the export's CPU time and
 // peak RSS and the hypervisor's steal around it; redone while the steal is
-// too high.
+// too high. An export's helpers (fuse-export's qemu-nbd child: children of
+// the server named `server.helper`) count with it: their CPU time is added
+// to the server's, their peak RSS is kept beside its own.
 import { rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { fioArgs, fioSeconds, parseFio } from './fio.mjs';
 import { state } from './host.mjs';
 import { say } from './log.mjs';
-import { cpuTicks, machineCpu, memory, resetPeakRss, run, sleep } from './proc.mjs';
+import { cpuOf, helperMemory, machineCpu, memory, notePeakRss, resetPeakRss, run, serverPids, sleep } from './proc.mjs';
 import { fmtIops } from './report.mjs';
 import { fioWhere } from './sections.mjs';
 import { startOne } from './start.mjs';
@@ -17,11 +19,15 @@ async function measure({ image, workload, repeat, position, target, server, conf
   const args = fioArgs(workload, where, { direct, runtime: config.runtime, size: image.size });
   record.fioArgs = args;
   let cpuBefore;
+  let helperCpuBefore;
+  let pids;
   if (server) {
     record.serverPid = server.pid;
-    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
-    record.peakReset = resetPeakRss(server.pid);
-    cpuBefore = cpuTicks(server.pid);
+    notePeakRss(server);
+    pids = serverPids(server);
+    record.peakReset = pids.map(resetPeakRss).every(Boolean);
+    cpuBefore = cpuOf(pids);
+    helperCpuBefore = cpuOf(pids.slice(1));
   }
   const limit = fioSeconds(workload, config.runtime) + 60;
   const machineBefore = machineCpu();
@@ -32,14 +38,24 @@ async function measure({ image, workload, repeat, position, target, server, conf
   const machineTicks = machineAfter.total - machineBefore.total;
   if (machineTicks > 0) record.stealShare = (machineAfter.steal - machineBefore.steal) / machineTicks;
   if (server) {
-    const cpuAfter = cpuTicks(server.pid);
+    const cpuAfter = cpuOf(pids);
+    const helperCpuAfter = cpuOf(pids.slice(1));
     const mem = memory(server.pid);
-    server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, mem.hwm ?? 0);
+    const helpers = helperMemory(pids.slice(1));
+    notePeakRss(server);
     record.server = {
       pid: server.pid,
       cpuSeconds: cpuBefore !== undefined && cpuAfter !== undefined ? (cpuAfter - cpuBefore) / ticks : null,
       peakRssBytes: mem.hwm ?? null,
       rssBytes: mem.rss ?? null,
+      ...(server.helper
+        ? {
+            helperPids: pids.slice(1),
+            helperCpuSeconds: helperCpuBefore !== undefined && helperCpuAfter !== undefined ? (helperCpuAfter - helperCpuBefore) / ticks : null,
+            helperPeakRssBytes: helpers.hwm ?? null,
+            helperRssBytes: helpers.rss ?? null,
+          }
+        : {}),
       alive: server.alive,
     };
   }
@@ -63,6 +79,7 @@ async function measure({ image, workload, repeat, position, target, server, conf
       latMaxNs: fio.latMaxNs,
     });
     if (record.server && record.server.cpuSeconds !== null && fio.ios > 0) record.server.cpuUsPerIo = (record.server.cpuSeconds * 1e6) / fio.ios;
+    if (record.server?.helperCpuSeconds != null && fio.ios > 0) record.server.helperCpuUsPerIo = (record.server.helperCpuSeconds * 1e6) / fio.ios;
     if (out.code !== 0 || fio.error) record.error = `fio exited ${out.code} (job error ${fio.error}): ${out.stderr.trim().split('\n').slice(-3).join(' | ')}`;
     else if (fio.ios === 0) record.error = 'fio completed no I/O';
     else record.ok = true;

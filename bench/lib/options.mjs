@@ -6,7 +6,7 @@ import { TARGETS } from './report.mjs';
 import { SECTIONS } from './sections.mjs';
 
 const MiB = 1024 * 1024;
-// Seconds per run of --quick: about 110 runs of 2 s plus fio's own start
+// Seconds per run of --quick: about 120 runs of 2 s plus fio's own start
 // and stop (about 0.3 s each) keep the whole quick run near five minutes.
 const QUICK_RUNTIME = 2;
 // Seconds per run of the full matrix: about 500 runs keep it near an hour.
@@ -28,7 +28,9 @@ on disk (the file itself, fuse-export over io_uring, over /dev/fuse
 --reference, qemu-storage-daemon); qcow2 (fuse-export on the raw image and
 on a qcow2 of the same data, qemu-storage-daemon on the qcow2); NBD (fio's
 own NBD client, fuse-export with and without multi-conn, nbdfuse,
-qemu-storage-daemon's nbd driver, against nbdkit's memory plugin).
+qemu-storage-daemon's nbd driver, against nbdkit's memory plugin); formats
+(a sparse VMDK: fio's NBD client at a bare qemu-nbd with the options
+fuse-export gives its own qemu-nbd child, fuse-export, qemu-storage-daemon).
 
   --quick              all sections but disk, ${QUICK_RUNTIME} s per run, 1 repeat (about 5 minutes)
   --runtime S          seconds per fio run (default ${FULL_RUNTIME}; --quick: ${QUICK_RUNTIME})
@@ -43,7 +45,8 @@ qemu-storage-daemon's nbd driver, against nbdkit's memory plugin).
   --queue-depth N      fuse-export --queue-depth (default: its own)
   --max-steal PCT      redo a run (at most ${STEAL_TRIES - 1} times) when the hypervisor took more
                        than PCT % of the machine's CPU time during it (default ${DEFAULT_MAX_STEAL}; 100: never)
-  --no-docs            do not rewrite docs/BENCHMARKS.md
+  --no-docs            do not rewrite docs/BENCHMARKS.md and its charts (bench/results/*.svg);
+                       without it a run of some sections keeps the others' figures there
   --from FILE          measure nothing: redo the table, latest.*, the docs from a results JSON
   -h, --help           this text
 `;

@@ -2,7 +2,7 @@
 // Every child runs in its own process group (detached), so a Ctrl-C on the
 // terminal reaches only the benchmark, which then stops them in order.
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mountsOn } from '../../dist/lifecycle/mountinfo.js';
 import { runCommand } from '../../test/helpers/run.mjs';
 
@@ -47,16 +47,62 @@ export function clockTicks() {
   return Number.isFinite(value) && value > 0 ? value : 100;
 }
 
-/** utime + stime of a whole process (all its threads), in clock ticks. */
-export function cpuTicks(pid) {
+/** A process's command name and the fields of /proc/PID/stat after it (fields[0] is field 3, state). */
+function stat(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return Number(fields[11]) + Number(fields[12]);
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return { comm: text.slice(text.indexOf('(') + 1, text.lastIndexOf(')')), fields: text.slice(text.lastIndexOf(')') + 2).split(' ') };
   } catch {
     return undefined;
   }
+}
+
+/** utime + stime of a whole process (all its threads), in clock ticks. */
+export function cpuTicks(pid) {
+  const fields = stat(pid)?.fields;
+  // utime is field 14, stime field 15.
+  return fields ? Number(fields[11]) + Number(fields[12]) : undefined;
+}
+
+/**
+ * The children of `pid` named `comm` (a server's helpers: fuse-export's
+ * qemu-nbd child), found by their parent pid (field 4 of /proc/PID/stat).
+ */
+export function childrenOf(pid, comm) {
+  const found = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const s = stat(name);
+    if (s && s.comm === comm && Number(s.fields[1]) === pid) found.push(Number(name));
+  }
+  return found;
+}
+
+/**
+ * A server's process and its helpers: its children named `server.helper`
+ * (fuse-export's qemu-nbd child), whose CPU time and memory the benchmark
+ * counts with the server's.
+ */
+export const serverPids = (server) => [server.pid, ...(server.helper ? childrenOf(server.pid, server.helper) : [])];
+
+/** CPU ticks of processes `pids`, summed; undefined when one is gone. */
+export function cpuOf(pids) {
+  const each = pids.map(cpuTicks);
+  return each.includes(undefined) ? undefined : each.reduce((a, b) => a + b, 0);
+}
+
+/** Peak and current RSS of the helpers `pids`, summed (undefined when there are none). */
+export function helperMemory(pids) {
+  if (pids.length === 0) return { hwm: undefined, rss: undefined };
+  const mems = pids.map(memory);
+  return { hwm: mems.reduce((a, m) => a + (m.hwm ?? 0), 0), rss: mems.reduce((a, m) => a + (m.rss ?? 0), 0) };
+}
+
+/** Raises the server's whole-life peaks (its own, its helpers') to what they are now. */
+export function notePeakRss(server) {
+  server.peakRssBytes = Math.max(server.peakRssBytes ?? 0, memory(server.pid).hwm ?? 0);
+  const helpers = helperMemory(serverPids(server).slice(1));
+  if (helpers.hwm !== undefined) server.helperPeakRssBytes = Math.max(server.helperPeakRssBytes ?? 0, helpers.hwm);
 }
 
 /**

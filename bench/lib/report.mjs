@@ -23,6 +23,9 @@ export const TARGETS = [
   { id: 'io_uring-nbd-1conn', label: 'io_uring 1 conn', color: '#5dade2', what: 'fuse-export --io-uring on, a server that does not offer multi-conn (one shared connection)' },
   { id: 'nbdfuse', label: 'nbdfuse', color: '#d4ac0d', what: "libnbd's FUSE client nbdfuse" },
   { id: 'qsd-nbd', label: 'qsd nbd', color: '#c0392b', what: "qemu-storage-daemon's nbd driver and FUSE export" },
+  { id: 'fio-nbd-qemu', label: 'fio qemu-nbd', color: '#7f8c8d', what: "fio's own NBD client at a bare qemu-nbd with the options of fuse-export's child (the limit of the formats section)" },
+  { id: 'io_uring-vmdk', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on --format vmdk (its qemu-nbd child, reached over NBD with a connection per thread)' },
+  { id: 'qsd-vmdk', label: 'qsd vmdk', color: '#c0392b', what: "qemu-storage-daemon's FUSE export of the same VMDK (its vmdk driver)" },
 ];
 
 export const targetById = (id) => TARGETS.find((t) => t.id === id);
@@ -84,6 +87,7 @@ export function summarise(runs, images) {
       latP99Ns: median(pick((r) => r.latP99Ns ?? null)),
       cpuUsPerIo: median(pick((r) => r.server?.cpuUsPerIo ?? null)),
       peakRssBytes: maxOf(pick((r) => r.server?.peakRssBytes ?? null)),
+      helperPeakRssBytes: maxOf(pick((r) => r.server?.helperPeakRssBytes ?? null)),
       stealShare: maxOf(pick((r) => r.stealShare ?? null)),
     });
   }
@@ -179,6 +183,11 @@ export function evaluateTargets(summary, servers, images) {
     ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'qsd-nbd', 1.5, `NBD ${w}: io_uring >= 1.5x qsd's nbd driver`, 'fio-nbd');
     ratioTarget('nbd', 'nbd', w, 'io_uring-nbd', 'fio-nbd', 0.7, `NBD ${w}: io_uring >= 0.7x fio's nbd engine`);
   }
+  for (const rw of random) {
+    const w = `${rw}-4k-qd16x2`;
+    ratioTarget('formats', 'formats', w, 'io_uring-vmdk', 'qsd-vmdk', 1.5, `VMDK ${rw} 4 KiB QD16x2: io_uring >= 1.5x qsd on the VMDK`, 'fio-nbd-qemu');
+    ratioTarget('formats', 'formats', w, 'io_uring-vmdk', 'fio-nbd-qemu', 0.7, `VMDK ${rw} 4 KiB QD16x2: io_uring >= 0.7x fio's nbd engine at a bare qemu-nbd`);
+  }
   for (const server of servers.filter((s) => s.target.startsWith('io_uring') && s.info?.ringQueues)) {
     const queues = server.info?.ringQueues ?? null;
     const depth = server.info?.queueDepth ?? null;
@@ -226,6 +235,8 @@ export function fmtCpu(us) {
 export function fmtMiB(bytes) {
   return bytes === null || bytes === undefined ? '-' : `${(bytes / MiB).toFixed(0)} MiB`;
 }
+/** A server's peak RSS, with its helpers' (fuse-export's qemu-nbd child) beside it. */
+const fmtPeakRss = (s) => fmtMiB(s.peakRssBytes) + (s.helperPeakRssBytes != null ? ` + ${fmtMiB(s.helperPeakRssBytes)}` : '');
 export function fmtRatio(r) {
   if (r === null || r === undefined) return '-';
   return r >= 10 ? `${r.toFixed(1)}x` : `${r.toFixed(2)}x`;
@@ -267,7 +278,7 @@ function metricCells(s, t, { latP99, none }) {
     fmtLat(s.latMeanNs),
     ...(latP99 ? [fmtLat(s.latP99Ns)] : []),
     t.serverless ? none : fmtCpu(s.cpuUsPerIo),
-    t.serverless ? none : fmtMiB(s.peakRssBytes),
+    t.serverless ? none : fmtPeakRss(s),
     fmtRatio(s.vsFile),
     fmtRatio(s.vsQsd),
   ];
@@ -337,7 +348,8 @@ function ratioRows(result, image) {
 const mdRow = (cells) => `| ${cells.join(' | ')} |`;
 const mdTable = (rows, align) => [mdRow(rows[0]), mdRow(align ?? rows[0].map((_, i) => (i === 0 ? '---' : '---:'))), ...rows.slice(1).map(mdRow)].join('\n');
 
-export function markdownReport(result) {
+/** The page of `result`; `targetIds`: the targets its Method names (default: those of the sections measured). */
+export function markdownReport(result, { targetIds } = {}) {
   const { machine, config, summary } = result;
   const out = [];
   const date = result.finishedAt.replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
@@ -363,10 +375,11 @@ export function markdownReport(result) {
     'npm run bench                                   # every section, 6 s per run, 2 repeats (about an hour)',
     'npm run bench -- --reference PATH/fuse-uring-reference.c   # the same with the minimal C server as a target',
     'npm run bench -- --quick                        # all sections but the disk image, 2 s per run, 1 repeat',
+    'npm run bench -- --images formats               # one section: its figures replace that section’s on this page, the others stay',
     'npm run bench -- --help                         # options: --runtime, --repeats, --images, --targets, --workloads, --size, ...',
     '```',
     '',
-    '`scripts/bench.sh` installs what the sections need (fio, qemu-storage-daemon, qemu-img, nbdkit, nbdfuse and nbdcopy, gcc and liburing-dev for the reference server) when missing and builds when a source changed. Results: `bench/results/<timestamp>.json` (all raw runs, summaries, machine), `bench/results/latest.json`, `bench/results/latest.svg`, and this page.',
+    '`scripts/bench.sh` installs what the sections need (fio, qemu-storage-daemon, qemu-img, nbdkit, nbdfuse and nbdcopy, gcc and liburing-dev for the reference server) when missing and builds when a source changed. Results: `bench/results/<timestamp>.json` (all raw runs, summaries, machine), `bench/results/latest.json`, and this page with its charts: `bench/results/latest.svg` from a run of every section, `bench/results/<section>.svg` for a section measured alone (`--images`), whose run the page then names in the section. `--no-docs` writes neither.',
     '',
   );
 
@@ -380,6 +393,7 @@ export function markdownReport(result) {
       ['Images', result.images.map((i) => `${i.id}: ${i.fs} (${i.dir})`).join('; ')],
       ['fio', machine.fio],
       ['qemu-storage-daemon', machine.qsd],
+      ...(machine.qemuNbd ? [['qemu-nbd', machine.qemuNbd]] : []),
       ['Node.js', machine.node],
       ['Load average (1 min) during the run', result.load ? `${result.load.min.toFixed(2)} to ${result.load.max.toFixed(2)}` : '-'],
       ['CPU time taken by the hypervisor (steal) during the counted runs', stealSummary(result)],
@@ -393,7 +407,7 @@ export function markdownReport(result) {
 
   out.push('## Targets', '');
   out.push(
-    'The performance targets of the issues, each marked from this run: the transports on tmpfs (the transport’s own cost), the FUSE path on a disk image opened O_DIRECT, FUSE passthrough, qcow2, NBD, and the io_uring export’s peak RSS (at most queues x queue depth x payload (1 MiB) + 32 MiB).',
+    'The performance targets of the issues, each marked from the run of its section: the transports on tmpfs (the transport’s own cost), the FUSE path on a disk image opened O_DIRECT, FUSE passthrough, qcow2, NBD, formats served through QEMU (VMDK), and the io_uring export’s peak RSS (at most queues x queue depth x payload (1 MiB) + 32 MiB; the export’s own process).',
     '',
   );
   out.push(
@@ -410,7 +424,8 @@ export function markdownReport(result) {
     out.push(
       `Limit of this section (\`vs ${limit.label}\`): ${limit.what}. ` +
       `${fmtMiB(image.size)} image in \`${image.dir}\` (${image.fs}), filled with data; exports with \`--cache ${image.cache}\`` +
-        ` (O_DIRECT on this file system ${image.directWorks ? 'works' : 'is refused'}; fuse-export ${image.exportDirectIo === undefined ? '' : image.exportDirectIo ? 'opened the image O_DIRECT' : 'chose the page cache'}); fio \`direct=${image.fioDirect ? 1 : 0}\` on the file target, \`direct=1\` on the mounts.` +
+        ` (O_DIRECT on this file system ${image.directWorks ? 'works' : 'is refused'}; fuse-export ${image.qemuCache ? `gave its qemu-nbd child \`--cache=${image.qemuCache}\`` : image.exportDirectIo === undefined ? '' : image.exportDirectIo ? 'opened the image O_DIRECT' : 'chose the page cache'}); fio \`direct=${image.fioDirect ? 1 : 0}\` on the file target, \`direct=1\` on the mounts.` +
+        (image.qemuNbd ? ` Bare qemu-nbd, as fuse-export starts its child: \`${image.qemuNbd}\`.` : '') +
         (image.qsd ? ` qemu-storage-daemon: ${image.qsd}.` : ''),
       '',
     );
@@ -435,9 +450,9 @@ export function markdownReport(result) {
   out.push('## Method', '');
   out.push(
     ...[
-      `Targets: ${TARGETS.filter((t) => result.images.some((i) => sectionTargets(result, i).includes(t))).map((t) => `\`${t.id}\` = ${t.what}`).join('; ')}. The fuse-export targets run with \`--threads ${config.threads}\` (the CPU count) and the default queue depth; an io_uring export has one ring queue per CPU, and so has the C reference server.`,
+      `Targets: ${TARGETS.filter((t) => (targetIds ? targetIds.includes(t.id) : result.images.some((i) => sectionTargets(result, i).includes(t)))).map((t) => `\`${t.id}\` = ${t.what}`).join('; ')}. The fuse-export targets run with \`--threads ${config.threads}\` (the CPU count) and the default queue depth; an io_uring export has one ring queue per CPU, and so has the C reference server.`,
       'qcow2: the raw image converted with `qemu-img convert -O qcow2 -o preallocation=metadata`, each exporter on its own copy; the first-touch workload starts each exporter on a fresh, empty image (`qemu-img create`; a sparse file for the raw export) for each run and writes every 4 KiB block once in random order, so every cluster is allocated during the run. NBD: two nbdkit memory servers filled with the image by `nbdcopy`, one offering multi-conn, one with `--filter=multi-conn multi-conn-mode=disable`; qemu-storage-daemon’s nbd driver opens one connection.',
-      `qemu-storage-daemon gets the same image and the cache mode fuse-export ended up with (\`cache.direct=on\` when fuse-export's ready line says \`directIo: true\`), \`aio=io_uring\`; it is asked for one iothread per CPU (the multi-queue FUSE export of newer QEMU) and falls back to its default single-threaded export when its version refuses that.`,
+      `qemu-storage-daemon gets the same image and the cache mode fuse-export ended up with (\`cache.direct=on\` when fuse-export's ready line says \`directIo: true\`), \`aio=io_uring\` (formats: the cache and aio modes of fuse-export's qemu-nbd child); it is asked for one iothread per CPU (the multi-queue FUSE export of newer QEMU) and falls back to its default single-threaded export when its version refuses that.`,
       'Every export is started once per image and stays up while all the workloads run. The runs are interleaved: for each workload, for each repeat, each target in turn (the order rotates with the repeat), so drift of the machine hits all targets alike. Figures are medians over the repeats.',
       ...(config.steal
         ? [
@@ -445,7 +460,8 @@ export function markdownReport(result) {
           ]
         : []),
       `fio: \`ioengine=io_uring\`, \`time_based\`, \`runtime=${config.runtime}\`, \`randrepeat=0\`, \`norandommap\`, \`group_reporting\`, \`lat_percentiles=1\`, JSON output. \`clat\` is fio's completion latency (\`clat_ns\`: submission to completion), \`lat\` the total (\`lat_ns\` = submission time + clat). Compare targets on \`lat\` at iodepth 1: a read or write that the kernel completes inside \`io_uring_enter\` shows its whole time as submission latency and a clat near zero. The file target is the limit at depth, not always at iodepth 1 on tmpfs: fio's O_DIRECT I/O on a tmpfs file goes through io_uring's worker threads (tmpfs cannot do it without blocking), which can make it slower than an export that copies in its own thread. For randrw, IOPS and bandwidth add up, means are weighted by I/O count and p99 is the larger of the read and write p99s.`,
-      "Server CPU per I/O: the export process's utime + stime (all threads, from `/proc/PID/stat`) over the fio run, divided by the I/Os fio completed. Peak RSS: `VmHWM` of the whole process (for fuse-export that includes the Node.js runtime, about 50 MiB) during each run (reset through `/proc/PID/clear_refs` before it), maximum over the runs; the RSS target uses the highest value over the export's whole life.",
+      'Formats: the raw image converted with `qemu-img convert -O vmdk` (monolithicSparse, every grain allocated since the data has no zeros), each exporter on its own copy. The limit is fio’s nbd engine at a bare qemu-nbd started with the options fuse-export gives its own qemu-nbd child (`child_args` in crates/core/src/image/qemu/mod.rs: `--cache=none --aio=native` for `--cache direct`, `--cache=writeback --aio=io_uring` where the file system refuses O_DIRECT), on a Unix socket; qemu-storage-daemon opens the VMDK with the same cache and aio modes. fio’s nbd engine asks for structured replies, on which qemu-nbd looks up the allocation of every range it reads (to send holes as such), while fuse-export’s data connections ask for simple replies: on reads the bare server does more work per request than the export’s child, and the limit is not a ceiling there.',
+      "Server CPU per I/O: the export process's utime + stime (all threads, from `/proc/PID/stat`) over the fio run, divided by the I/Os fio completed; for fuse-export serving an image through QEMU, its qemu-nbd child's (the process whose parent is the export and whose name is qemu-nbd) is added. Peak RSS: `VmHWM` of the whole process (for fuse-export that includes the Node.js runtime, about 50 MiB) during each run (reset through `/proc/PID/clear_refs` before it), maximum over the runs; a qemu-nbd child's is shown beside it (`export + child`; their sum bounds the pair's joint peak from above). The RSS target uses the export's own highest value over its whole life.",
       'The image is filled with data before the runs so that reads hit data; writes overwrite it in place. The benchmark measures and does not check correctness: the test suite (`npm test`) does.',
     ].map((x) => `- ${x}`),
     '',

@@ -1,11 +1,13 @@
 // The run's results: the figures derived from the raw runs, and the files
 // and the table they are written to.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { WORKLOADS } from './fio.mjs';
+import { mergePages } from './docs.mjs';
 import { say } from './log.mjs';
 import { DOCS, RESULTS } from './paths.mjs';
 import { evaluateTargets, find, fmtIops, markdownReport, summarise, svgChart, textReport } from './report.mjs';
+import { SECTIONS } from './sections.mjs';
 
 /** Summaries, targets and the observations derived from the raw runs. */
 export function analyse(result) {
@@ -46,17 +48,41 @@ export function analyse(result) {
   return result;
 }
 
-/** The JSON (when `file` is given), latest.json, latest.svg, the docs page and the table on stdout. */
+/**
+ * docs/BENCHMARKS.md and its charts; what it wrote. A run of every section
+ * writes the page and latest.svg anew; a run of some sections (--images)
+ * merges them into the page of earlier runs (docs.mjs), each with a chart of
+ * its own, <section>.svg, leaving latest.svg, the page's chart of the
+ * others, as it was.
+ */
+function writeDocs(result) {
+  mkdirSync(dirname(DOCS), { recursive: true });
+  const measured = result.images.map((i) => i.id);
+  const previous = existsSync(DOCS) ? readFileSync(DOCS, 'utf8') : '';
+  if (SECTIONS.every((s) => measured.includes(s.id)) || !previous.includes('\n## Results: ')) {
+    writeFileSync(join(RESULTS, 'latest.svg'), svgChart(result));
+    for (const s of SECTIONS) rmSync(join(RESULTS, `${s.id}.svg`), { force: true });
+    writeFileSync(DOCS, markdownReport(result));
+    return ['latest.svg', DOCS];
+  }
+  const charts = {};
+  for (const image of result.images) {
+    writeFileSync(join(RESULTS, `${image.id}.svg`), svgChart({ ...result, images: [image] }));
+    charts[image.id] = `../bench/results/${image.id}.svg`;
+  }
+  const shown = SECTIONS.filter((s) => measured.includes(s.id) || previous.includes(`\n## Results: ${s.label}\n`));
+  const page = markdownReport(result, { targetIds: shown.flatMap((s) => s.targets) });
+  writeFileSync(DOCS, mergePages(page, previous, { measured, sections: SECTIONS, charts }));
+  return [...measured.map((id) => `${id}.svg`), `${DOCS} (merged: the sections not measured kept)`];
+}
+
+/** The JSON (when `file` is given), latest.json, with `docs` the docs page and its charts; the table on stdout. */
 export function render(result, { file, docs }) {
   mkdirSync(RESULTS, { recursive: true });
   const json = `${JSON.stringify(result, null, 2)}\n`;
   if (file) writeFileSync(file, json);
   writeFileSync(join(RESULTS, 'latest.json'), json);
-  writeFileSync(join(RESULTS, 'latest.svg'), svgChart(result));
-  if (docs) {
-    mkdirSync(dirname(DOCS), { recursive: true });
-    writeFileSync(DOCS, markdownReport(result));
-  }
+  const written = docs ? writeDocs(result) : [];
   process.stdout.write(`${textReport(result)}\n\n`);
-  say(`results: ${file ? `${file}, ` : ''}bench/results/latest.{json,svg}${docs ? ', docs/BENCHMARKS.md' : ''}`);
+  say(`results: ${[file, 'latest.json', ...written].filter(Boolean).join(', ')}`);
 }

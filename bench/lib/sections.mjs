@@ -2,13 +2,13 @@
 // which targets, against which limit; how each section's image is made and
 // how each of its targets starts and is reached by fio.
 import { closeSync, constants as fsConstants, copyFileSync, ftruncateSync, mkdirSync, mkdtempSync, openSync } from 'node:fs';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { DEFAULTS } from '../../dist/options.js';
 import { state } from './host.mjs';
 import { say } from './log.mjs';
 import { CLI } from './paths.mjs';
 import { run } from './proc.mjs';
-import { startFuseExport, startNbdfuse, startNbdkit, startQsd, startReference } from './servers.mjs';
+import { qemuAio, startFuseExport, startNbdfuse, startNbdkit, startQemuNbd, startQsd, startReference } from './servers.mjs';
 
 const MiB = 1024 * 1024;
 const RAW_WORKLOADS = [
@@ -73,6 +73,19 @@ export const SECTIONS = [
     peer: 'qsd-nbd',
     workloads: PEAK_WORKLOADS,
   },
+  {
+    id: 'formats',
+    kind: 'vmdk',
+    dir: '/dev/shm',
+    label: 'VMDK (monolithicSparse) on tmpfs, served through QEMU’s block layer (qemu-nbd)',
+    // The export's qemu-nbd child gets --cache=none (--cache writeback
+    // where the file system refuses O_DIRECT: prepareSection).
+    cache: 'direct',
+    targets: ['fio-nbd-qemu', 'io_uring-vmdk', 'qsd-vmdk'],
+    limit: 'fio-nbd-qemu',
+    peer: 'qsd-vmdk',
+    workloads: PEAK_WORKLOADS,
+  },
 ];
 
 /** The section's targets that this run measures: those asked for that can run (the reference server once built). */
@@ -84,6 +97,12 @@ export function targetsToRun(section, config) {
 export const SERVERLESS = new Set(['file', 'fio-nbd']);
 /** Targets that a `fresh` workload restarts on a new, empty image for each run. */
 export const FRESH = new Set(['io_uring-raw', 'io_uring-qcow2', 'qsd-qcow2']);
+/** The kinds of image converted from the section's raw one (`qemu-img convert -O KIND`), with their options. */
+const CONVERTED = {
+  qcow2: ['-o', 'preallocation=metadata'],
+  // monolithicSparse, qemu-img's default subformat.
+  vmdk: [],
+};
 
 async function probeDirect(path) {
   const write = await run('dd', ['if=/dev/zero', `of=${path}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'], { timeout: 30_000 });
@@ -132,9 +151,16 @@ export async function prepareSection(section, config) {
     fioDirect: directWorks,
     fillMs: Math.round(fill.ms),
   };
-  if (section.kind === 'qcow2') {
-    image.qcow2Path = join(workdir, 'image.qcow2');
-    await must('converting the image to qcow2', 'qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'preallocation=metadata', path, image.qcow2Path]);
+  if (CONVERTED[section.kind]) {
+    image.converted = join(workdir, `image.${section.kind}`);
+    await must(`converting the image to ${section.kind}`, 'qemu-img', ['convert', '-f', 'raw', '-O', section.kind, ...CONVERTED[section.kind], path, image.converted]);
+  }
+  if (section.kind === 'vmdk') {
+    // What the export's qemu-nbd child gets for --cache direct, and what the
+    // bare qemu-nbd and qemu-storage-daemon get with it: O_DIRECT, where
+    // the file system takes it (QEMU's cache=none fails where it does not).
+    if (!directWorks) image.cache = 'writeback';
+    image.qemuCache = image.cache === 'direct' ? 'none' : 'writeback';
   }
   if (section.kind === 'nbd') {
     // Two servers of the same data: one offers multi-conn (nbdkit's memory
@@ -173,9 +199,9 @@ async function freshImage(image, target) {
  * made every export look slow against the file.
  */
 async function copyFor(image, path, target) {
-  const qcow2 = path.endsWith('.qcow2');
-  const copy = join(image.workdir, `image-${target}${qcow2 ? '.qcow2' : '.raw'}`);
-  if (image.directWorks && !qcow2) {
+  const ext = extname(path);
+  const copy = join(image.workdir, `image-${target}${ext}`);
+  if (image.directWorks && ext === '.raw') {
     await must('copying the image', 'dd', [`if=${path}`, `of=${copy}`, 'bs=1M', 'iflag=direct', 'oflag=direct', 'conv=fsync', 'status=none'], 900_000);
   } else {
     copyFileSync(path, copy, fsConstants.COPYFILE_FICLONE);
@@ -217,8 +243,11 @@ export async function startTarget(target, image, config, { fresh = false } = {})
     const mountpoint = mountFile(image, name);
     // The cache mode fuse-export actually uses (it may decline O_DIRECT,
     // e.g. on a memory-backed image), or else what the file system allows.
-    const directIo = image.exportDirectIo ?? image.directWorks;
-    const server = await startQsd({ target, mountpoint, threads: config.threads, directIo, ...options });
+    // For an image served by qemu-nbd, the cache and aio modes of the
+    // export's child.
+    const directIo = image.qemuCache ? image.qemuCache === 'none' : image.exportDirectIo ?? image.directWorks;
+    const firstAio = image.qemuCache ? qemuAio(image.qemuCache) : undefined;
+    const server = await startQsd({ target, mountpoint, threads: config.threads, directIo, firstAio, ...options });
     image.qsd = server.info.config + (options.nbdSocket ? '' : `, cache.direct=${directIo ? 'on' : 'off'}`);
     return server;
   };
@@ -237,7 +266,7 @@ export async function startTarget(target, image, config, { fresh = false } = {})
       server = await fuseExport('io_uring', imagePath, 'raw');
       break;
     case 'io_uring-qcow2':
-      imagePath = await source(image.qcow2Path);
+      imagePath = await source(image.converted);
       server = await fuseExport('io_uring', imagePath, 'qcow2');
       break;
     case 'io_uring-nbd':
@@ -249,11 +278,24 @@ export async function startTarget(target, image, config, { fresh = false } = {})
       server = await qsd({ image: imagePath });
       break;
     case 'qsd-qcow2':
-      imagePath = await source(image.qcow2Path);
+      imagePath = await source(image.converted);
       server = await qsd({ image: imagePath, format: 'qcow2' });
       break;
     case 'qsd-nbd':
       server = await qsd({ nbdSocket: image.nbd.multi.socket });
+      break;
+    case 'fio-nbd-qemu':
+      imagePath = await copyFor(image, image.converted, target);
+      server = await startQemuNbd({ target, image: imagePath, format: image.kind, socket: join(image.workdir, 'qemu-nbd.sock'), cache: image.qemuCache });
+      image.qemuNbd = server.info.config;
+      break;
+    case 'io_uring-vmdk':
+      imagePath = await copyFor(image, image.converted, target);
+      server = await fuseExport('io_uring', imagePath, image.kind);
+      break;
+    case 'qsd-vmdk':
+      imagePath = await copyFor(image, image.converted, target);
+      server = await qsd({ image: imagePath, format: image.kind });
       break;
     case 'nbdfuse': {
       const dir = join(image.workdir, `mnt-${target}`);
@@ -278,5 +320,6 @@ export async function startTarget(target, image, config, { fresh = false } = {})
 export function fioWhere(target, image, server) {
   if (target === 'file') return { where: { filename: image.path }, direct: image.fioDirect };
   if (target === 'fio-nbd') return { where: { nbdUri: image.nbd.multi.uri }, direct: false };
+  if (target === 'fio-nbd-qemu') return { where: { nbdUri: server.uri }, direct: false };
   return { where: { filename: server.file }, direct: true };
 }

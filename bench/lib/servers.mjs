@@ -1,8 +1,10 @@
 // The servers of the benchmark: the FUSE exports under test (fuse-export,
 // qemu-storage-daemon, nbdfuse, the minimal C reference server) and the NBD
-// server behind the NBD section (nbdkit). Each is started once per section
-// and stopped with SIGTERM, then SIGKILL after a timeout, then `umount -l`.
+// servers (nbdkit behind the NBD section, a bare qemu-nbd as the formats
+// section's limit). Each is started once per section and stopped with
+// SIGTERM, then SIGKILL after a timeout, then `umount -l`.
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { nbdkitCommand } from '../../test/helpers/nbdkit.mjs';
 import { isMounted, killPid, run, sleep, track, umountLazy } from './proc.mjs';
@@ -22,6 +24,8 @@ class Server {
     this.dead = false;
     this.stopped = undefined;
     this.exit = undefined;
+    /** The command name of the server's own child processes whose CPU time and memory count with its own (measure.mjs). */
+    this.helper = undefined;
   }
 
   spawn() {
@@ -136,6 +140,8 @@ export async function startFuseExport({ cli, target, image, format, mountpoint, 
   }
   server.info = outcome.event;
   server.transport = transport;
+  // An image served through QEMU: the export's qemu-nbd child does the I/O.
+  if (server.info.backend === 'qemu') server.helper = 'qemu-nbd';
   return server;
 }
 
@@ -154,13 +160,14 @@ async function awaitReady(server, ready, what, timeout) {
  * qemu-storage-daemon's FUSE export of `image`, in the first of these
  * configurations that starts: one iothread per CPU (the multi-queue FUSE
  * export of newer QEMU: `iothread.N=`), then QEMU's default (the main loop);
- * aio=io_uring, then aio=threads. Ready when the mount appears.
+ * aio=`firstAio` (io_uring unless told), then aio=threads. Ready when the
+ * mount appears.
  */
-export async function startQsd({ target, image, format = 'raw', nbdSocket, mountpoint, threads, directIo, timeout = 30_000 }) {
+export async function startQsd({ target, image, format = 'raw', nbdSocket, mountpoint, threads, directIo, firstAio = 'io_uring', timeout = 30_000 }) {
   const iothreads = Array.from({ length: threads }, (_, i) => `iot${i}`);
   const attempts = [];
   // An NBD client has no aio mode of its own: one attempt each.
-  for (const aio of nbdSocket ? ['io_uring'] : ['io_uring', 'threads']) {
+  for (const aio of nbdSocket ? ['io_uring'] : [...new Set([firstAio, 'threads'])]) {
     if (threads > 1) attempts.push({ aio, iothreads, label: `${threads} iothreads (multi-queue), aio=${aio}` });
     attempts.push({ aio, iothreads: [], label: `default (main loop, no iothread), aio=${aio}` });
   }
@@ -242,5 +249,28 @@ export async function startNbdkit({ target, dir, plugin, filters = [], params = 
   server.info = { config: `nbdkit ${[...plugin, ...filters.map((f) => `--filter=${f}`), ...params].join(' ')}` };
   server.uri = nbdkit.uri;
   server.socket = nbdkit.address;
+  return server;
+}
+
+/**
+ * The options fuse-export gives its qemu-nbd child for a local image
+ * (child_args in crates/core/src/image/qemu/mod.rs), for a bare qemu-nbd to
+ * be measured against: `cache` is `none` (--cache direct: Linux AIO) or
+ * `writeback` (io_uring).
+ */
+export const qemuAio = (cache) => (cache === 'none' ? 'native' : 'io_uring');
+export function qemuNbdOptions(cache) {
+  return ['--persistent', '--shared=1026', '--discard=unmap', `--cache=${cache}`, `--aio=${qemuAio(cache)}`];
+}
+
+/** A bare qemu-nbd serving `image` on the Unix socket `socket`; ready when its pid file appears (it has opened the image). */
+export async function startQemuNbd({ target, image, format, socket, cache, timeout = 30_000 }) {
+  const pidFile = `${socket}.pid`;
+  const args = [...qemuNbdOptions(cache), '-f', format, '-k', socket, `--pid-file=${pidFile}`, image];
+  const server = new Server({ target, kind: 'qemu-nbd', mountpoint: undefined, command: 'qemu-nbd', args });
+  server.spawn();
+  await awaitReady(server, () => existsSync(pidFile) && existsSync(socket), 'qemu-nbd', timeout);
+  server.info = { config: `qemu-nbd ${[...qemuNbdOptions(cache), '-f', format].join(' ')}` };
+  server.uri = `nbd+unix:///?socket=${socket}`;
   return server;
 }

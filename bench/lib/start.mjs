@@ -2,7 +2,7 @@
 // result instead of ending the run, and what each one was, for the report.
 import { enableUring, state, URING_PARAM } from './host.mjs';
 import { say } from './log.mjs';
-import { memory } from './proc.mjs';
+import { notePeakRss } from './proc.mjs';
 import { startTarget } from './sections.mjs';
 
 /** Starts `target` (an io_uring export once more when enable_uring was switched off meanwhile). */
@@ -24,7 +24,7 @@ export async function startOne(target, image, config, result, options) {
 function describe(server) {
   if (server.kind !== 'fuse-export') return server.info.config;
   const i = server.info;
-  return `${i.transport}, ${i.threads} threads, ${i.ringQueues} ring queues${i.queueDepth ? ` x ${i.queueDepth}` : ''}, directIo ${i.directIo}, format ${i.format ?? '?'}`;
+  return `${i.transport}, ${i.threads} threads, ${i.ringQueues} ring queues${i.queueDepth ? ` x ${i.queueDepth}` : ''}, directIo ${i.directIo}, format ${i.format ?? '?'}${i.backend === 'qemu' ? `, qemu-nbd ${i.qemuVersion ?? '?'} child` : ''}`;
 }
 
 /** The exports of `targets`, by target; one that fails to start is an anomaly, and missing. */
@@ -41,7 +41,7 @@ export async function startServers(image, config, result, targets) {
         image.exportDirectIo ??= server.info.directIo;
       }
       server.image = image.id;
-      server.peakRssBytes = memory(server.pid).hwm ?? null;
+      notePeakRss(server);
       state.servers.push(server);
       servers[target] = server;
       say(`${image.id}: ${target} ready (pid ${server.pid}): ${describe(server)}`);
@@ -64,6 +64,7 @@ export function serverRecord(server) {
     args: server.args,
     info: server.info,
     peakRssBytes: server.peakRssBytes,
+    ...(server.helper ? { helper: server.helper, helperPeakRssBytes: server.helperPeakRssBytes ?? null } : {}),
     exit: server.exit,
     stopMs: server.stopMs,
     stopped: server.stopped,
