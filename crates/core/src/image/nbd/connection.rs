@@ -48,7 +48,7 @@ impl Command {
     }
 
     fn changes_data(self) -> bool {
-        matches!(self, Command::Write { .. } | Command::Trim { .. } | Command::Zero { .. })
+        matches!(self, Command::Write { .. } | Command::Zero { .. })
     }
 
     /// The request's result when the server says yes.

@@ -111,7 +111,6 @@ api! {
     nbd_is_read_only: fn(H) -> c_int;
     nbd_can_multi_conn: fn(H) -> c_int;
     nbd_can_flush: fn(H) -> c_int;
-    nbd_can_trim: fn(H) -> c_int;
     nbd_can_zero: fn(H) -> c_int;
     nbd_can_meta_context: fn(H, *const c_char) -> c_int;
     nbd_get_structured_replies_negotiated: fn(H) -> c_int;
@@ -119,7 +118,6 @@ api! {
     nbd_aio_pread: fn(H, *mut c_void, usize, u64, CompletionCallback, u32) -> i64;
     nbd_aio_pwrite: fn(H, *const c_void, usize, u64, CompletionCallback, u32) -> i64;
     nbd_aio_flush: fn(H, CompletionCallback, u32) -> i64;
-    nbd_aio_trim: fn(H, u64, u64, CompletionCallback, u32) -> i64;
     nbd_aio_zero: fn(H, u64, u64, CompletionCallback, u32) -> i64;
     nbd_block_status: fn(H, u64, u64, ExtentCallback, u32) -> c_int;
     nbd_aio_get_fd: fn(H) -> c_int;

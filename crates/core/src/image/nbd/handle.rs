@@ -25,10 +25,8 @@ pub enum Command {
     Flush {
         covers_writes: bool,
     },
-    Trim {
-        len: u64,
-        offset: u64,
-    },
+    /// WRITE_ZEROES without NO_HOLE: the server may deallocate the range,
+    /// and it reads back as zeroes (a TRIM promises no bytes at all).
     Zero {
         len: u64,
         offset: u64,
@@ -65,7 +63,6 @@ pub struct Export {
     pub read_only: bool,
     pub multi_conn: bool,
     pub can_flush: bool,
-    pub can_trim: bool,
     pub can_zero: bool,
     pub base_allocation: bool,
 }
@@ -149,7 +146,6 @@ impl Handle {
             read_only: flag(api.nbd_is_read_only),
             multi_conn: flag(api.nbd_can_multi_conn),
             can_flush: flag(api.nbd_can_flush),
-            can_trim: flag(api.nbd_can_trim),
             can_zero: flag(api.nbd_can_zero),
             // SAFETY: a connected handle and a NUL-terminated name.
             base_allocation: unsafe { (api.nbd_can_meta_context)(raw, ffi::BASE_ALLOCATION.as_ptr()) } > 0,
@@ -184,7 +180,6 @@ impl Handle {
                     (api.nbd_aio_pwrite)(h, buffer.cast(), len as usize, offset, callback, 0)
                 }
                 Command::Flush { .. } => (api.nbd_aio_flush)(h, callback, 0),
-                Command::Trim { len, offset } => (api.nbd_aio_trim)(h, len, offset, callback, 0),
                 Command::Zero { len, offset } => (api.nbd_aio_zero)(h, len, offset, callback, 0),
             }
         };
@@ -308,7 +303,6 @@ mod tests {
         read_only: false,
         multi_conn: true,
         can_flush: true,
-        can_trim: true,
         can_zero: true,
         base_allocation: true,
     };
@@ -316,7 +310,7 @@ mod tests {
     #[test]
     fn a_returning_server_must_serve_the_same_size() {
         assert_eq!(EXPORT.replacement_refused(&EXPORT, true), None);
-        let other = Export { multi_conn: false, can_trim: false, ..EXPORT };
+        let other = Export { multi_conn: false, can_zero: false, ..EXPORT };
         assert_eq!(EXPORT.replacement_refused(&other, true), None, "features may change");
         let bigger = Export { size: 2 << 20, ..EXPORT };
         assert!(EXPORT.replacement_refused(&bigger, false).unwrap().contains("2097152 bytes, not 1048576"));

@@ -189,7 +189,6 @@ impl NbdImage {
             ImageOp::Write => Command::Write { buffer: context.buffer, len, offset },
             ImageOp::Flush if !self.export.can_flush => return Poll::Ready(0),
             ImageOp::Flush => Command::Flush { covers_writes: false },
-            ImageOp::Discard if self.export.can_trim => Command::Trim { len, offset },
             ImageOp::Discard | ImageOp::WriteZeroes if self.export.can_zero && io.stage == Stage::Idle => {
                 Command::Zero { len, offset }
             }
