@@ -96,7 +96,7 @@ fn every_format_qemu_img_makes_is_probed_by_its_name() {
         ("disk.qcow", &["create", "-f", "qcow"], &["4M"], "qcow"),
         (
             "disk.luks",
-            &["create", "--object", "secret,id=s,data=abc", "-f", "luks", "-o", "key-secret=s,iter-time=10"],
+            &["create", "--object", "secret,id=s,data=abc", "-f", "luks", "-o", "key-secret=s,iter-time=200"],
             &["4M"],
             "luks",
         ),
@@ -139,7 +139,7 @@ fn a_fixed_vhd_is_raw_to_qemu_with_its_footer_at_the_end() {
 fn an_encrypted_qcow2_says_so() {
     let scratch = Scratch::new("encrypted");
     let path = scratch.path("encrypted.qcow2");
-    let options = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10";
+    let options = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=200";
     qemu_img(&["create", "-q", "--object", "secret,id=s,data=abc", "-f", "qcow2", "-o", options, &path, "4M"]);
     assert_probed(&path, Some("qcow2"));
     assert!(parse_qcow2_header(&head_of(&path)[..512]).unwrap().encrypted);

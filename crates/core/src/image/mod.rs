@@ -162,6 +162,9 @@ pub enum Stage {
     /// qcow2: a write waits on a worker (for a discard to finish, for the
     /// image to grow).
     Waiting,
+    /// QEMU's formats: a read straight from the image file, where QEMU's
+    /// map puts the range (`qemu/mapped.rs`).
+    Mapped,
 }
 
 /// One request's image operation in progress. `done` and `stage` are the

@@ -10,6 +10,7 @@
 //! as QEMU locks it, and it takes a connection per I/O thread (multi-conn).
 
 mod child;
+mod mapped;
 mod overlay;
 mod process;
 mod secrets;
@@ -17,12 +18,14 @@ mod spec;
 
 use super::nbd::NbdImage;
 use super::{
-    CacheMode, ImageBackend, ImageError, ImageIo, ImageOptions, IoContext, Notice, Overlay, Seek, ThreadImage, Times,
+    CacheMode, ImageBackend, ImageError, ImageIo, ImageOp, ImageOptions, IoContext, Notice, Overlay, Seek, Stage,
+    ThreadImage, Times,
 };
 use crate::runtime::control::Phase;
 use crate::runtime::ring::Ring;
 use crate::runtime::token::Token;
 use child::{ChildSpec, QemuNbd};
+use mapped::{MappedReads, MAPPED_FORMATS};
 use overlay::OverlayFile;
 use secrets::{read_secret_file, Secrets, KEY_SECRET, PASSWORD_SECRET};
 use serde_json::{json, Value};
@@ -66,6 +69,8 @@ pub struct QemuImage {
     /// Bound again at every restart of the child.
     _trust: Option<TrustStore>,
     _overlay: Option<OverlayFile>,
+    /// Reads of what QEMU placed plainly in the local image file skip the child.
+    mapped: Option<MappedReads>,
 }
 
 impl QemuImage {
@@ -114,7 +119,10 @@ impl QemuImage {
         let (nbd, nbd_warnings) = NbdImage::open(&uri, &nbd_options)?;
         warnings.extend(nbd_warnings);
         let child = Arc::new(child);
-        let image = QemuImage { nbd, child, format, shown, version, _trust: access.trust, _overlay: overlay };
+        let mapped = (overlay.is_none() && !keyed && MAPPED_FORMATS.contains(&format))
+            .then(|| access.mapped_reads(&served, options.cache))
+            .flatten();
+        let image = QemuImage { nbd, child, format, shown, version, _trust: access.trust, _overlay: overlay, mapped };
         Ok((Arc::new(image), warnings))
     }
 }
@@ -164,6 +172,15 @@ impl Access {
         all.extend(args);
         let pipes = self.secrets.pipes().map_err(|e| e.to_string())?;
         process::run_tool("qemu-img", &all, &pipes, self.trust.as_ref().map(|t| t.dir.path()))
+    }
+
+    /// QEMU's map of a local image, for reads that skip the child; none
+    /// where there is no map to be had.
+    fn mapped_reads(&self, image: &Value, cache: CacheMode) -> Option<MappedReads> {
+        let path = self.file.options["filename"].as_str().filter(|_| self.file.is_local())?;
+        let args = vec!["--output=json".into(), "--force-share".into(), format!("json:{image}")];
+        let map = self.qemu_img("map", args).ok()?;
+        MappedReads::new(Path::new(path), &map, cache)
     }
 
     /// The format QEMU's probe finds and whether the image is encrypted.
@@ -309,11 +326,27 @@ impl ImageBackend for QemuImage {
 
     fn sync_size(&self) {}
 
-    fn submit(&self, io: &mut ImageIo, context: IoContext) -> Poll<i32> {
+    fn submit(&self, io: &mut ImageIo, mut context: IoContext) -> Poll<i32> {
+        if let Some(mapped) = &self.mapped {
+            match io.op {
+                ImageOp::Read => {
+                    if let Some(started) = mapped.submit_read(io, &mut context) {
+                        return started;
+                    }
+                }
+                ImageOp::Flush => {}
+                ImageOp::Write | ImageOp::Discard | ImageOp::WriteZeroes | ImageOp::Allocate => {
+                    mapped.forget(io.offset, io.len)
+                }
+            }
+        }
         self.nbd.submit(io, context)
     }
 
     fn complete(&self, io: &mut ImageIo, result: i32, context: IoContext) -> Poll<i32> {
+        if io.stage == Stage::Mapped {
+            return Poll::Ready(MappedReads::complete(io, result));
+        }
         self.nbd.complete(io, result, context)
     }
 
