@@ -30,7 +30,8 @@ on a qcow2 of the same data, qemu-storage-daemon on the qcow2); NBD (fio's
 own NBD client, fuse-export with and without multi-conn, nbdfuse,
 qemu-storage-daemon's nbd driver, against nbdkit's memory plugin); formats
 (a sparse VMDK: fio's NBD client at a bare qemu-nbd with the options
-fuse-export gives its own qemu-nbd child, fuse-export, qemu-storage-daemon).
+fuse-export gives its own qemu-nbd child, fuse-export, qemu-storage-daemon);
+daemon (one export of fuse-export-storage-daemon against the CLI's).
 
   --quick              all sections but disk, ${QUICK_RUNTIME} s per run, 1 repeat (about 5 minutes)
   --runtime S          seconds per fio run (default ${FULL_RUNTIME}; --quick: ${QUICK_RUNTIME})

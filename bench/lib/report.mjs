@@ -26,6 +26,7 @@ export const TARGETS = [
   { id: 'fio-nbd-qemu', label: 'fio qemu-nbd', color: '#7f8c8d', what: "fio's own NBD client at a bare qemu-nbd with the options of fuse-export's child (the limit of the formats section)" },
   { id: 'io_uring-vmdk', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on --format vmdk (its qemu-nbd child, reached over NBD with a connection per thread)' },
   { id: 'qsd-vmdk', label: 'qsd vmdk', color: '#c0392b', what: "qemu-storage-daemon's FUSE export of the same VMDK (its vmdk driver)" },
+  { id: 'daemon', label: 'daemon', color: '#16a085', what: "one export of fuse-export-storage-daemon (qsd's command line, as many iothreads as the CLI's threads), over io_uring" },
 ];
 
 export const targetById = (id) => TARGETS.find((t) => t.id === id);
@@ -187,6 +188,7 @@ export function evaluateTargets(summary, servers, images) {
     const w = `${rw}-4k-qd16x2`;
     ratioTarget('formats', 'formats', w, 'io_uring-vmdk', 'qsd-vmdk', 1.5, `VMDK ${rw} 4 KiB QD16x2: io_uring >= 1.5x qsd on the VMDK`, 'fio-nbd-qemu');
     ratioTarget('formats', 'formats', w, 'io_uring-vmdk', 'fio-nbd-qemu', 0.7, `VMDK ${rw} 4 KiB QD16x2: io_uring >= 0.7x fio's nbd engine at a bare qemu-nbd`);
+    ratioTarget('daemon', 'daemon', w, 'daemon', 'io_uring', 0.95, `daemon ${rw} 4 KiB QD16x2: one export of the daemon >= 0.95x the CLI's`);
   }
   for (const server of servers.filter((s) => s.target.startsWith('io_uring') && s.info?.ringQueues)) {
     const queues = server.info?.ringQueues ?? null;

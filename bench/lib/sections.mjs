@@ -6,7 +6,7 @@ import { extname, join } from 'node:path';
 import { DEFAULTS } from '../../dist/options.js';
 import { state } from './host.mjs';
 import { say } from './log.mjs';
-import { CLI } from './paths.mjs';
+import { CLI, DAEMON } from './paths.mjs';
 import { run } from './proc.mjs';
 import { qemuAio, startFuseExport, startNbdfuse, startNbdkit, startQemuNbd, startQsd, startReference } from './servers.mjs';
 
@@ -85,6 +85,17 @@ export const SECTIONS = [
     limit: 'fio-nbd-qemu',
     peer: 'qsd-vmdk',
     workloads: PEAK_WORKLOADS,
+  },
+  {
+    id: 'daemon',
+    kind: 'raw',
+    dir: '/dev/shm',
+    label: 'one export of fuse-export-storage-daemon against the fuse-export CLI, the same raw image on tmpfs',
+    cache: 'direct',
+    targets: ['io_uring', 'daemon'],
+    limit: 'io_uring',
+    peer: 'daemon',
+    workloads: ['randread-4k-qd16x2', 'randwrite-4k-qd16x2'],
   },
 ];
 
@@ -261,6 +272,12 @@ export async function startTarget(target, image, config, { fresh = false } = {})
       imagePath = await copyFor(image, image.path, target);
       server = await fuseExport(target, imagePath, 'raw');
       break;
+    case 'daemon': {
+      imagePath = await copyFor(image, image.path, target);
+      const mountpoint = mountFile(image, name);
+      server = await startDaemonExport({ daemon: DAEMON, target, image: imagePath, mountpoint, threads: config.threads, cache: image.cache });
+      break;
+    }
     case 'io_uring-raw':
       imagePath = await source(image.path);
       server = await fuseExport('io_uring', imagePath, 'raw');

@@ -119,19 +119,48 @@ export async function startFuseExport({ cli, target, image, format, mountpoint, 
     image,
     mountpoint,
   ];
-  const server = new Server({ target, kind: 'fuse-export', mountpoint, command: process.execPath, args });
+  const server = await startLogged({ target, kind: 'fuse-export', mountpoint, args, readyEvent: 'ready', timeout });
+  server.transport = transport;
+  // An image served through QEMU: the export's qemu-nbd child does the I/O.
+  if (server.info.backend === 'qemu') server.helper = 'qemu-nbd';
+  return server;
+}
+
+/**
+ * One raw image exported by fuse-export-storage-daemon, as a script for
+ * qemu-storage-daemon would ask for it (its own command line), over
+ * FUSE-over-io_uring with `threads` I/O threads (iothreads).
+ */
+export async function startDaemonExport({ daemon, target, image, mountpoint, threads, cache, timeout = 30_000 }) {
+  const iothreads = Array.from({ length: threads }, (_, i) => `io${i}`);
+  const args = [
+    daemon,
+    ...iothreads.flatMap((id) => ['--object', `iothread,id=${id}`]),
+    '--blockdev',
+    `driver=file,node-name=disk,filename=${image},cache.direct=${cache === 'direct' ? 'on' : 'off'}`,
+    '--export',
+    `type=fuse,id=exp0,node-name=disk,mountpoint=${mountpoint},writable=on,io-uring=on,passthrough=off,${iothreads.map((id, i) => `iothread.${i}=${id}`).join(',')}`,
+  ];
+  const server = await startLogged({ target, kind: 'fuse-export-storage-daemon', mountpoint, args, readyEvent: 'serving', timeout });
+  server.transport = 'io_uring';
+  return server;
+}
+
+/** Starts one of our commands (node, JSON log lines) and waits for `readyEvent`. */
+async function startLogged({ target, kind, mountpoint, args, readyEvent, timeout }) {
+  const server = new Server({ target, kind, mountpoint, command: process.execPath, args });
   const ready = new Promise((resolve, reject) => {
     server.onEvent = (event) => {
-      if (event.event === 'ready') resolve(event);
-      else if (event.event === 'failed') reject(new Error(`fuse-export failed to start: ${event.message}`));
+      if (event.event === readyEvent) resolve(event);
+      else if (event.event === 'failed') reject(new Error(`${kind} failed to start: ${event.message}`));
       else if (event.event === 'stopped') server.stopped = event;
     };
   });
   server.spawn();
   const outcome = await Promise.race([
     ready.then((event) => ({ event })),
-    server.closed.then((exit) => ({ error: new Error(`fuse-export exited before it was ready (${JSON.stringify(exit)})`) })),
-    sleep(timeout).then(() => ({ error: new Error(`fuse-export was not ready within ${timeout / 1000} s`) })),
+    server.closed.then((exit) => ({ error: new Error(`${kind} exited before it was ready (${JSON.stringify(exit)})`) })),
+    sleep(timeout).then(() => ({ error: new Error(`${kind} was not ready within ${timeout / 1000} s`) })),
   ]).catch((error) => ({ error }));
   if (outcome.error) {
     await server.stop({ termTimeout: 5_000 });
@@ -139,9 +168,6 @@ export async function startFuseExport({ cli, target, image, format, mountpoint, 
     throw outcome.error;
   }
   server.info = outcome.event;
-  server.transport = transport;
-  // An image served through QEMU: the export's qemu-nbd child does the I/O.
-  if (server.info.backend === 'qemu') server.helper = 'qemu-nbd';
   return server;
 }
 
