@@ -14,6 +14,7 @@ use crate::image::raw::DIRECT_ALIGNMENT;
 use crate::image::{CacheMode, ImageIo, IoContext, Stage};
 use io_uring::{opcode, types};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,7 +37,8 @@ struct Extent {
 }
 
 pub struct MappedReads {
-    extents: RwLock<Vec<Extent>>,
+    /// By guest start: a random write splits an extent in O(log n).
+    extents: RwLock<BTreeMap<u64, Extent>>,
     buffered: File,
     direct: Option<File>,
 }
@@ -51,6 +53,7 @@ impl MappedReads {
         let open = |flags: i32| File::options().read(true).custom_flags(libc::O_CLOEXEC | flags).open(path).ok();
         let buffered = open(0)?;
         let direct = if cache == CacheMode::Direct { open(libc::O_DIRECT) } else { None };
+        let extents = extents.into_iter().map(|e| (e.start, e)).collect();
         Some(MappedReads { extents: RwLock::new(extents), buffered, direct })
     }
 
@@ -58,9 +61,8 @@ impl MappedReads {
     /// lies in one mapped extent.
     fn host_of(&self, offset: u64, len: u64) -> Option<u64> {
         let extents = self.extents.read().unwrap();
-        let index = extents.partition_point(|e| e.end <= offset);
-        let extent = extents.get(index).filter(|e| e.start <= offset && offset + len <= e.end)?;
-        Some(extent.host + (offset - extent.start))
+        let (_, extent) = extents.range(..=offset).next_back()?;
+        (offset + len <= extent.end).then(|| extent.host + (offset - extent.start))
     }
 
     /// Starts a read of `io` from the file when its range is mapped.
@@ -92,20 +94,18 @@ impl MappedReads {
     pub fn forget(&self, offset: u64, len: u64) {
         let end = offset.saturating_add(len.max(1));
         let mut extents = self.extents.write().unwrap();
-        let first = extents.partition_point(|e| e.end <= offset);
-        let last = extents.partition_point(|e| e.start < end);
-        if first >= last {
-            return;
+        // The extent that starts before the range, then those that start in it.
+        let before = extents.range(..offset).next_back().map(|(_, e)| *e).filter(|e| e.end > offset);
+        let inside: Vec<Extent> = extents.range(offset..end).map(|(_, e)| *e).collect();
+        for extent in before.iter().chain(&inside) {
+            extents.remove(&extent.start);
+            if extent.start < offset {
+                extents.insert(extent.start, Extent { end: offset, ..*extent });
+            }
+            if extent.end > end {
+                extents.insert(end, Extent { start: end, host: extent.host + (end - extent.start), ..*extent });
+            }
         }
-        let mut kept = Vec::with_capacity(2);
-        let (head, tail) = (extents[first], extents[last - 1]);
-        if head.start < offset {
-            kept.push(Extent { end: offset, ..head });
-        }
-        if tail.end > end {
-            kept.push(Extent { start: end, host: tail.host + (end - tail.start), ..tail });
-        }
-        extents.splice(first..last, kept);
     }
 }
 
@@ -144,7 +144,8 @@ mod tests {
 { "start": 4325376, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, "offset": 1179648}]"#;
 
     fn reads(extents: Vec<Extent>) -> MappedReads {
-        MappedReads { extents: RwLock::new(extents), buffered: File::open("/dev/null").unwrap(), direct: None }
+        let extents = RwLock::new(extents.into_iter().map(|e| (e.start, e)).collect());
+        MappedReads { extents, buffered: File::open("/dev/null").unwrap(), direct: None }
     }
 
     #[test]
