@@ -8,7 +8,7 @@ import { state } from './host.mjs';
 import { say } from './log.mjs';
 import { CLI, DAEMON } from './paths.mjs';
 import { run } from './proc.mjs';
-import { qemuAio, startFuseExport, startNbdfuse, startNbdkit, startQemuNbd, startQsd, startReference } from './servers.mjs';
+import { qemuAio, startDaemonExport, startFuseExport, startNbdfuse, startNbdkit, startQemuNbd, startQsd, startReference } from './servers.mjs';
 
 const MiB = 1024 * 1024;
 const RAW_WORKLOADS = [
