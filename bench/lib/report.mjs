@@ -24,7 +24,7 @@ export const TARGETS = [
   { id: 'nbdfuse', label: 'nbdfuse', color: '#d4ac0d', what: "libnbd's FUSE client nbdfuse" },
   { id: 'qsd-nbd', label: 'qsd nbd', color: '#c0392b', what: "qemu-storage-daemon's nbd driver and FUSE export" },
   { id: 'fio-nbd-qemu', label: 'fio qemu-nbd', color: '#7f8c8d', what: "fio's own NBD client at a bare qemu-nbd with the options of fuse-export's child (the limit of the formats section)" },
-  { id: 'io_uring-vmdk', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on --format vmdk (its qemu-nbd child, reached over NBD with a connection per thread)' },
+  { id: 'io_uring-vmdk', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on --format vmdk (reads of what QEMU maps plainly into the file go to it straight, the rest to its qemu-nbd child over NBD with a connection per thread)' },
   { id: 'qsd-vmdk', label: 'qsd vmdk', color: '#c0392b', what: "qemu-storage-daemon's FUSE export of the same VMDK (its vmdk driver)" },
   { id: 'daemon', label: 'daemon', color: '#16a085', what: "one export of fuse-export-storage-daemon (qsd's command line, as many iothreads as the CLI's threads), over io_uring" },
 ];
