@@ -71,7 +71,7 @@ eachTransport(test, 'http: a VMDK and a qcow2 on a web server are those formats;
   t.is(digest(join(dir, 'disk.vmdk')), before, 'the served file is unchanged');
 });
 
-test.serial('https: --ca-file trusts the server\'s CA (a qcow2 reads right); without it the certificate is refused, exit 1', async (t) => {
+eachTransport(test, 'https: --ca-file trusts the server\'s CA (a qcow2 reads right); without it the certificate is refused, exit 1', async (t, ioUring) => {
   const dir = tmpDir(t);
   const { raw } = await images(dir);
   const server = await startHttpServer({ root: dir, https: true });
@@ -80,13 +80,13 @@ test.serial('https: --ca-file trusts the server\'s CA (a qcow2 reads right); wit
   const untrusted = await runCli([server.url('disk.qcow2'), mnt], { timeout: 60_000 });
   t.is(untrusted.code, 1);
   t.regex(errorText(untrusted), /certificate/i);
-  const exp = await exportImage(t, { image: server.url('disk.qcow2'), mountpoint: mnt, args: ['--ca-file', server.caFile!] });
+  const exp = await exportImage(t, { image: server.url('disk.qcow2'), mountpoint: mnt, ioUring, args: ['--ca-file', server.caFile!] });
   t.is(exp.ready.format, 'qcow2');
   await assertExported(t, mnt, raw, 'qcow2 over https');
   await stopExport(t, exp);
 });
 
-test.serial('http basic authentication: --password-file (or the URL\'s password) lets it in, never shown in the log, the mount table or ps; without it exit 1', async (t) => {
+eachTransport(test, 'http basic authentication: --password-file (or the URL\'s password) lets it in, never shown in the log, the mount table or ps; without it exit 1', async (t, ioUring) => {
   const dir = tmpDir(t);
   const { raw } = await images(dir);
   const password = 'open sesame';
@@ -107,7 +107,7 @@ test.serial('http basic authentication: --password-file (or the URL\'s password)
       t.false(wrong.stderr.includes(':sesame@'), 'the password is not in the log');
       continue;
     }
-    const exp = await exportImage(t, { image, mountpoint: mnt, args: [...args] });
+    const exp = await exportImage(t, { image, mountpoint: mnt, ioUring, args: [...args] });
     t.is(exp.ready.image, url.replace(/^http:\/\/alice@/, 'http://alice@'));
     await assertExported(t, mnt, raw, 'vmdk behind basic authentication');
     t.false(exp.stderr().includes(password), 'not in the log');
