@@ -8,10 +8,11 @@
 
 use std::ffi::CString;
 use std::io;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 /// Where QEMU's TLS library (GnuTLS, through libcurl) finds the trusted
 /// CAs on Debian: a private CA is bound over it in the child's namespace.
@@ -158,7 +159,29 @@ pub fn run_tool(
         secrets.iter().zip(super::secrets::FIRST_SECRET_FD..).map(|(fd, to)| (fd.as_raw_fd(), to)).collect();
     let trusted_ca_dir = trusted_ca_dir.map(c_path).transpose().map_err(|e| e.to_string())?;
     hand_over(&mut command, Handover { descriptors, trusted_ca_dir }).map_err(|e| spawn_failed(program, &e))?;
-    let Output { status, stdout, stderr } = command.output().map_err(|e| spawn_failed(program, &e))?;
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| spawn_failed(program, &e))?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.by_ref().take(MAX_TOOL_OUTPUT).read_to_end(&mut text);
+        text
+    });
+    // A hostile image can make QEMU print without end (`qemu-img map` of
+    // millions of fragments): what exceeds the cap is not read, the tool
+    // is stopped.
+    let mut stdout = Vec::new();
+    let read = child.stdout.take().expect("stdout is piped").take(MAX_TOOL_OUTPUT + 1).read_to_end(&mut stdout);
+    let overflowed = stdout.len() as u64 > MAX_TOOL_OUTPUT;
+    if overflowed {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let stderr = errors.join().unwrap_or_default();
+    read.map_err(|e| format!("{program}: {e}"))?;
+    if overflowed {
+        return Err(format!("{program} printed more than {} MiB", MAX_TOOL_OUTPUT >> 20));
+    }
     if status.success() {
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     } else {
@@ -166,8 +189,30 @@ pub fn run_tool(
     }
 }
 
+/// The most a QEMU tool's answer may hold (a map, an info): beyond it the
+/// answer is refused.
+const MAX_TOOL_OUTPUT: u64 = 64 << 20;
+
 pub fn c_path(path: &Path) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Result<String, String> {
+        run_tool("sh", &["-c".into(), script.into()], &[], None)
+    }
+
+    #[test]
+    fn a_tool_gives_its_output_or_its_error_and_never_more_than_the_cap() {
+        assert_eq!(sh("echo fine").unwrap(), "fine\n");
+        assert_eq!(sh("echo broken >&2; exit 3").unwrap_err(), "broken");
+        let flood = sh("head -c 70000000 /dev/zero").unwrap_err();
+        assert!(flood.contains("more than 64 MiB"), "{flood}");
+        assert!(run_tool("no-such-tool-here", &[], &[], None).unwrap_err().contains("no-such-tool-here is missing"));
+    }
 }
