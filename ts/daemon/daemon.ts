@@ -5,6 +5,7 @@
 // gone.
 import { EventEmitter } from 'node:events';
 import { statSync, truncateSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { availableParallelism } from 'node:os';
@@ -97,7 +98,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   deleteBlockdev(name: string): void {
     const index = this.#blockdevs.findIndex((node) => node['node-name'] === name);
     if (index < 0) throw new DaemonConfigError(`Failed to find node with node-name='${name}'`);
-    const exporter = [...this.#exports.values()].find((e) => e.spec['node-name'] === name);
+    const exporter = this.#exporterOf(name);
     if (exporter) throw new DaemonConfigError(`Node '${name}' is busy: block device is in use by block export '${exporter.spec.id}'`);
     const user = nodeUsers(this.#nodes, name)[0];
     if (user !== undefined) throw new DaemonConfigError(`Node '${name}' is busy: node is used as child of '${user}'`);
@@ -159,7 +160,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
       throw new DaemonConfigError(`Cannot find device='${nodeName}' nor node-name='${nodeName}'`);
     }
     if (!Number.isSafeInteger(size) || size < 0) throw new DaemonConfigError(`Invalid size ${size}`);
-    const exporter = [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName);
+    const exporter = this.#exporterOf(nodeName);
     if (exporter) return exporter.export.resize(size);
     const node = resolveNode(this.#nodes, nodeName);
     if (node.readOnly) throw new DaemonConfigError(`Node '${nodeName}' is read-only`);
@@ -193,13 +194,17 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
 
   /** The export serving `nodeName`, if any. */
   exportOf(nodeName: string): FuseExport | undefined {
-    return [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName)?.export;
+    return this.#exporterOf(nodeName)?.export;
   }
 
   /** Stops every export (drain, unmount), then forgets the secrets' files. */
   async shutdown(): Promise<void> {
     await Promise.allSettled([...this.#exports.keys()].map((id) => this.removeExport(id)));
     this.#secrets.remove();
+  }
+
+  #exporterOf(nodeName: string): DaemonExport | undefined {
+    return [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName);
   }
 
   #imageOptions(node: ResolvedNode) {
@@ -226,6 +231,6 @@ function checkMountpoint(mountpoint: string, exports: DaemonExport[]): void {
     throw new DaemonConfigError(`Failed to stat '${mountpoint}': ${(error as Error).message}`);
   }
   if (!stat.isFile()) throw new DaemonConfigError(`'${mountpoint}' is not a regular file`);
-  const other = exports.find((e) => e.spec.mountpoint === mountpoint);
+  const other = exports.find((e) => resolve(e.spec.mountpoint) === resolve(mountpoint));
   if (other) throw new DaemonConfigError(`'${mountpoint}' is already the mountpoint of export '${other.spec.id}'`);
 }

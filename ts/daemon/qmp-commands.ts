@@ -25,9 +25,9 @@ async function refusalsAsQmp<T>(body: () => Promise<T> | T): Promise<T> {
 
 /** Everything a QMP client may ask of `daemon`; `quit` calls `onQuit` once its answer is out. */
 export function qmpCommands(daemon: StorageDaemon, onQuit: () => void): Record<string, QmpHandler> {
-  return {
+  const commands: Record<string, QmpHandler> = {
     'query-version': () => ({ qemu: QEMU_VERSION, package: PACKAGE }),
-    'query-commands': () => Object.keys(qmpCommands(daemon, onQuit)).map((name) => ({ name })),
+    'query-commands': () => Object.keys(commands).map((name) => ({ name })),
     'blockdev-add': (args) => refusalsAsQmp(() => daemon.addBlockdev(readBlockdev(args))).then(() => ({})),
     'blockdev-del': (args) => {
       const { 'node-name': name } = checkArguments(args, { 'node-name': 'str' });
@@ -68,6 +68,7 @@ export function qmpCommands(daemon: StorageDaemon, onQuit: () => void): Record<s
       return {};
     },
   };
+  return commands;
 }
 
 /** A node as `query-named-block-nodes` shows it (the fields scripts read). */

@@ -283,7 +283,7 @@ fn spawn(
         .stderr(Stdio::piped());
     let pipes = spec.secrets.pipes().map_err(|e| format!("Failed to hand qemu-nbd its secrets: {e}"))?;
     let mut descriptors = vec![(listener.as_raw_fd(), LISTEN_FD)];
-    descriptors.extend(pipes.iter().zip(super::secrets::FIRST_SECRET_FD..).map(|(fd, to)| (fd.as_raw_fd(), to)));
+    descriptors.extend(super::secrets::handover(&pipes));
     let trusted_ca_dir =
         spec.trusted_ca_dir.as_deref().map(super::process::c_path).transpose().map_err(|e| e.to_string())?;
     hand_over(&mut command, Handover { descriptors, trusted_ca_dir }).map_err(|e| spawn_failed(PROGRAM, &e))?;

@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::io;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -155,8 +155,7 @@ pub fn run_tool(
 ) -> Result<String, String> {
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());
-    let descriptors =
-        secrets.iter().zip(super::secrets::FIRST_SECRET_FD..).map(|(fd, to)| (fd.as_raw_fd(), to)).collect();
+    let descriptors = super::secrets::handover(secrets).collect();
     let trusted_ca_dir = trusted_ca_dir.map(c_path).transpose().map_err(|e| e.to_string())?;
     hand_over(&mut command, Handover { descriptors, trusted_ca_dir }).map_err(|e| spawn_failed(program, &e))?;
     command.stdout(Stdio::piped()).stderr(Stdio::piped());

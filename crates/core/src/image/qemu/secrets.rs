@@ -4,7 +4,7 @@
 //! file another process could open.
 
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// The id of the image's key (LUKS, encrypted qcow2) in QEMU's options.
@@ -58,6 +58,12 @@ impl Secrets {
     pub fn pipes(&self) -> io::Result<Vec<OwnedFd>> {
         self.entries.iter().map(|(_, value)| filled_pipe(value)).collect()
     }
+}
+
+/// (our descriptor, the child's number) of each pipe of `pipes()`, in the
+/// order of `object_args`.
+pub fn handover(pipes: &[OwnedFd]) -> impl Iterator<Item = (RawFd, RawFd)> + '_ {
+    pipes.iter().zip(FIRST_SECRET_FD..).map(|(fd, to)| (fd.as_raw_fd(), to))
 }
 
 fn filled_pipe(value: &[u8]) -> io::Result<OwnedFd> {
