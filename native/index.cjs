@@ -836,7 +836,9 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeExport = nativeBinding.NativeExport
+module.exports.NativeIoThreads = nativeBinding.NativeIoThreads
 module.exports.detachMount = nativeBinding.detachMount
 module.exports.latencyBounds = nativeBinding.latencyBounds
 module.exports.sdNotify = nativeBinding.sdNotify
 module.exports.startExport = nativeBinding.startExport
+module.exports.startIoThreads = nativeBinding.startIoThreads

@@ -33,6 +33,16 @@ export declare class NativeExport {
   stop(waitMs: number): Promise<number>
 }
 
+/**
+ * A set of I/O threads that exports share (`startExport`'s `ioThreads`):
+ * the storage daemon's default set, or one iothread object. Its threads
+ * end once it is closed (or collected) and their exports have left them.
+ */
+export declare class NativeIoThreads {
+  /** No export may attach any more; the threads end once theirs leave. */
+  close(): void
+}
+
 /** Lazily unmounts whatever is mounted on `path` (a dead export). */
 export declare function detachMount(path: string): void
 
@@ -72,6 +82,7 @@ export interface NativeOptions {
   ioUring: string
   /** "on" | "off" | "auto" */
   passthrough: string
+  /** I/O threads of the export's own, when it is given none to share. */
   threads: number
   queueDepth: number
   /** Microseconds an idle I/O thread may busy-poll before it sleeps. */
@@ -134,5 +145,10 @@ export declare function sdNotify(state: string): boolean
 /**
  * Mounts `options.mountpoint` and serves it; resolves once the kernel's
  * INIT was answered. `onEvent` hears "disconnected", "halted" and "warning".
+ * The export is served by the threads of `ioThreads`, shared with other
+ * exports; without them, by `options.threads` threads of its own.
  */
-export declare function startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<NativeExport>
+export declare function startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void, ioThreads?: Array<NativeIoThreads> | undefined | null): Promise<NativeExport>
+
+/** Starts `count` I/O threads named `name` and their number. */
+export declare function startIoThreads(count: number, name: string): NativeIoThreads

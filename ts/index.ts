@@ -16,4 +16,4 @@ export type { ExportCounters, ExportSummary, StorageDaemonEvents, StorageDaemonO
 export type { BlockdevOptions, FuseExportSpec, IothreadSpec, SecretSpec } from './daemon/config.js';
 export { DaemonConfigError } from './daemon/config.js';
 export { OptionError, DEFAULTS } from './options.js';
-export type { CacheMode, ExportOptions, ImageFormat, StartHooks, Switch } from './options.js';
+export type { CacheMode, ExportOptions, ImageFormat, IoThreadSet, StartHooks, Switch } from './options.js';

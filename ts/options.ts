@@ -70,6 +70,16 @@ export interface StartHooks {
    * after `start()` resolves.
    */
   onWarning?: (warning: { message: string; event?: string; [field: string]: unknown }) => void;
+  /**
+   * I/O threads shared with other exports (`Core.startIoThreads`; the
+   * storage daemon's). Without them the export starts `threads` of its own.
+   */
+  ioThreads?: IoThreadSet[];
+}
+
+/** Started I/O threads that exports share; closed, they end once their exports have left them. */
+export interface IoThreadSet {
+  close(): void;
 }
 
 export const SWITCHES: readonly Switch[] = ['on', 'off', 'auto'];

@@ -73,6 +73,10 @@ function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
         },
       };
     },
+    startIoThreads: (count, name) => {
+      calls.push(`threads:${name}x${count}`);
+      return { close: () => void calls.push(`close:${name}`) };
+    },
     detachMount: (path) => void calls.push(`detach:${path}`),
   };
   return core;

@@ -14,6 +14,7 @@ import type { Core } from '../lifecycle/export.js';
 import type { ExportWarning } from '../lifecycle/export.js';
 import type { NativeLatency } from '../native.js';
 import { native } from '../native.js';
+import type { IoThreadSet } from '../options.js';
 import {
   DaemonConfigError,
   type BlockdevOptions,
@@ -58,7 +59,7 @@ export interface StorageDaemonEvents {
 export interface StorageDaemonOptions {
   iothreads?: readonly IothreadSpec[];
   secrets?: readonly SecretSpec[];
-  /** I/O threads of an export that names no iothread (default: one per CPU, as the CLI's). */
+  /** The I/O threads shared by the exports that name no iothread (default: one per CPU, as the CLI's). */
   defaultThreads?: number;
   /** The Rust core (a fake one in unit tests). */
   core?: Core;
@@ -69,14 +70,17 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   readonly #blockdevs: BlockdevOptions[] = [];
   #nodes = new Map<string, BlockdevOptions>();
   readonly #exports = new Map<string, DaemonExport>();
-  readonly #iothreads = new Set<string>();
+  /** Each iothread object's thread, started when first used. */
+  readonly #iothreads = new Map<string, IoThreadSet | undefined>();
+  /** The threads of the exports that name no iothread, started when first used. */
+  #defaultSet: IoThreadSet | undefined;
   readonly #secrets: SecretFiles;
   readonly #defaultThreads: number;
   readonly #core: Core | undefined;
 
   constructor({ iothreads = [], secrets = [], defaultThreads, core }: StorageDaemonOptions = {}) {
     super();
-    for (const iothread of iothreads) this.#iothreads.add(iothread.id);
+    for (const iothread of iothreads) this.#iothreads.set(iothread.id, undefined);
     this.#secrets = new SecretFiles(secrets);
     this.#defaultThreads = defaultThreads ?? availableParallelism();
     this.#core = core;
@@ -133,10 +137,12 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
         passthrough: spec.passthrough,
         queueDepth: spec['queue-depth'],
         pollMaxUs: spec['poll-max-us'],
-        threads: iothreads.length || this.#defaultThreads,
       },
-      { onWarning: (warning) => this.emit('warning', { ...warning, id: spec.id }) },
-      this.#core ?? native(),
+      {
+        onWarning: (warning) => this.emit('warning', { ...warning, id: spec.id }),
+        ioThreads: this.#threadsFor(iothreads),
+      },
+      this.#coreInUse(),
     );
     const entry: DaemonExport = { spec, export: exp };
     this.#exports.set(spec.id, entry);
@@ -197,10 +203,34 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
     return this.#exporterOf(nodeName)?.export;
   }
 
-  /** Stops every export (drain, unmount), then forgets the secrets' files. */
+  /** Stops every export (drain, unmount), then ends the I/O threads and forgets the secrets' files. */
   async shutdown(): Promise<void> {
     await Promise.allSettled([...this.#exports.keys()].map((id) => this.removeExport(id)));
+    for (const set of [this.#defaultSet, ...this.#iothreads.values()]) set?.close();
+    this.#defaultSet = undefined;
+    for (const id of this.#iothreads.keys()) this.#iothreads.set(id, undefined);
     this.#secrets.remove();
+  }
+
+  #coreInUse(): Core {
+    return this.#core ?? native();
+  }
+
+  /**
+   * The shared threads of an export: its iothreads' (one thread each, as
+   * qsd's), else the default set; each started on first use, so that a
+   * daemon serving nothing runs none.
+   */
+  #threadsFor(iothreads: string[]): IoThreadSet[] {
+    if (iothreads.length === 0) {
+      this.#defaultSet ??= this.#coreInUse().startIoThreads(this.#defaultThreads, 'fuse-export-io');
+      return [this.#defaultSet];
+    }
+    return iothreads.map((id) => {
+      const set = this.#iothreads.get(id) ?? this.#coreInUse().startIoThreads(1, `iothread-${id}-`);
+      this.#iothreads.set(id, set);
+      return set;
+    });
   }
 
   #exporterOf(nodeName: string): DaemonExport | undefined {

@@ -9,6 +9,7 @@ import {
   resolveOptions,
   type ExportOptions,
   type ImageFormat,
+  type IoThreadSet,
   type ResolvedOptions,
   type StartHooks,
 } from '../options.js';
@@ -91,7 +92,12 @@ export interface FuseExportEvents {
 
 /** What the life cycle needs from the Rust core (a fake one in unit tests). */
 export interface Core {
-  startExport(options: NativeOptions, onEvent: (event: NativeEvent) => void): Promise<CoreExport>;
+  startExport(
+    options: NativeOptions,
+    onEvent: (event: NativeEvent) => void,
+    ioThreads?: IoThreadSet[],
+  ): Promise<CoreExport>;
+  startIoThreads(count: number, name: string): IoThreadSet;
   detachMount(path: string): void;
 }
 export type CoreExport = Pick<
@@ -178,6 +184,7 @@ export class FuseExport extends EventEmitter<FuseExportEvents> {
           overlay: resolved.overlay,
         },
         onEvent,
+        hooks.ioThreads,
       );
     } catch (error) {
       releaseMountpoint(mountpoint);

@@ -7,6 +7,7 @@
 //! Ctrl-C stops.
 
 use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions};
+use fuse_export_core::runtime::pool::IoThreads;
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::status::Event;
 use std::sync::mpsc;
@@ -23,6 +24,11 @@ fn main() {
     // Signals are blocked before the I/O threads start (they inherit the
     // mask), so that only `wait_for_signal` below receives them.
     let signals = block_signals(&[libc::SIGINT, libc::SIGTERM]);
+    // Threads that more exports could share; this one is alone on them.
+    let io_threads = IoThreads::start(2, "io", 0).unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(1);
+    });
 
     let options = StartOptions {
         image: ImageOptions {
@@ -37,7 +43,7 @@ fn main() {
         allow_other: Switch::Off,
         io_uring: Switch::Auto,
         passthrough: Switch::Auto,
-        threads: 2,
+        threads: io_threads.threads().to_vec(),
         queue_depth: 64,
         poll_max: Duration::ZERO,
     };

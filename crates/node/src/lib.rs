@@ -1,9 +1,11 @@
 //! The napi-rs binding: JavaScript starts, steers and stops an export and
 //! reads its counters; requests never cross this line.
 
+use fuse_export_core::faults::Faults;
 use fuse_export_core::image::probe::QEMU_FORMATS;
 use fuse_export_core::image::{CacheMode, FormatChoice, ImageOptions, Overlay};
 use fuse_export_core::request::counters::{OpClass, LATENCY_BOUNDS};
+use fuse_export_core::runtime::pool::{IoThread, IoThreads};
 use fuse_export_core::server::{Server, StartOptions, Switch};
 use fuse_export_core::status::Event;
 use fuse_export_core::transport::mount;
@@ -26,6 +28,7 @@ pub struct NativeOptions {
     pub io_uring: String,
     /// "on" | "off" | "auto"
     pub passthrough: String,
+    /// I/O threads of the export's own, when it is given none to share.
     pub threads: u32,
     pub queue_depth: u32,
     /// Microseconds an idle I/O thread may busy-poll before it sleeps.
@@ -118,7 +121,7 @@ fn switch(name: &str, value: &str) -> Result<Switch> {
     }
 }
 
-fn start_options(options: &NativeOptions) -> Result<StartOptions> {
+fn start_options(options: &NativeOptions, threads: Vec<Arc<IoThread>>) -> Result<StartOptions> {
     let cache = match options.cache.as_str() {
         "direct" => CacheMode::Direct,
         "writeback" => CacheMode::Writeback,
@@ -154,23 +157,75 @@ fn start_options(options: &NativeOptions) -> Result<StartOptions> {
         allow_other: switch("allowOther", &options.allow_other)?,
         io_uring: switch("ioUring", &options.io_uring)?,
         passthrough: switch("passthrough", &options.passthrough)?,
-        threads: options.threads as usize,
+        threads,
         queue_depth: options.queue_depth,
         poll_max: std::time::Duration::from_micros(options.poll_max_us.into()),
     })
 }
 
+fn start_io_threads(count: u32, name: &str) -> Result<IoThreads> {
+    IoThreads::start(count as usize, name, Faults::from_env().enter_failures()).map_err(Error::from_reason)
+}
+
+/// A set of I/O threads that exports share (`startExport`'s `ioThreads`):
+/// the storage daemon's default set, or one iothread object. Its threads
+/// end once it is closed (or collected) and their exports have left them.
+#[napi]
+pub struct NativeIoThreads {
+    threads: Mutex<Option<IoThreads>>,
+}
+
+/// Starts `count` I/O threads named `name` and their number.
+#[napi(js_name = "startIoThreads")]
+pub fn start_shared_io_threads(count: u32, name: String) -> Result<NativeIoThreads> {
+    Ok(NativeIoThreads { threads: Mutex::new(Some(start_io_threads(count, &name)?)) })
+}
+
+#[napi]
+impl NativeIoThreads {
+    /// No export may attach any more; the threads end once theirs leave.
+    #[napi]
+    pub fn close(&self) {
+        self.threads.lock().unwrap().take();
+    }
+}
+
+impl NativeIoThreads {
+    fn threads(&self) -> Result<Vec<Arc<IoThread>>> {
+        let threads = self.threads.lock().unwrap();
+        let threads = threads.as_ref().ok_or_else(|| Error::from_reason("these I/O threads were closed"))?;
+        Ok(threads.threads().to_vec())
+    }
+}
+
+/// A started export, and the threads of its own when it shares none.
+pub struct Running {
+    server: Server,
+    /// Dropped after the server: closing threads lets them end once the
+    /// export has left them.
+    _own_threads: Option<IoThreads>,
+}
+
 pub struct StartTask {
     options: Option<StartOptions>,
+    /// Threads to start for the export alone (none given to share).
+    own_threads: u32,
     events: Option<Arc<EventCallback>>,
 }
 
 impl Task for StartTask {
-    type Output = Server;
+    type Output = Running;
     type JsValue = NativeExport;
 
-    fn compute(&mut self) -> Result<Server> {
-        let options = self.options.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
+    fn compute(&mut self) -> Result<Running> {
+        let mut options = self.options.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
+        let own_threads = match self.own_threads {
+            0 => None,
+            count => Some(start_io_threads(count, "fuse-export-io")?),
+        };
+        if let Some(own) = &own_threads {
+            options.threads = own.threads().to_vec();
+        }
         let events = self.events.take().ok_or_else(|| Error::from_reason("start ran twice"))?;
         let sink = Box::new(move |event: Event| {
             let event = match event {
@@ -182,23 +237,35 @@ impl Task for StartTask {
             };
             events.call(event, ThreadsafeFunctionCallMode::NonBlocking);
         });
-        Server::start(options, sink).map_err(Error::from_reason)
+        let server = Server::start(options, sink).map_err(Error::from_reason)?;
+        Ok(Running { server, _own_threads: own_threads })
     }
 
-    fn resolve(&mut self, _env: Env, server: Server) -> Result<NativeExport> {
-        Ok(NativeExport { server: Arc::new(Mutex::new(Some(server))) })
+    fn resolve(&mut self, _env: Env, running: Running) -> Result<NativeExport> {
+        Ok(NativeExport { running: Arc::new(Mutex::new(Some(running))) })
     }
 }
 
 /// Mounts `options.mountpoint` and serves it; resolves once the kernel's
 /// INIT was answered. `onEvent` hears "disconnected", "halted" and "warning".
+/// The export is served by the threads of `ioThreads`, shared with other
+/// exports; without them, by `options.threads` threads of its own.
 #[napi(ts_return_type = "Promise<NativeExport>")]
 pub fn start_export(
     options: NativeOptions,
     #[napi(ts_arg_type = "(event: NativeEvent) => void")] on_event: EventCallback,
+    io_threads: Option<Vec<ClassInstance<NativeIoThreads>>>,
 ) -> Result<AsyncTask<StartTask>> {
-    let options = start_options(&options)?;
-    Ok(AsyncTask::new(StartTask { options: Some(options), events: Some(Arc::new(on_event)) }))
+    let mut shared = Vec::new();
+    for set in io_threads.iter().flatten() {
+        shared.extend(set.threads()?);
+    }
+    let own_threads = if shared.is_empty() { options.threads.max(1) } else { 0 };
+    if options.threads == 0 && shared.is_empty() {
+        return Err(Error::from_reason("--threads must be at least 1"));
+    }
+    let options = start_options(&options, shared)?;
+    Ok(AsyncTask::new(StartTask { options: Some(options), own_threads, events: Some(Arc::new(on_event)) }))
 }
 
 /// Lazily unmounts whatever is mounted on `path` (a dead export).
@@ -209,11 +276,11 @@ pub fn detach_mount(path: String) -> Result<()> {
 
 #[napi]
 pub struct NativeExport {
-    server: Arc<Mutex<Option<Server>>>,
+    running: Arc<Mutex<Option<Running>>>,
 }
 
 pub struct StopTask {
-    server: Arc<Mutex<Option<Server>>>,
+    running: Arc<Mutex<Option<Running>>>,
     wait: std::time::Duration,
 }
 
@@ -222,8 +289,8 @@ impl Task for StopTask {
     type JsValue = u32;
 
     fn compute(&mut self) -> Result<u32> {
-        let server = self.server.lock().unwrap().take();
-        Ok(server.map_or(0, |mut server| server.stop(self.wait) as u32))
+        let running = self.running.lock().unwrap().take();
+        Ok(running.map_or(0, |mut running| running.server.stop(self.wait) as u32))
     }
 
     fn resolve(&mut self, _env: Env, left: u32) -> Result<u32> {
@@ -233,9 +300,9 @@ impl Task for StopTask {
 
 impl NativeExport {
     fn with<T>(&self, f: impl FnOnce(&Server) -> T) -> Result<T> {
-        let guard = self.server.lock().unwrap();
-        let server = guard.as_ref().ok_or_else(|| Error::from_reason("the export was stopped"))?;
-        Ok(f(server))
+        let guard = self.running.lock().unwrap();
+        let running = guard.as_ref().ok_or_else(|| Error::from_reason("the export was stopped"))?;
+        Ok(f(&running.server))
     }
 }
 
@@ -337,6 +404,6 @@ impl NativeExport {
     #[napi(ts_return_type = "Promise<number>")]
     pub fn stop(&self, wait_ms: u32) -> AsyncTask<StopTask> {
         let wait = std::time::Duration::from_millis(u64::from(wait_ms));
-        AsyncTask::new(StopTask { server: self.server.clone(), wait })
+        AsyncTask::new(StopTask { running: self.running.clone(), wait })
     }
 }

@@ -1,10 +1,11 @@
-//! How the binding steers the I/O threads: pause (drain), detach (after the
-//! unmount), then stop.
+//! How the binding steers an export's part on each of its I/O threads:
+//! pause (drain), detach (after the unmount), then stop.
 //! Each thread sleeps in io_uring_enter; an eventfd read on its ring wakes it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// What the threads are asked to do with requests that arrive now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,29 +21,43 @@ pub enum Phase {
     Stopping = 3,
 }
 
+/// One I/O thread's wake-up: an eventfd its ring keeps a read armed on.
+pub struct Waker(OwnedFd);
+
+impl Waker {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd returns a fresh descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is ours.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to our eventfd; it cannot block short of
+        // 2^64 wake-ups.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl AsRawFd for Waker {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// One export's phase, and the wake-ups of the threads that serve it.
 pub struct Control {
     phase: AtomicU8,
-    wakers: Vec<OwnedFd>,
+    wakers: Vec<Arc<Waker>>,
 }
 
 impl Control {
-    pub fn new(threads: usize) -> io::Result<Self> {
-        let wakers = (0..threads)
-            .map(|_| {
-                // SAFETY: eventfd returns a fresh descriptor or -1.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: fd is ours.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            })
-            .collect::<io::Result<_>>()?;
-        Ok(Self { phase: AtomicU8::new(Phase::Running as u8), wakers })
-    }
-
-    pub fn waker(&self, thread: usize) -> &OwnedFd {
-        &self.wakers[thread]
+    pub fn new(wakers: Vec<Arc<Waker>>) -> Self {
+        Self { phase: AtomicU8::new(Phase::Running as u8), wakers }
     }
 
     pub fn phase(&self) -> Phase {
@@ -77,10 +92,7 @@ impl Control {
     /// Makes every thread look at the phase (and whatever else changed) again.
     pub fn wake_all(&self) {
         for waker in &self.wakers {
-            let one: u64 = 1;
-            // SAFETY: an 8-byte write to our eventfd; it cannot block short of
-            // 2^64 wake-ups.
-            unsafe { libc::write(waker.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            waker.wake();
         }
     }
 }
@@ -91,7 +103,7 @@ mod tests {
 
     #[test]
     fn phases_only_move_forward() {
-        let control = Control::new(1).unwrap();
+        let control = Control::new(vec![Arc::new(Waker::new().unwrap())]);
         control.pause();
         assert_eq!(control.phase(), Phase::Paused);
         control.detach();

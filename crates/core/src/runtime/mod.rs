@@ -1,10 +1,12 @@
-//! The bottom layer beside all others: an I/O thread, its io_uring, its
-//! completions routed by token back to their owner. It names no transport
-//! and no image backend.
+//! The bottom layer beside all others: I/O threads shared by exports, each
+//! with its io_uring, completions routed by token back to their owner. It
+//! names no transport and no image backend.
 
+mod affinity;
 pub mod buffer;
 pub mod control;
 pub mod poll;
+pub mod pool;
 pub mod provided_buffers;
 pub mod remote;
 pub mod ring;

@@ -29,6 +29,12 @@ impl AdaptivePoll {
         Self { max, window: Duration::ZERO }
     }
 
+    /// A new longest window (the thread's guests changed).
+    pub fn set_max(&mut self, max: Duration) {
+        self.max = max;
+        self.window = self.window.min(max);
+    }
+
     /// Submits what is queued and returns once a completion is ready.
     pub fn wait(&mut self, ring: &mut Ring) {
         if self.max.is_zero() {

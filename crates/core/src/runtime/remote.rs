@@ -24,7 +24,7 @@ impl Ring {
     /// `Poster::post`. The ring outlives it: its thread ends only once every
     /// outstanding completion, this one included, has come back.
     pub fn hand_off(&mut self, token: Token) -> Remote {
-        self.expect_completion();
+        let token = self.expect_completion(token);
         Remote { ring_fd: self.as_raw_fd(), token }
     }
 

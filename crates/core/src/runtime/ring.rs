@@ -1,9 +1,10 @@
-//! A thread's io_uring. Every SQE pushed is counted until its last
-//! completion comes back: memory an SQE points to may only be reused after
-//! that.
+//! A thread's io_uring, shared by the tenants (exports) the thread serves.
+//! Every SQE pushed is counted, per tenant, until its last completion comes
+//! back: memory an SQE points to may only be reused after that, so a tenant
+//! may only leave the thread once its count is zero.
 
 use super::provided_buffers::ProvidedBuffers;
-use super::token::Token;
+use super::token::{Token, RUNTIME_TENANT};
 use io_uring::{cqueue, squeue, IoUring, Probe};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,8 +17,14 @@ const SHORT_OF_MEMORY_PAUSE: std::time::Duration = std::time::Duration::from_mil
 
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    /// SQEs whose completion has not been seen yet.
+    /// SQEs whose completion has not been seen yet, of every tenant.
     outstanding: usize,
+    /// The same, by tenant.
+    outstanding_by_tenant: Vec<usize>,
+    /// The tenant whose SQEs are pushed now (`serve`).
+    tenant: u16,
+    /// Provided-buffer groups registered, and by which tenant.
+    buffer_groups: Vec<(u16, u16)>,
     /// Where the thread's wake-up read lands. Kept with the ring, not on
     /// the loop's stack, so that it lives (or is leaked) with the ring.
     wake_target: Box<u64>,
@@ -52,52 +59,65 @@ impl Completion {
 }
 
 impl Ring {
-    /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once.
-    /// The calling thread is the only one that may submit.
-    pub fn new(entries: u32) -> io::Result<Self> {
-        Self::build(entries, false)
-    }
-
-    /// A ring that another thread will submit on, once it has called
-    /// `adopt`. Buffers may be registered before.
-    pub fn for_another_thread(entries: u32) -> io::Result<Self> {
-        Self::build(entries, true)
-    }
-
+    /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once
+    /// (more are submitted in turns), and four times that many completions
+    /// before the kernel keeps the rest aside. The calling thread is the
+    /// only one that may submit.
+    ///
     /// Task work (a descriptor became readable, a transfer finished) is
     /// deferred until the thread asks for completions, rather than
     /// interrupting whatever system call the thread is in; wake-ups that
     /// come meanwhile are handled in one go.
-    fn build(entries: u32, disabled: bool) -> io::Result<Self> {
+    pub fn new(entries: u32) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(entries * 4).setup_single_issuer().setup_defer_taskrun();
-        if disabled {
-            builder.setup_r_disabled();
-        }
-        let ring = builder.build(entries)?;
-        Ok(Self { ring, outstanding: 0, wake_target: Box::new(0), local: Vec::new(), injected_enter_failures: 0 })
+        let ring =
+            IoUring::builder().setup_cqsize(entries * 4).setup_single_issuer().setup_defer_taskrun().build(entries)?;
+        Ok(Self {
+            ring,
+            outstanding: 0,
+            outstanding_by_tenant: Vec::new(),
+            tenant: RUNTIME_TENANT,
+            buffer_groups: Vec::new(),
+            wake_target: Box::new(0),
+            local: Vec::new(),
+            injected_enter_failures: 0,
+        })
     }
 
-    /// Makes the calling thread the submitter of a ring made
-    /// `for_another_thread`.
-    pub fn adopt(&self) -> io::Result<()> {
-        self.ring.submitter().register_enable_rings()
+    /// SQEs pushed from now on are `tenant`'s.
+    pub(super) fn serve(&mut self, tenant: u16) {
+        self.tenant = tenant;
     }
 
     /// Queues one SQE whose completion comes back with `token`, submitting
     /// first if the submission queue is full.
     pub fn push(&mut self, entry: impl Into<squeue::Entry128>, token: Token) {
-        let entry = entry.into().user_data(token.user_data());
+        let entry = entry.into().user_data(token.with_tenant(self.tenant).user_data());
         loop {
             // SAFETY: every buffer an SQE points to is owned by a slot or
             // entry that stays alive and untouched until its completion.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.outstanding += 1;
+                self.count_one();
                 return;
             }
             self.submit(0);
         }
+    }
+
+    /// Cancels the SQE of the serving tenant pushed with `target`; the
+    /// cancellation's own completion comes back with `token`.
+    pub fn cancel(&mut self, target: Token, token: Token) {
+        let target = target.with_tenant(self.tenant).user_data();
+        self.push(io_uring::opcode::AsyncCancel::new(target).build(), token);
+    }
+
+    fn count_one(&mut self) {
+        self.outstanding += 1;
+        let tenant = self.tenant as usize;
+        if self.outstanding_by_tenant.len() <= tenant {
+            self.outstanding_by_tenant.resize(tenant + 1, 0);
+        }
+        self.outstanding_by_tenant[tenant] += 1;
     }
 
     /// Whether `reap` would return something now.
@@ -109,15 +129,20 @@ impl Ring {
         self.outstanding
     }
 
+    pub(super) fn outstanding_of(&self, tenant: u16) -> usize {
+        self.outstanding_by_tenant.get(tenant as usize).copied().unwrap_or(0)
+    }
+
     /// The 8 bytes the wake-up read writes into.
     pub(super) fn wake_target(&mut self) -> *mut u8 {
         (&mut *self.wake_target as *mut u64).cast()
     }
 
-    /// Counts a completion that arrives without an SQE of ours (posted by
-    /// another thread).
-    pub(super) fn expect_completion(&mut self) {
-        self.outstanding += 1;
+    /// Counts a completion of the serving tenant that arrives without an
+    /// SQE (posted by another thread); returns the token it will carry.
+    pub(super) fn expect_completion(&mut self, token: Token) -> Token {
+        self.count_one();
+        token.with_tenant(self.tenant)
     }
 
     /// A completion that this very thread produced for a counted token.
@@ -131,11 +156,17 @@ impl Ring {
         self.ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(opcode)
     }
 
-    /// Lets SQEs that select a buffer from `buffers.group()` take them.
-    /// `buffers` must stay alive as long as the ring.
+    /// A buffer group no tenant of this ring uses.
+    pub fn free_buffer_group(&self) -> u16 {
+        (0..=u16::MAX).find(|group| self.buffer_groups.iter().all(|(_, used)| used != group)).unwrap_or(u16::MAX)
+    }
+
+    /// Lets SQEs that select a buffer from `buffers.group()` take them, until
+    /// the serving tenant leaves. `buffers` must stay alive as long.
     pub fn register_provided_buffers(&mut self, buffers: &ProvidedBuffers) -> io::Result<()> {
         // SAFETY: the entries are page-aligned, hold `capacity` entries and
-        // live as long as the ring (the caller's promise).
+        // live until the tenant leaves (the caller's promise), when they are
+        // unregistered.
         unsafe {
             self.ring.submitter().register_buf_ring_with_flags(
                 buffers.address(),
@@ -143,6 +174,20 @@ impl Ring {
                 buffers.group(),
                 0,
             )
+        }?;
+        self.buffer_groups.push((self.tenant, buffers.group()));
+        Ok(())
+    }
+
+    /// `tenant` leaves the ring, with none of its SQEs outstanding: the
+    /// kernel forgets its buffer groups, so that their memory may go.
+    pub(super) fn release(&mut self, tenant: u16) {
+        debug_assert_eq!(self.outstanding_of(tenant), 0);
+        let (leaving, staying) = self.buffer_groups.iter().partition(|(owner, _)| *owner == tenant);
+        self.buffer_groups = staying;
+        for (_, group) in leaving {
+            // A failure would mean the kernel never knew the group.
+            let _ = self.ring.submitter().unregister_buf_ring(group);
         }
     }
 
@@ -187,8 +232,9 @@ impl Ring {
         self.injected_enter_failures = count;
     }
 
-    /// Takes the completions that are ready. A multishot SQE stays
-    /// outstanding until its completion without `more`.
+    /// Takes the completions that are ready, with their tenant's stamp
+    /// (`Token::tenant`). A multishot SQE stays outstanding until its
+    /// completion without `more`.
     pub fn reap(&mut self, into: &mut Vec<Completion>) {
         into.clear();
         into.extend(self.ring.completion().map(|cqe| Completion {
@@ -197,7 +243,10 @@ impl Ring {
             flags: cqe.flags(),
         }));
         into.append(&mut self.local);
-        self.outstanding -= into.iter().filter(|completion| !completion.more()).count();
+        for completion in into.iter().filter(|completion| !completion.more()) {
+            self.outstanding -= 1;
+            self.outstanding_by_tenant[completion.token.tenant() as usize] -= 1;
+        }
     }
 }
 

@@ -1,22 +1,30 @@
-//! One I/O thread's loop: submit, wait, and hand each completion back to
-//! the owner that pushed its SQE. The loop knows no transport and no image
-//! backend; it knows the phase, its wake-up eventfd and the `Owner` interface.
+//! One I/O thread's loop: take in arriving guests, submit, wait, and hand
+//! each completion back to the guest that pushed its SQE. The loop knows no
+//! transport and no image backend; it knows each guest's phase, its
+//! wake-up eventfd and the `Owner` interface. A guest leaves once it is
+//! stopping and every SQE it pushed has completed; a guest whose code
+//! panics halts its export and is kept, never dropped (see `Seat::Poisoned`),
+//! while the thread goes on serving the others.
 
+use super::affinity::Affinity;
 use super::control::{Control, Phase};
 use super::poll::AdaptivePoll;
+use super::pool::{Guest, IoThread, Presence};
 use super::ring::{Completion, Ring};
-use super::token::{Token, RUNTIME_CHANNEL};
+use super::token::{Token, RUNTIME_TENANT, TENANT_MAX};
 use io_uring::{opcode, types};
-use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Whoever puts SQEs on a thread's ring gets their completions back here.
 pub trait Owner {
-    /// Called before the thread waits: arm reads, take up held requests.
-    /// `Next::Poll` asks for another turn without waiting (to see at once
-    /// whether what was just submitted was refused).
+    /// Called before the thread waits, after a completion of this owner's
+    /// or a wake-up: arm reads, take up held requests. `Next::Poll` asks for
+    /// another turn without waiting (to see at once whether what was just
+    /// submitted was refused).
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next;
 
     /// A completion of an SQE this owner pushed.
@@ -29,78 +37,274 @@ pub enum Next {
     Poll,
 }
 
-const WAKE: Token = Token::new(1, RUNTIME_CHANNEL, 0);
-const CANCEL_WAKE: Token = Token::new(2, RUNTIME_CHANNEL, 0);
+const WAKE: Token = Token::new(1, 0, 0);
+const CANCEL_WAKE: Token = Token::new(2, 0, 0);
 
-/// Serves until stopped and every SQE has completed, so that no memory the
-/// kernel may write into is released while an SQE still points at it.
-/// Before sleeping it busy-polls for up to `poll_max` (see `AdaptivePoll`).
-pub fn serve(ring: &mut Ring, owner: &mut dyn Owner, control: &Control, thread: usize, poll_max: Duration) {
-    let mut poll = AdaptivePoll::new(poll_max);
-    let waker = types::Fd(control.waker(thread).as_raw_fd());
+struct Resident {
+    owner: Box<dyn Owner + Send>,
+    guest: GuestTerms,
+    /// Something happened for it since its last `prepare`.
+    dirty: bool,
+}
+
+/// What the thread keeps of a guest besides its owner.
+struct GuestTerms {
+    control: Arc<Control>,
+    poll_max: Duration,
+    cpus: Vec<usize>,
+    halt: Box<dyn Fn(String) + Send>,
+    presence: Arc<Presence>,
+}
+
+enum Seat {
+    Free,
+    Taken(Resident),
+    /// Its code panicked: its owner is leaked, never dropped, since its
+    /// SQEs may still be in flight and its buffers registered with the
+    /// kernel, which can write into them until the connection ends. Its
+    /// completions are dropped and its seat is never given again.
+    Poisoned,
+}
+
+struct Seats {
+    seats: Vec<Seat>,
+    affinity: Affinity,
+}
+
+impl Seats {
+    fn tenant(index: usize) -> u16 {
+        index as u16 + 1
+    }
+
+    fn get(&mut self, tenant: u16) -> Option<&mut Resident> {
+        match self.seats.get_mut(tenant as usize - 1) {
+            Some(Seat::Taken(resident)) => Some(resident),
+            _ => None,
+        }
+    }
+
+    fn any_taken(&self) -> bool {
+        self.seats.iter().any(|seat| matches!(seat, Seat::Taken(_)))
+    }
+
+    fn any_poisoned(&self) -> bool {
+        self.seats.iter().any(|seat| matches!(seat, Seat::Poisoned))
+    }
+
+    fn mark_all_dirty(&mut self) {
+        for seat in &mut self.seats {
+            if let Seat::Taken(resident) = seat {
+                resident.dirty = true;
+            }
+        }
+    }
+
+    /// Seats a guest whose setup runs here, on the thread's ring.
+    fn welcome(&mut self, ring: &mut Ring, guest: Guest) -> Result<(), String> {
+        let index = match self.seats.iter().position(|seat| matches!(seat, Seat::Free)) {
+            Some(index) => index,
+            None if self.seats.len() < TENANT_MAX as usize => {
+                self.seats.push(Seat::Free);
+                self.seats.len() - 1
+            }
+            None => return Err(format!("an I/O thread serves at most {TENANT_MAX} exports")),
+        };
+        let Guest { setup, control, poll_max, cpus, halt, presence } = guest;
+        ring.serve(Self::tenant(index));
+        let owner = match catch_unwind(AssertUnwindSafe(|| setup(ring))) {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(why)) => {
+                ring.release(Self::tenant(index));
+                return Err(why);
+            }
+            Err(panic) => {
+                self.seats[index] = Seat::Poisoned;
+                return Err(format!("setting up an export's part on an I/O thread panicked: {}", describe(&*panic)));
+            }
+        };
+        presence.arrived();
+        let guest = GuestTerms { control, poll_max, cpus, halt, presence };
+        self.seats[index] = Seat::Taken(Resident { owner, guest, dirty: true });
+        self.repin();
+        Ok(())
+    }
+
+    /// Runs `body` for `tenant`'s owner; a panic poisons its seat.
+    fn with_owner<T>(
+        &mut self,
+        ring: &mut Ring,
+        tenant: u16,
+        body: impl FnOnce(&mut dyn Owner, &mut Ring) -> T,
+    ) -> Option<T> {
+        let resident = self.get(tenant)?;
+        ring.serve(tenant);
+        let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *resident.owner, ring)));
+        match outcome {
+            Ok(value) => Some(value),
+            Err(panic) => {
+                let Seat::Taken(resident) = std::mem::replace(&mut self.seats[tenant as usize - 1], Seat::Poisoned)
+                else {
+                    unreachable!("the seat was taken a moment ago")
+                };
+                (resident.guest.halt)(format!(
+                    "an I/O thread panicked serving this export: {} (its buffers are kept, not freed, since \
+                     the kernel may still write into them)",
+                    describe(&*panic)
+                ));
+                std::mem::forget(resident.owner);
+                None
+            }
+        }
+    }
+
+    /// Prepares every guest something happened for; guests that stopped
+    /// with nothing in flight leave.
+    fn prepare(&mut self, ring: &mut Ring) -> (Next, Duration) {
+        let mut next = Next::Wait;
+        let mut poll_max = Duration::ZERO;
+        for index in 0..self.seats.len() {
+            let tenant = Self::tenant(index);
+            let Some(resident) = self.get(tenant) else { continue };
+            poll_max = poll_max.max(resident.guest.poll_max);
+            if !std::mem::take(&mut resident.dirty) {
+                continue;
+            }
+            let phase = resident.guest.control.phase();
+            match self.with_owner(ring, tenant, |owner, ring| owner.prepare(ring, phase)) {
+                Some(Next::Poll) => {
+                    next = Next::Poll;
+                    if let Some(resident) = self.get(tenant) {
+                        resident.dirty = true;
+                    }
+                }
+                Some(Next::Wait) if phase == Phase::Stopping && ring.outstanding_of(tenant) == 0 => {
+                    self.leave(ring, index)
+                }
+                _ => {}
+            }
+        }
+        ring.serve(RUNTIME_TENANT);
+        (next, poll_max)
+    }
+
+    fn leave(&mut self, ring: &mut Ring, index: usize) {
+        ring.release(Self::tenant(index));
+        if let Seat::Taken(resident) = std::mem::replace(&mut self.seats[index], Seat::Free) {
+            let presence = resident.guest.presence.clone();
+            drop(resident);
+            presence.left();
+        }
+        self.repin();
+    }
+
+    fn deliver(&mut self, ring: &mut Ring, completion: Completion) {
+        let tenant = completion.token.tenant();
+        let Some(resident) = self.get(tenant) else { return };
+        resident.dirty = true;
+        let phase = resident.guest.control.phase();
+        let completion = Completion { token: completion.token.without_tenant(), ..completion };
+        self.with_owner(ring, tenant, |owner, ring| owner.complete(ring, completion, phase));
+    }
+
+    /// A thread whose guests all serve the same CPU's queue runs on that
+    /// CPU: the kernel routes a caller's requests to its own CPU's queue.
+    fn repin(&mut self) {
+        let mut cpus = std::collections::BTreeSet::new();
+        let mut every_guest_has_one = true;
+        for seat in &self.seats {
+            if let Seat::Taken(resident) = seat {
+                cpus.extend(&resident.guest.cpus);
+                every_guest_has_one &= !resident.guest.cpus.is_empty();
+            }
+        }
+        let single = cpus.first().copied().filter(|_| every_guest_has_one && cpus.len() == 1);
+        self.affinity.run_on(single);
+    }
+}
+
+/// Serves guests until the thread is closed and every guest has left (a
+/// thread whose loop panics halts every guest, keeps their memory and ends).
+/// Before sleeping it busy-polls for up to the longest `poll_max` of its
+/// guests (see `AdaptivePoll`).
+pub(super) fn run(thread: &IoThread, ring: Ring) {
+    let mut state = std::mem::ManuallyDrop::new((ring, Seats { seats: Vec::new(), affinity: Affinity::current() }));
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        let (ring, seats) = &mut *state;
+        serve(thread, ring, seats)
+    }));
+    let (_, seats) = &mut *state;
+    match served {
+        Err(panic) => {
+            let why = format!("its loop panicked: {}", describe(&*panic));
+            for seat in &seats.seats {
+                if let Seat::Taken(resident) = seat {
+                    (resident.guest.halt)(format!(
+                        "I/O thread {thread:?} {why} (its buffers are kept, not freed, since the kernel may \
+                         still write into them)"
+                    ));
+                }
+            }
+            thread.inbox.lock().unwrap().end(thread, why);
+        }
+        // Poisoned guests' SQEs may still be in flight: their ring stays.
+        Ok(()) if seats.any_poisoned() => {}
+        Ok(()) => drop(std::mem::ManuallyDrop::into_inner(state)),
+    }
+}
+
+fn serve(thread: &IoThread, ring: &mut Ring, seats: &mut Seats) {
+    let mut poll = AdaptivePoll::new(Duration::ZERO);
+    let waker = types::Fd(thread.waker.as_raw_fd());
     let (mut wake_armed, mut wake_cancelled) = (false, false);
     let mut completions = Vec::with_capacity(256);
     loop {
-        let phase = control.phase();
-        let next = owner.prepare(ring, phase);
-        let stopping = phase == Phase::Stopping;
-        if !wake_armed && !stopping {
+        let arrivals = std::mem::take(&mut thread.inbox.lock().unwrap().arrivals);
+        for (guest, reply) in arrivals {
+            let _ = reply.send(seats.welcome(ring, guest));
+        }
+        let (next, poll_max) = seats.prepare(ring);
+        let closing = thread.closing.load(Ordering::Acquire) && !seats.any_taken() && {
+            // Checked and ended under one lock, so that no guest slips in.
+            let mut inbox = thread.inbox.lock().unwrap();
+            let empty = inbox.arrivals.is_empty();
+            if empty && inbox.ended.is_none() {
+                inbox.end(thread, "it was closed".into());
+            }
+            empty
+        };
+        if !wake_armed && !closing {
             let target = ring.wake_target();
             ring.push(opcode::Read::new(waker, target, 8).build(), WAKE);
             wake_armed = true;
-        } else if wake_armed && stopping && !wake_cancelled {
-            ring.push(opcode::AsyncCancel::new(WAKE.user_data()).build(), CANCEL_WAKE);
+        } else if wake_armed && closing && !wake_cancelled {
+            ring.cancel(WAKE, CANCEL_WAKE);
             wake_cancelled = true;
         }
-        if stopping && ring.outstanding() == 0 {
+        if closing && ring.outstanding_of(RUNTIME_TENANT) == 0 {
             return;
         }
+        poll.set_max(poll_max);
         match next {
             Next::Wait => poll.wait(ring),
             Next::Poll => ring.submit(0),
         }
         ring.reap(&mut completions);
         for &completion in &completions {
-            if completion.token == WAKE {
+            if completion.token.tenant() != RUNTIME_TENANT {
+                seats.deliver(ring, completion);
+            } else if completion.token == WAKE {
                 wake_armed = false;
-            } else if completion.token.channel() != RUNTIME_CHANNEL {
-                owner.complete(ring, completion, phase);
+                seats.mark_all_dirty();
             }
         }
+        ring.serve(RUNTIME_TENANT);
     }
 }
 
-/// Runs `body` on `state`. If it panics, `state` is leaked, never dropped:
-/// its ring may still have SQEs in flight and its buffers may be registered
-/// with the kernel, which can write into them until the connection ends.
-/// Freeing them would let the kernel write into freed memory; keeping them
-/// costs only memory in a process that is about to halt anyway.
-pub fn contain_panic<T>(state: T, body: impl FnOnce(&mut T)) -> Result<T, String> {
-    let mut state = ManuallyDrop::new(state);
-    match catch_unwind(AssertUnwindSafe(|| body(&mut state))) {
-        Ok(()) => Ok(ManuallyDrop::into_inner(state)),
-        Err(panic) => Err(panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::rc::Rc;
-
-    #[test]
-    fn a_panic_leaks_the_state_instead_of_dropping_it() {
-        let witness = Rc::new(());
-        let state = witness.clone();
-        let outcome = contain_panic(state, |_| panic!("boom"));
-        assert_eq!(outcome.err().as_deref(), Some("boom"));
-        assert_eq!(Rc::strong_count(&witness), 2, "the state was dropped during the unwind");
-        let outcome = contain_panic(witness.clone(), |_| {});
-        drop(outcome);
-        assert_eq!(Rc::strong_count(&witness), 2);
-    }
+fn describe(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }

@@ -6,10 +6,12 @@
 //! 2. **mount**: `transport/mount.rs` opens the mountpoint once, checks that
 //!    descriptor and mounts onto it (root), or asks fusermount3 (others);
 //!    either way we hold the session's /dev/fuse descriptor.
-//! 3. **threads**: `server/threads.rs` clones that descriptor once per I/O
-//!    thread, deals the kernel's FUSE queues among them, gives each thread
-//!    one ring, and runs `runtime/thread.rs`'s loop with the thread's
-//!    `transport/thread.rs` owner on it.
+//! 3. **threads**: the export is given I/O threads that were started
+//!    before it (`runtime/pool.rs`), which other exports may share.
+//!    `server/threads.rs` clones that descriptor once per thread, deals the
+//!    kernel's FUSE queues among them, and attaches the export's part of
+//!    each (its `transport/thread.rs` owner) to that thread's loop
+//!    (`runtime/thread.rs`), on that thread's ring.
 //! 4. **INIT**: the kernel's first request arrives on /dev/fuse
 //!    (`transport/legacy.rs`); `request/init.rs` negotiates; `start()` waits
 //!    for it (`await_init`).
@@ -31,9 +33,9 @@
 //!    connection ends when the last user closes the file (or on
 //!    `abort_connection()`), and the threads report it
 //!    (`Event::Disconnected`).
-//! 9. **stop**: `stop()` tells the threads to finish; each ends once every
-//!    SQE it pushed has completed, so no memory the kernel may write into
-//!    is freed early. How long to wait and when to abort is TypeScript's
+//! 9. **stop**: `stop()` tells the threads to finish; the export leaves
+//!    each once every SQE it pushed there has completed, so no memory the
+//!    kernel may write into is freed early. How long to wait and when to abort is TypeScript's
 //!    decision (`ts/lifecycle/export.ts`).
 
 mod threads;
@@ -46,13 +48,13 @@ use crate::request::counters::Snapshot;
 use crate::request::passthrough::Passthrough;
 use crate::request::{RequestCore, Settings};
 use crate::runtime::control::Control;
+use crate::runtime::pool::{IoThread, Presence};
 use crate::status::{Event, EventSink, Status};
 use crate::transport::mount::{self, MountError, MountRequest, Mounted};
 use crate::transport::uring_setup::{self, RingSetup, HOW_TO_ENABLE};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use threads::ThreadPlan;
 
@@ -70,7 +72,8 @@ pub struct StartOptions {
     pub allow_other: Switch,
     pub io_uring: Switch,
     pub passthrough: Switch,
-    pub threads: usize,
+    /// The I/O threads that serve the export, shared with other exports.
+    pub threads: Vec<Arc<IoThread>>,
     pub queue_depth: u32,
     /// The longest an idle I/O thread busy-polls for its next completion
     /// before it sleeps (zero: never).
@@ -114,7 +117,10 @@ pub struct Server {
     /// Passthrough is to be tried once INIT is through.
     passthrough_wanted: bool,
     passthrough_required: bool,
-    threads: Vec<JoinHandle<()>>,
+    /// On how many I/O threads the export still has a part.
+    presence: Arc<Presence>,
+    /// The image was closed by the first stop.
+    stopped: bool,
     mountpoint: PathBuf,
     /// The connection's number under /sys/fs/fuse/connections.
     connection: Option<u32>,
@@ -128,8 +134,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Server {
     pub fn start(options: StartOptions, events: EventSink) -> Result<Server, String> {
-        if options.threads == 0 {
-            return Err("--threads must be at least 1".into());
+        if options.threads.is_empty() {
+            return Err("an export needs at least one I/O thread".into());
         }
         let (ring_wanted, transport_reason) = transport_choice::ring_decision(options.io_uring)?;
         let (image, mut warnings) = image::open(&options.image).map_err(|e| e.0)?;
@@ -147,7 +153,7 @@ impl Server {
             size: image.size(),
             transport: "legacy",
             transport_reason,
-            threads: options.threads,
+            threads: options.threads.len(),
             ring_queues: 0,
             queue_depth: options.queue_depth,
             allow_other,
@@ -170,7 +176,7 @@ impl Server {
             }
             Err(_) => None,
         };
-        let control = Arc::new(Control::new(options.threads).map_err(|e| format!("Failed to create eventfds: {e}"))?);
+        let control = Arc::new(Control::new(options.threads.iter().map(|thread| thread.waker()).collect()));
         let status = Arc::new(Status::new(wake_on_halt(events, control.clone())));
         let passthrough_wanted = passthrough.is_some();
         let settings = Settings {
@@ -180,12 +186,12 @@ impl Server {
             uid,
             gid,
             faults: faults.clone(),
-            threads: options.threads,
+            threads: options.threads.len(),
         };
         let core = Arc::new(RequestCore::new(image, settings, status));
         let queues = if ring_wanted { uring_setup::possible_cpus() } else { 0 };
         let ring_setup = ring_wanted.then(|| {
-            Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.min(queues), control.clone()))
+            Arc::new(RingSetup::new(options.io_uring == Switch::On, options.threads.len().min(queues), control.clone()))
         });
         let mut server = Server {
             core,
@@ -194,13 +200,14 @@ impl Server {
             ring_required: options.io_uring == Switch::On,
             passthrough_wanted,
             passthrough_required: options.passthrough == Switch::On,
-            threads: Vec::new(),
+            presence: Arc::default(),
+            stopped: false,
             mountpoint: options.mountpoint.clone(),
             connection: mounted.connection,
             info,
         };
         let plan = ThreadPlan {
-            threads: options.threads,
+            threads: &options.threads,
             queue_depth: options.queue_depth as usize,
             poll_max: options.poll_max,
             queues,
@@ -209,8 +216,7 @@ impl Server {
             ring_setup: server.ring_setup.as_ref(),
             faults: &faults,
         };
-        let started = threads::spawn(plan, mounted.session)
-            .map(|handles| server.threads = handles)
+        let started = threads::attach(plan, mounted.session, &server.presence)
             .and_then(|_| server.await_init())
             .and_then(|_| server.settle_transport())
             .and_then(|_| server.settle_passthrough());
@@ -295,12 +301,13 @@ impl Server {
     }
 
     /// Undoes a start that failed half-way: nobody else holds the file yet,
-    /// so the lazy unmount ends the connection and the threads with it.
+    /// so the lazy unmount ends the connection, and the export leaves its
+    /// threads with it.
     fn abandon(&mut self) {
         let _ = mount::unmount(&self.mountpoint, true);
         self.control.stop();
-        for handle in self.threads.drain(..) {
-            let _ = handle.join();
+        while self.presence.threads() > 0 {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -356,27 +363,22 @@ impl Server {
         mount::abort_connection(connection)
     }
 
-    /// Tells the I/O threads to finish what they hold and waits at most
-    /// `wait` for them. Returns how many are still running: those keep their
-    /// memory (the kernel may still write into it) and are left to end on
-    /// their own. How long to wait, and whether to abort first, is the
-    /// caller's policy. The first stop (the one that finds the threads)
-    /// then closes the image.
+    /// Tells the export's parts on its I/O threads to finish what they hold
+    /// and waits at most `wait` for them to leave. Returns on how many
+    /// threads a part is still running: those keep their memory (the kernel
+    /// may still write into it) and leave on their own later. How long to
+    /// wait, and whether to abort first, is the caller's policy. The first
+    /// stop then closes the image.
     pub fn stop(&mut self, wait: Duration) -> usize {
-        let first = !self.threads.is_empty();
         self.control.stop();
         let deadline = Instant::now() + wait;
-        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        while self.presence.threads() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (finished, running): (Vec<_>, Vec<_>) = self.threads.drain(..).partition(|t| t.is_finished());
-        for handle in finished {
-            let _ = handle.join();
-        }
-        if first {
+        if !std::mem::replace(&mut self.stopped, true) {
             self.close_image();
         }
-        running.len()
+        self.presence.threads()
     }
 
     /// The image's final write-back (a qcow2's metadata caches) now, not
@@ -398,8 +400,8 @@ impl Server {
 }
 
 impl Drop for Server {
-    /// Threads that are still serving are left running, never joined here:
-    /// joining could wait forever on a connection someone still holds.
+    /// Parts that are still serving are left running, never waited for
+    /// here: that could wait forever on a connection someone still holds.
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
     }

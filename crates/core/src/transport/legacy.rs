@@ -102,7 +102,7 @@ pub struct LegacyChannel {
 impl LegacyChannel {
     /// Offers every slot's buffer to reads on `fd` through `ring`.
     pub fn new(channel: u16, fd: OwnedFd, ring: &mut Ring) -> io::Result<Self> {
-        let buffers = ProvidedBuffers::new(SLOTS_PER_CHANNEL as u16, channel);
+        let buffers = ProvidedBuffers::new(SLOTS_PER_CHANNEL as u16, ring.free_buffer_group());
         ring.register_provided_buffers(&buffers)?;
         let mut legacy = Self {
             channel,
@@ -135,8 +135,7 @@ impl LegacyChannel {
                 self.armed = true;
             }
             (false, true) if !self.cancelling => {
-                let cancel = opcode::AsyncCancel::new(self.read_token().user_data()).build();
-                ring.push(cancel, Token::new(kind::CANCEL, self.channel, 0));
+                ring.cancel(self.read_token(), Token::new(kind::CANCEL, self.channel, 0));
                 self.cancelling = true;
             }
             _ => {}

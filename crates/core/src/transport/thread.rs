@@ -11,18 +11,20 @@ use super::legacy::LegacyChannel;
 use super::registration::Registration;
 use super::uring_setup::RingSetup;
 use crate::image::ThreadImage;
+use crate::request::counters::Counters;
 use crate::request::RequestCore;
 use crate::runtime::control::Phase;
 use crate::runtime::ring::{Completion, Ring};
 use crate::runtime::thread::{Next, Owner};
+use crate::runtime::token::CHANNEL_MAX;
 use std::sync::Arc;
 
 /// Token channel of the thread's /dev/fuse descriptor; FUSE queues follow.
 const LEGACY_CHANNEL: u16 = 0;
 
 /// Token channel of the image backend's own SQEs (NBD's sockets), when it
-/// has a part on this thread; the runtime keeps `u16::MAX`.
-pub const IMAGE_CHANNEL: u16 = u16::MAX - 1;
+/// has a part on this thread.
+pub const IMAGE_CHANNEL: u16 = CHANNEL_MAX;
 
 /// The token channel of a thread's n-th FUSE queue.
 pub fn queue_channel(n: usize) -> u16 {
@@ -31,6 +33,8 @@ pub fn queue_channel(n: usize) -> u16 {
 
 pub struct ThreadTransports {
     core: Arc<RequestCore>,
+    /// Which of the export's counter shards this thread counts in.
+    shard: usize,
     legacy: LegacyChannel,
     queues: Vec<FuseQueue>,
     registration: Registration,
@@ -40,26 +44,20 @@ pub struct ThreadTransports {
 impl ThreadTransports {
     pub fn new(
         core: Arc<RequestCore>,
+        shard: usize,
         legacy: LegacyChannel,
         queues: Vec<FuseQueue>,
         ring_setup: Option<Arc<RingSetup>>,
         image: Option<Box<dyn ThreadImage>>,
     ) -> Self {
         let registration = Registration::new(ring_setup, &queues);
-        Self { core, legacy, queues, registration, image: image.map(ImagePart::new) }
-    }
-
-    /// The CPU whose queue this thread serves alone, if it serves one CPU:
-    /// the kernel routes a caller's requests to its own CPU's queue, so the
-    /// thread runs best there.
-    pub fn queue_cpu(&self) -> Option<usize> {
-        let first = self.queues.first()?.qid();
-        self.queues.iter().all(|q| q.qid() == first).then_some(first as usize)
+        Self { core, shard, legacy, queues, registration, image: image.map(ImagePart::new) }
     }
 }
 
 impl Owner for ThreadTransports {
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Next {
+        Counters::bind_current_thread(self.shard);
         if let Some(image) = &mut self.image {
             image.prepare(ring, phase, &self.core);
         }
@@ -71,6 +69,7 @@ impl Owner for ThreadTransports {
     }
 
     fn complete(&mut self, ring: &mut Ring, completion: Completion, phase: Phase) {
+        Counters::bind_current_thread(self.shard);
         let Completion { token, result, .. } = completion;
         let core = &*self.core;
         let slot = token.slot();

@@ -42,7 +42,7 @@ impl Armed {
     /// whole token, so it is the one given at arming).
     fn cancel(&mut self, ring: &mut Ring, token: Token) {
         if self.armed && !self.cancelling {
-            ring.push(opcode::AsyncCancel::new(token.user_data()).build(), Token::new(CANCEL, token.channel(), 0));
+            ring.cancel(token, Token::new(CANCEL, token.channel(), 0));
             self.cancelling = true;
         }
     }
