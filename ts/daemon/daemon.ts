@@ -9,9 +9,10 @@ import { resolve } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { availableParallelism } from 'node:os';
-import { FuseExport, type ExportStats, type StoppedEvent } from '../lifecycle/export.js';
+import { FuseExport, type ExportStats, type StoppedEvent, type StopReason } from '../lifecycle/export.js';
 import type { Core } from '../lifecycle/export.js';
 import type { ExportWarning } from '../lifecycle/export.js';
+import type { ExportOptions } from '../options.js';
 import type { NativeLatency } from '../native.js';
 import { native } from '../native.js';
 import type { IoThreadSet } from '../options.js';
@@ -29,7 +30,10 @@ const run = promisify(execFile);
 
 /** One export the daemon serves. */
 export interface DaemonExport {
-  spec: FuseExportSpec;
+  id: string;
+  /** The block node it serves; none for an image given by its options. */
+  nodeName?: string;
+  mountpoint: string;
   export: FuseExport;
   /** A stop under way (block-export-del, shutdown). */
   stopping?: Promise<StoppedEvent>;
@@ -59,7 +63,10 @@ export interface StorageDaemonEvents {
 export interface StorageDaemonOptions {
   iothreads?: readonly IothreadSpec[];
   secrets?: readonly SecretSpec[];
-  /** The I/O threads shared by the exports that name no iothread (default: one per CPU, as the CLI's). */
+  /**
+   * The I/O threads shared by the exports that name no iothread and by
+   * every image export (default: one per CPU, as the CLI's).
+   */
   defaultThreads?: number;
   /** The Rust core (a fake one in unit tests). */
   core?: Core;
@@ -103,7 +110,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
     const index = this.#blockdevs.findIndex((node) => node['node-name'] === name);
     if (index < 0) throw new DaemonConfigError(`Failed to find node with node-name='${name}'`);
     const exporter = this.#exporterOf(name);
-    if (exporter) throw new DaemonConfigError(`Node '${name}' is busy: block device is in use by block export '${exporter.spec.id}'`);
+    if (exporter) throw new DaemonConfigError(`Node '${name}' is busy: block device is in use by block export '${exporter.id}'`);
     const user = nodeUsers(this.#nodes, name)[0];
     if (user !== undefined) throw new DaemonConfigError(`Node '${name}' is busy: node is used as child of '${user}'`);
     this.#blockdevs.splice(index, 1);
@@ -112,12 +119,13 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
 
   /** `--export`, `block-export-add`: mounts and serves before it resolves. */
   async addExport(spec: FuseExportSpec): Promise<FuseExport> {
-    if (this.#exports.has(spec.id)) throw new DaemonConfigError(`Block export id '${spec.id}' is already in use`);
+    this.#checkId(spec.id);
     const nodeName = spec['node-name'];
     if (!this.#nodes.has(nodeName)) {
       throw new DaemonConfigError(`Cannot find device='${nodeName}' nor node-name='${nodeName}'`);
     }
-    checkMountpoint(spec.mountpoint, [...this.#exports.values()]);
+    checkRegularFile(spec.mountpoint);
+    this.#checkMountpoint(spec.mountpoint);
     const iothreads = spec.iothread === undefined ? [] : [spec.iothread].flat();
     for (const id of iothreads) {
       if (!this.#iothreads.has(id)) throw new DaemonConfigError(`Cannot find iothread ${id}`);
@@ -126,37 +134,36 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
     if (spec.writable && node.readOnly) {
       throw new DaemonConfigError(`Block node is read-only: export ${spec.id} cannot be writable`);
     }
-    const exp = await FuseExport.start(
-      {
-        ...this.#imageOptions(node),
-        mountpoint: spec.mountpoint,
-        writable: spec.writable ?? false,
-        growable: spec.growable ?? false,
-        allowOther: spec['allow-other'] ?? 'auto',
-        ioUring: spec['io-uring'],
-        passthrough: spec.passthrough,
-        queueDepth: spec['queue-depth'],
-        pollMaxUs: spec['poll-max-us'],
-      },
-      {
-        onWarning: (warning) => this.emit('warning', { ...warning, id: spec.id }),
-        ioThreads: this.#threadsFor(iothreads),
-      },
-      this.#coreInUse(),
-    );
-    const entry: DaemonExport = { spec, export: exp };
-    this.#exports.set(spec.id, entry);
-    exp.on('warning', (warning) => this.emit('warning', { ...warning, id: spec.id }));
-    // An export that ends by itself (unmounted from outside, halted) is gone too.
-    exp.on('stopped', (stopped) => this.#forget(spec.id, stopped));
-    return exp;
+    return this.#serve(spec.id, nodeName, {
+      ...this.#imageOptions(node),
+      mountpoint: spec.mountpoint,
+      writable: spec.writable ?? false,
+      growable: spec.growable ?? false,
+      allowOther: spec['allow-other'] ?? 'auto',
+      ioUring: spec['io-uring'],
+      passthrough: spec.passthrough,
+      queueDepth: spec['queue-depth'],
+      pollMaxUs: spec['poll-max-us'],
+    }, iothreads);
+  }
+
+  /**
+   * An export of an image given by its options, as the CLI takes them,
+   * rather than of a block node: listed with its image as the node. Its
+   * threads are the daemon's default ones. Its mountpoint is refused in the
+   * CLI's words, not qsd's, so that the CLI says what it always said.
+   */
+  async addImageExport(id: string, options: Omit<ExportOptions, 'threads'>): Promise<FuseExport> {
+    this.#checkId(id);
+    this.#checkMountpoint(options.mountpoint);
+    return this.#serve(id, undefined, options, []);
   }
 
   /** `block-export-del`: drains and unmounts; `exportDeleted` follows. */
-  removeExport(id: string): Promise<StoppedEvent> {
+  removeExport(id: string, reason: StopReason = 'api'): Promise<StoppedEvent> {
     const entry = this.#exports.get(id);
     if (!entry) throw new DaemonConfigError(`Export '${id}' is not found`);
-    entry.stopping ??= entry.export.stop('api');
+    entry.stopping ??= entry.export.stop(reason);
     return entry.stopping;
   }
 
@@ -179,22 +186,22 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   }
 
   list(): ExportSummary[] {
-    return [...this.#exports.values()].map(({ spec, stopping }) => ({
+    return [...this.#exports.values()].map((entry) => ({
       type: 'fuse',
-      id: spec.id,
-      'node-name': spec['node-name'],
-      'shutting-down': stopping !== undefined,
+      id: entry.id,
+      'node-name': nodeOf(entry),
+      'shutting-down': entry.stopping !== undefined,
     }));
   }
 
   /** Every export's counters and latencies (metrics, query-blockstats). */
   counters(): ExportCounters[] {
-    return [...this.#exports.values()].map(({ spec, export: exp }) => ({
-      ...exp.stats(),
-      id: spec.id,
-      nodeName: spec['node-name'],
-      transport: exp.info.transport,
-      latencies: exp.latencies(),
+    return [...this.#exports.values()].map((entry) => ({
+      ...entry.export.stats(),
+      id: entry.id,
+      nodeName: nodeOf(entry),
+      transport: entry.export.info.transport,
+      latencies: entry.export.latencies(),
     }));
   }
 
@@ -204,8 +211,8 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   }
 
   /** Stops every export (drain, unmount), then ends the I/O threads and forgets the secrets' files. */
-  async shutdown(): Promise<void> {
-    await Promise.allSettled([...this.#exports.keys()].map((id) => this.removeExport(id)));
+  async shutdown(reason: StopReason = 'api'): Promise<void> {
+    await Promise.allSettled([...this.#exports.keys()].map((id) => this.removeExport(id, reason)));
     for (const set of [this.#defaultSet, ...this.#iothreads.values()]) set?.close();
     this.#defaultSet = undefined;
     for (const id of this.#iothreads.keys()) this.#iothreads.set(id, undefined);
@@ -234,7 +241,34 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   }
 
   #exporterOf(nodeName: string): DaemonExport | undefined {
-    return [...this.#exports.values()].find((e) => e.spec['node-name'] === nodeName);
+    return [...this.#exports.values()].find((e) => e.nodeName === nodeName);
+  }
+
+  #checkId(id: string): void {
+    if (this.#exports.has(id)) throw new DaemonConfigError(`Block export id '${id}' is already in use`);
+  }
+
+  /** No two exports on one file: the second mount would hide the first. */
+  #checkMountpoint(mountpoint: string): void {
+    const other = [...this.#exports.values()].find((e) => resolve(e.mountpoint) === resolve(mountpoint));
+    if (other) throw new DaemonConfigError(`'${mountpoint}' is already the mountpoint of export '${other.id}'`);
+  }
+
+  /** Mounts, serves on shared threads, and keeps the export until it stops, however it stops. */
+  async #serve(
+    id: string,
+    nodeName: string | undefined,
+    options: Omit<ExportOptions, 'threads'>,
+    iothreads: string[],
+  ): Promise<FuseExport> {
+    const forward = (warning: ExportWarning) => this.emit('warning', { ...warning, id });
+    const hooks = { onWarning: forward, ioThreads: this.#threadsFor(iothreads) };
+    const exp = await FuseExport.start(options, hooks, this.#coreInUse());
+    this.#exports.set(id, { id, nodeName, mountpoint: options.mountpoint, export: exp });
+    exp.on('warning', forward);
+    // An export that ends by itself (unmounted from outside, halted) is gone too.
+    exp.on('stopped', (stopped) => this.#forget(id, stopped));
+    return exp;
   }
 
   #imageOptions(node: ResolvedNode) {
@@ -252,8 +286,13 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
   }
 }
 
-/** qsd's mountpoint rules: an existing regular file that no other export uses. */
-function checkMountpoint(mountpoint: string, exports: DaemonExport[]): void {
+/** What an export lists as its node: an image export's image stands for the node it has none of. */
+function nodeOf(entry: DaemonExport): string {
+  return entry.nodeName ?? entry.export.info.image;
+}
+
+/** qsd's mountpoint rule: an existing regular file. */
+function checkRegularFile(mountpoint: string): void {
   let stat;
   try {
     stat = statSync(mountpoint);
@@ -261,6 +300,4 @@ function checkMountpoint(mountpoint: string, exports: DaemonExport[]): void {
     throw new DaemonConfigError(`Failed to stat '${mountpoint}': ${(error as Error).message}`);
   }
   if (!stat.isFile()) throw new DaemonConfigError(`'${mountpoint}' is not a regular file`);
-  const other = exports.find((e) => resolve(e.spec.mountpoint) === resolve(mountpoint));
-  if (other) throw new DaemonConfigError(`'${mountpoint}' is already the mountpoint of export '${other.spec.id}'`);
 }
