@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // The `fuse-export` command: parse, start, log the life of the export,
 // stop on signals; exit 0 (clean stop), 1 (bad usage or set-up), 2 (halted).
+// The export is the one export of a StorageDaemon, as the Node API's are.
 import { hideBin } from 'yargs/helpers';
 import type winston from 'winston';
-import { FuseExport, type StoppedEvent } from '../lifecycle/export.js';
+import { StorageDaemon } from '../daemon/daemon.js';
+import type { FuseExport, StoppedEvent } from '../lifecycle/export.js';
 import { parseArgs, type CliArgs } from './args.js';
 import { createLogger, flush } from './logger.js';
 import { removePidfile, writePidfile } from './pidfile.js';
@@ -12,6 +14,8 @@ import { statusLine, watchStats } from './status.js';
 const EXIT_OK = 0;
 const EXIT_SETUP = 1;
 const EXIT_HALTED = 2;
+/** The export's id in the daemon: never shown, there being only the one. */
+const EXPORT_ID = 'fuse-export';
 
 function usageError(message: string): never {
   process.stderr.write(`fuse-export: ${message}\nRun 'fuse-export --help' for usage.\n`);
@@ -19,17 +23,20 @@ function usageError(message: string): never {
 }
 
 /** SIGINT / SIGTERM: the first drains and stops, the second aborts. */
-function handleSignals(log: winston.Logger, target: () => FuseExport | undefined): { received: () => boolean } {
+function handleSignals(
+  log: winston.Logger,
+  daemon: StorageDaemon,
+  target: () => FuseExport | undefined,
+): { received: () => boolean } {
   let count = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     count += 1;
-    const exp = target();
     if (count === 1) {
       log.info(`Received ${signal}: draining and unmounting`, { event: 'signal', signal });
-      void exp?.stop('signal');
+      void daemon.shutdown('signal');
     } else {
       log.warn(`Received ${signal} again: aborting the connection`, { event: 'abort', signal });
-      exp?.abort();
+      target()?.abort();
     }
   };
   process.on('SIGINT', onSignal);
@@ -83,16 +90,18 @@ function showStats(args: CliArgs, log: winston.Logger, exp: FuseExport): () => v
 async function main(): Promise<number> {
   const args = parseArgs(hideBin(process.argv), usageError);
   const log = createLogger(args.logFormat, args.logLevel);
+  const daemon = new StorageDaemon({ defaultThreads: args.export.threads });
+  // The daemon names the export in its warnings; the CLI's lines never did.
+  daemon.on('warning', ({ message, id: _id, ...fields }) => log.warn(message, fields));
   let exp: FuseExport | undefined;
-  const signals = handleSignals(log, () => exp);
+  const signals = handleSignals(log, daemon, () => exp);
   try {
-    exp = await FuseExport.start(args.export, { onWarning: ({ message, ...fields }) => log.warn(message, fields) });
+    exp = await daemon.addImageExport(EXPORT_ID, args.export);
   } catch (error) {
     log.error((error as Error).message, { event: 'failed' });
     await flush(log);
     return EXIT_SETUP;
   }
-  exp.on('warning', ({ message, ...fields }) => log.warn(message, fields));
   exp.on('state', ({ from, to }) => log.info(`State ${from} -> ${to}`, { event: 'state', from, to }));
   exp.on('halted', ({ reason }) => log.error(`Export halted: ${reason}`, { event: 'halted', reason }));
   const stopped = new Promise<StoppedEvent>((resolve) => exp.once('stopped', resolve));
@@ -103,14 +112,14 @@ async function main(): Promise<number> {
       writePidfile(args.pidfile);
     } catch (error) {
       log.error(`Failed to write the pidfile ${args.pidfile}: ${(error as Error).message}`, { event: 'failed' });
-      await exp.stop('pidfile');
+      await daemon.shutdown('pidfile');
       await flush(log);
       return EXIT_SETUP;
     }
   }
   logReady(log, exp);
   // A signal that came while we were starting stops us now.
-  if (signals.received()) void exp.stop('signal');
+  if (signals.received()) void daemon.shutdown('signal');
   const stopStats = showStats(args, log, exp);
 
   const result = await stopped;
