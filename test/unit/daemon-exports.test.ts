@@ -3,20 +3,20 @@
 // stopped, their warnings named. No kernel involved.
 import test, { type ExecutionContext } from 'ava';
 import { relative } from 'node:path';
-import { DaemonConfigError, StorageDaemon, type ExportOptions } from 'fuse-export';
+import { DaemonConfigError, StorageDaemon, type IoThreadSet } from 'fuse-export';
 import type { NativeOptions } from '../../ts/native.js';
 import { fakeCore, scratch, type FakeCore } from '../helpers/fake-core.js';
 
-/** A daemon on a fake core that keeps the options each export was started with, stopped after the test. */
+/** A daemon on a fake core that keeps the options and threads each export was started with, stopped after the test. */
 function fakeDaemon(t: ExecutionContext, defaultThreads = 3) {
   const core = fakeCore();
-  const started: NativeOptions[] = [];
+  const started: { options: NativeOptions; ioThreads?: IoThreadSet[] }[] = [];
   const startExport: FakeCore['startExport'] = core.startExport;
-  core.startExport = (options, onEvent) => {
-    started.push(options);
-    return startExport(options, onEvent);
+  core.startExport = (options, onEvent, ioThreads) => {
+    started.push({ options, ioThreads });
+    return startExport(options, onEvent, ioThreads);
   };
-  const daemon = new StorageDaemon({ defaultThreads, core });
+  const daemon = new StorageDaemon({ defaultThreads, core, iothreads: [{ id: 'io0' }, { id: 'io1' }] });
   t.teardown(() => daemon.shutdown());
   return { core, daemon, started };
 }
@@ -32,11 +32,32 @@ test('an image export is listed and counted under its id, its image standing for
   t.is(daemon.exportOf('fake.img'), undefined, 'an image is no node');
 });
 
-test("an image export gets the daemon's default threads, whatever its options say", async (t) => {
-  const { daemon, started } = fakeDaemon(t, 5);
-  const options: ExportOptions = { ...scratch(t), threads: 9 };
-  await daemon.addImageExport('cli', options);
-  t.is(started[0]?.threads, 5);
+test("exports share the daemon's threads: the default set, one thread per iothread, each started once and ended by shutdown", async (t) => {
+  const { core, daemon, started } = fakeDaemon(t, 5);
+  await daemon.addImageExport('a', scratch(t));
+  await daemon.addImageExport('b', scratch(t));
+  const options = scratch(t);
+  daemon.addBlockdev({ driver: 'file', 'node-name': 'disk', filename: options.image });
+  await daemon.addExport({ type: 'fuse', id: 'c', 'node-name': 'disk', mountpoint: options.mountpoint, iothread: ['io1', 'io0'] });
+  const second = scratch(t);
+  daemon.addBlockdev({ driver: 'file', 'node-name': 'disk2', filename: second.image });
+  await daemon.addExport({ type: 'fuse', id: 'd', 'node-name': 'disk2', mountpoint: second.mountpoint, iothread: 'io1' });
+  t.deepEqual(core.calls.filter((call) => call.startsWith('threads:')), [
+    'threads:fuse-export-iox5',
+    'threads:iothread-io1-x1',
+    'threads:iothread-io0-x1',
+  ]);
+  const [a, b, c, d] = started.map((start) => start.ioThreads ?? []);
+  t.is(a?.length, 1);
+  t.is(a?.[0], b?.[0], 'the image exports share the default set');
+  t.is(c?.length, 2);
+  t.is(d?.[0], c?.[0], "iothread io1's thread serves both of its exports");
+  await daemon.shutdown();
+  t.deepEqual(core.calls.filter((call) => call.startsWith('close:')).sort(), [
+    'close:fuse-export-io',
+    'close:iothread-io0-',
+    'close:iothread-io1-',
+  ]);
 });
 
 test('an id already in use is refused, and nothing is started', async (t) => {
@@ -46,7 +67,7 @@ test('an id already in use is refused, and nothing is started', async (t) => {
     instanceOf: DaemonConfigError,
     message: "Block export id 'cli' is already in use",
   });
-  t.deepEqual(core.calls, ['start']);
+  t.deepEqual(core.calls, ['threads:fuse-export-iox3', 'start']);
 });
 
 test('a mountpoint already exported is refused, by a node export or an image export, relative or not', async (t) => {
@@ -61,7 +82,7 @@ test('a mountpoint already exported is refused, by a node export or an image exp
     instanceOf: DaemonConfigError,
     message: `'${mountpoint}' is already the mountpoint of export 'exp0'`,
   });
-  t.deepEqual(core.calls, ['start']);
+  t.deepEqual(core.calls, ['threads:fuse-export-iox3', 'start']);
 });
 
 test('a removed image export is forgotten, with the reason given', async (t) => {
