@@ -134,6 +134,11 @@ export class OptionError extends Error {
   override name = 'OptionError';
 }
 
+/** An I/O thread count, refused in the words of the `threads` option. */
+export function checkThreads(value: number): number {
+  return integerIn('threads', value, 1, MAX_THREADS);
+}
+
 function integerIn(name: string, value: number, min: number, max: number): number {
   if (!Number.isInteger(value) || value < min || value > max) {
     throw new OptionError(`${name} must be a whole number from ${min} to ${max}, not ${value}`);
@@ -169,7 +174,7 @@ export function resolveOptions(options: ExportOptions): ResolvedOptions {
   oneOf('passthrough', merged.passthrough, SWITCHES);
   oneOf('cache', merged.cache, CACHE_MODES);
   oneOf('format', merged.format, FORMATS);
-  integerIn('threads', merged.threads, 1, MAX_THREADS);
+  checkThreads(merged.threads);
   integerIn('queue-depth', merged.queueDepth, 1, MAX_QUEUE_DEPTH);
   integerIn('poll-max-us', merged.pollMaxUs, 0, MAX_POLL_US);
   integerIn('shutdown-timeout', merged.shutdownTimeout, 0, 24 * 3600 * 1000);

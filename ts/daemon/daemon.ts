@@ -12,10 +12,9 @@ import { availableParallelism } from 'node:os';
 import { FuseExport, type ExportStats, type StoppedEvent, type StopReason } from '../lifecycle/export.js';
 import type { Core } from '../lifecycle/export.js';
 import type { ExportWarning } from '../lifecycle/export.js';
-import type { ExportOptions } from '../options.js';
 import type { NativeLatency } from '../native.js';
 import { native } from '../native.js';
-import type { IoThreadSet } from '../options.js';
+import { checkThreads, type ExportOptions, type IoThreadSet } from '../options.js';
 import {
   DaemonConfigError,
   type BlockdevOptions,
@@ -230,7 +229,7 @@ export class StorageDaemon extends EventEmitter<StorageDaemonEvents> {
    */
   #threadsFor(iothreads: string[]): IoThreadSet[] {
     if (iothreads.length === 0) {
-      this.#defaultSet ??= this.#coreInUse().startIoThreads(this.#defaultThreads, 'fuse-export-io');
+      this.#defaultSet ??= this.#coreInUse().startIoThreads(checkThreads(this.#defaultThreads), 'fuse-export-io');
       return [this.#defaultSet];
     }
     return iothreads.map((id) => {

@@ -234,11 +234,18 @@ fn known_format(name: &str) -> &'static str {
 }
 
 /// qemu-nbd's version, for the `ready` event; a missing qemu-nbd is told
-/// here, with the package that has it.
+/// here, with the package that has it. Asked once per process (a daemon
+/// may open hundreds of images); a failure is not kept, so that qemu-nbd
+/// installed meanwhile is found.
 fn version() -> Result<String, ImageError> {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(known) = VERSION.get() {
+        return Ok(known.clone());
+    }
     let printed = process::run_tool(child::PROGRAM, &["--version".into()], &[], None).map_err(ImageError)?;
     let first = printed.lines().next().unwrap_or_default();
-    Ok(first.split_whitespace().nth(1).unwrap_or("unknown").to_string())
+    let version = first.split_whitespace().nth(1).unwrap_or("unknown").to_string();
+    Ok(VERSION.get_or_init(|| version).clone())
 }
 
 /// QEMU's message for an image it would not open, with what to do.
