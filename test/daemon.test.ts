@@ -30,7 +30,7 @@ import {
 } from './helpers/index.js';
 import { DAEMON, qmpClient, qmpSocket, startDaemon, stopDaemon } from './helpers/daemon.js';
 import { StorageDaemon } from 'fuse-export';
-import { QmpCommandError, QmpTestClient } from './helpers/qmp.js';
+import { QmpCommandError, QmpTestClient } from './helpers/qmp.mjs';
 
 const SIZE = 16 * MiB;
 

@@ -1,13 +1,13 @@
 // fuse-export-storage-daemon for the tests: started like qemu-storage-daemon
 // (its own command line), stopped with SIGTERM, with the QMP client of
-// qmp.ts on its monitor socket.
+// qmp.mjs on its monitor socket.
 import type { ExecutionContext } from 'ava';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startCli, type CliExport, type CliStartOptions } from './cli.js';
 import { assertUnmounted } from './mounts.js';
 import type { Argv } from './proc.js';
-import { QmpTestClient } from './qmp.js';
+import { QmpTestClient } from './qmp.mjs';
 
 export const DAEMON = fileURLToPath(new URL('../../dist/daemon/main.js', import.meta.url));
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QmpError, QmpServer, checkArguments, type QmpHandler, type QmpLogger, type QmpVersion } from '../../ts/daemon/qmp.js';
-import { QmpCommandError, QmpTestClient, type QmpReply } from '../helpers/qmp.js';
+import { QmpCommandError, QmpTestClient, type QmpReply } from '../helpers/qmp.mjs';
 
 const VERSION: QmpVersion = { qemu: { major: 7, minor: 2, micro: 0 }, package: 'fuse-export-storage-daemon 0.1.0' };
 
