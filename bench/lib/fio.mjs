@@ -30,16 +30,16 @@ export function fioSeconds(workload, runtime) {
 
 /**
  * The fio command line of one measured run against `where`: { filename }
- * (through io_uring) or { nbdUri } (fio's own NBD client). A `fresh`
- * workload writes each block of `size` bytes once instead of running for
- * `runtime` seconds (which then only caps it).
+ * (through io_uring), { filenames } (several exports at once: the workload
+ * on each, a reporting group each) or { nbdUri } (fio's own NBD client). A
+ * `fresh` workload writes each block of `size` bytes once instead of running
+ * for `runtime` seconds (which then only caps it).
  */
 export function fioArgs(workload, where, { direct, runtime, size }) {
   const seconds = fioSeconds(workload, runtime);
   const half = size / 2;
-  return [
-    `--name=${workload.id}`,
-    ...(where.nbdUri ? ['--ioengine=nbd', `--uri=${where.nbdUri}`] : [`--filename=${where.filename}`, '--ioengine=io_uring', `--direct=${direct ? 1 : 0}`]),
+  const engine = ['--ioengine=io_uring', `--direct=${direct ? 1 : 0}`];
+  const options = [
     `--rw=${workload.rw}`,
     ...(workload.rwmixread ? [`--rwmixread=${workload.rwmixread}`] : []),
     `--bs=${workload.bs}`,
@@ -53,6 +53,11 @@ export function fioArgs(workload, where, { direct, runtime, size }) {
     '--fallocate=none',
     '--output-format=json',
   ];
+  if (where.filenames) {
+    // Options before the first --name apply to every job.
+    return [...engine, ...options, ...where.filenames.flatMap((file, i) => [`--name=${workload.id}-${i}`, `--filename=${file}`, ...(i ? ['--new_group'] : [])])];
+  }
+  return [`--name=${workload.id}`, ...(where.nbdUri ? ['--ioengine=nbd', `--uri=${where.nbdUri}`] : [`--filename=${where.filename}`, ...engine]), ...options];
 }
 
 function direction(d) {
@@ -72,42 +77,69 @@ function direction(d) {
 }
 
 /**
- * One run's figures from fio's JSON (group_reporting: one merged job).
- * Completion latency (clat: from submission to completion) and total latency
- * (lat = slat + clat). randrw: IOPS and bandwidth add up; means are weighted
- * by I/O count; p99 is the larger of the read and write p99s (fio reports
- * them separately).
+ * Figures of `parts` (the read and write sides of a job, or the jobs of a
+ * run) taken together: I/Os, IOPS and bandwidth add up; means are weighted
+ * by I/O count; p99s and maxima are the largest of the parts'.
+ */
+function combine(parts) {
+  const ios = parts.reduce((n, p) => n + p.ios, 0);
+  const sum = (key) => parts.reduce((n, p) => n + p[key], 0);
+  const weighted = (key) => (ios > 0 ? parts.reduce((n, p) => n + (p[key] ?? 0) * p.ios, 0) / ios : null);
+  const largest = (key) => {
+    const values = parts.filter((p) => p.ios > 0 && p[key] !== null).map((p) => p[key]);
+    return values.length ? Math.max(...values) : null;
+  };
+  return {
+    ios,
+    bytes: sum('bytes'),
+    iops: sum('iops'),
+    bwBytes: sum('bwBytes'),
+    clatMeanNs: weighted('clatMeanNs'),
+    clatP99Ns: largest('clatP99Ns'),
+    slatMeanNs: weighted('slatMeanNs'),
+    latMeanNs: weighted('latMeanNs'),
+    latP99Ns: largest('latP99Ns'),
+    latMaxNs: largest('latMaxNs'),
+  };
+}
+
+/** One job's figures (group_reporting: the numjobs of one group merged); randrw: its read and write sides combined. */
+function jobFigures(job) {
+  const read = direction(job.read);
+  const write = direction(job.write);
+  return {
+    error: job.error ?? 0,
+    ...combine([read, write]),
+    read,
+    write,
+    fioCpu: { usr: job.usr_cpu, sys: job.sys_cpu },
+    runtimeMs: Math.max(job.read?.runtime ?? 0, job.write?.runtime ?? 0),
+  };
+}
+
+/**
+ * One run's figures from fio's JSON: its one job (group_reporting), or its
+ * jobs combined (several exports at once, a group each: `jobs` keeps each
+ * one's IOPS). Completion latency (clat: from submission to completion) and
+ * total latency (lat = slat + clat). randrw: IOPS and bandwidth add up; means
+ * are weighted by I/O count; p99 is the larger of the read and write p99s
+ * (fio reports them separately).
  */
 export function parseFio(stdout) {
   const start = stdout.indexOf('{');
   const end = stdout.lastIndexOf('}');
   if (start < 0 || end < start) throw new Error('fio printed no JSON');
   const data = JSON.parse(stdout.slice(start, end + 1));
-  const job = data.jobs?.[0];
-  if (!job) throw new Error('fio JSON has no job');
-  const read = direction(job.read);
-  const write = direction(job.write);
-  const ios = read.ios + write.ios;
-  const weighted = (key) =>
-    ios > 0 ? ((read[key] ?? 0) * read.ios + (write[key] ?? 0) * write.ios) / ios : null;
-  const p99 = (key) => {
-    const values = [read, write].filter((d) => d.ios > 0 && d[key] !== null).map((d) => d[key]);
-    return values.length ? Math.max(...values) : null;
-  };
+  const jobs = (data.jobs ?? []).map(jobFigures);
+  if (jobs.length === 0) throw new Error('fio JSON has no job');
+  if (jobs.length === 1) return jobs[0];
   return {
-    error: job.error ?? 0,
-    ios,
-    iops: read.iops + write.iops,
-    bwBytes: read.bwBytes + write.bwBytes,
-    clatMeanNs: weighted('clatMeanNs'),
-    clatP99Ns: p99('clatP99Ns'),
-    slatMeanNs: weighted('slatMeanNs'),
-    latMeanNs: weighted('latMeanNs'),
-    latP99Ns: p99('latP99Ns'),
-    latMaxNs: p99('latMaxNs'),
-    read,
-    write,
-    fioCpu: { usr: job.usr_cpu, sys: job.sys_cpu },
-    runtimeMs: Math.max(job.read?.runtime ?? 0, job.write?.runtime ?? 0),
+    error: jobs.find((j) => j.error)?.error ?? 0,
+    ...combine(jobs),
+    read: combine(jobs.map((j) => j.read)),
+    write: combine(jobs.map((j) => j.write)),
+    fioCpu: { usr: jobs.reduce((n, j) => n + j.fioCpu.usr, 0), sys: jobs.reduce((n, j) => n + j.fioCpu.sys, 0) },
+    runtimeMs: Math.max(...jobs.map((j) => j.runtimeMs)),
+    jobs: jobs.map((j) => ({ ios: j.ios, iops: j.iops })),
   };
 }

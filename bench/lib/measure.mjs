@@ -66,7 +66,7 @@ async function measure({ image, workload, repeat, position, target, server, conf
   }
   try {
     const fio = parseFio(out.stdout);
-    record.fio = { read: fio.read, write: fio.write, cpu: fio.fioCpu, runtimeMs: fio.runtimeMs };
+    record.fio = { read: fio.read, write: fio.write, cpu: fio.fioCpu, runtimeMs: fio.runtimeMs, ...(fio.jobs ? { jobs: fio.jobs } : {}) };
     Object.assign(record, {
       ios: fio.ios,
       iops: fio.iops,
