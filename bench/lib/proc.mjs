@@ -3,7 +3,7 @@
 // terminal reaches only the benchmark, which then stops them in order.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { mountsOn } from '../../dist/lifecycle/mountinfo.js';
+import { isFuse, mountsOn, mountTable } from '../../dist/lifecycle/mountinfo.js';
 import { runCommand } from '../../test/helpers/run.mjs';
 
 /** Process ids of the children still alive, for the last-resort cleanup. */
@@ -116,18 +116,37 @@ export function machineCpu() {
   return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] ?? 0 };
 }
 
-/** VmHWM and VmRSS of a process, in bytes. */
+/** VmHWM and VmRSS of a process, in bytes, and its thread count (`Threads`). */
 export function memory(pid) {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kib = (name) => {
-      const match = status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm'));
-      return match ? Number(match[1]) * 1024 : undefined;
+    const number = (name) => {
+      const match = status.match(new RegExp(`^${name}:\\s+(\\d+)`, 'm'));
+      return match ? Number(match[1]) : undefined;
     };
-    return { hwm: kib('VmHWM'), rss: kib('VmRSS') };
+    const kib = (name) => (number(name) === undefined ? undefined : number(name) * 1024);
+    return { hwm: kib('VmHWM'), rss: kib('VmRSS'), threads: number('Threads') };
   } catch {
-    return { hwm: undefined, rss: undefined };
+    return { hwm: undefined, rss: undefined, threads: undefined };
   }
+}
+
+/** A process's threads by name, numbers dropped (`iou-wrk-123` counts as `iou-wrk-`), most first. */
+export function threadNames(pid) {
+  const counts = {};
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim().replace(/\d+/g, '');
+        counts[name] = (counts[name] ?? 0) + 1;
+      } catch {
+        // Gone meanwhile.
+      }
+    }
+  } catch {
+    return {};
+  }
+  return Object.fromEntries(Object.entries(counts).sort((a, b) => b[1] - a[1]));
 }
 
 /** Resets a process's VmHWM to its current RSS (Linux >= 4.0); false when refused. */
@@ -142,6 +161,9 @@ export function resetPeakRss(pid) {
 
 // The product's reader of /proc/self/mountinfo, which never blocks on FUSE.
 export const isMounted = (path) => mountsOn(path).length > 0;
+
+/** The FUSE mounts anywhere under the directory `dir`: their mountpoints. */
+export const fuseMountsUnder = (dir) => mountTable().filter((m) => isFuse(m) && m.mountpoint.startsWith(`${dir}/`)).map((m) => m.mountpoint);
 
 /** Lazily detaches everything mounted on `path`; returns how many it detached. */
 export function umountLazy(path) {

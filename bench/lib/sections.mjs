@@ -136,9 +136,7 @@ export async function prepareSection(section, config) {
   const workdir = mkdtempSync(join(section.dir, 'fuse-export-bench-'));
   state.dirs.push(workdir);
   const path = join(workdir, 'image.raw');
-  const fd = openSync(path, 'w');
-  ftruncateSync(fd, config.size);
-  closeSync(fd);
+  sparseFile(path, config.size);
   const directWorks = await probeDirect(path);
   say(`${section.id}: filling ${config.size / MiB} MiB image ${path} with data (O_DIRECT ${directWorks ? 'works' : 'refused'})`);
   const fill = await must('filling the image', 'fio', [
@@ -188,13 +186,18 @@ export async function prepareSection(section, config) {
   return image;
 }
 
+/** A new sparse file of `size` bytes at `path` (a raw image with no data). */
+export function sparseFile(path, size) {
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, size);
+  closeSync(fd);
+}
+
 /** A fresh, empty image for a `fresh` workload's run of `target`. */
 async function freshImage(image, target) {
   const path = join(image.workdir, `fresh-${target}.${target === 'io_uring-raw' ? 'raw' : 'qcow2'}`);
   if (target === 'io_uring-raw') {
-    const fd = openSync(path, 'w');
-    ftruncateSync(fd, image.size);
-    closeSync(fd);
+    sparseFile(path, image.size);
   } else {
     await must('creating a fresh qcow2', 'qemu-img', ['create', '-q', '-f', 'qcow2', path, String(image.size)]);
   }
@@ -221,7 +224,7 @@ async function copyFor(image, path, target) {
 }
 
 /** A new file to mount on, known to the clean-up. */
-function mountFile(image, name) {
+export function mountFile(image, name) {
   const mountpoint = join(image.workdir, `mnt-${name}`);
   closeSync(openSync(mountpoint, 'w'));
   state.mountpoints.push(mountpoint);

@@ -132,18 +132,40 @@ export async function startFuseExport({ cli, target, image, format, mountpoint, 
  * FUSE-over-io_uring with `threads` I/O threads (iothreads).
  */
 export async function startDaemonExport({ daemon, target, image, mountpoint, threads, cache, timeout = 30_000 }) {
-  const iothreads = Array.from({ length: threads }, (_, i) => `io${i}`);
+  const iothreads = daemonIothreads(threads);
   const args = [
-    daemon,
-    ...iothreads.flatMap((id) => ['--object', `iothread,id=${id}`]),
-    '--blockdev',
-    `driver=file,node-name=disk,filename=${image},cache.direct=${cache === 'direct' ? 'on' : 'off'}`,
-    '--export',
-    `type=fuse,id=exp0,node-name=disk,mountpoint=${mountpoint},writable=on,io-uring=on,passthrough=off,${iothreads.map((id, i) => `iothread.${i}=${id}`).join(',')}`,
+    ...iothreads.args,
+    ...daemonExportArgs({ node: 'disk', id: 'exp0', image, mountpoint, cache, iothreads: iothreads.ids, uring: true }),
   ];
-  const server = await startLogged({ target, kind: 'fuse-export-storage-daemon', mountpoint, args, readyEvent: 'serving', timeout });
+  const server = await startDaemon({ daemon, target, mountpoint, args, timeout });
   server.transport = 'io_uring';
   return server;
+}
+
+/** `count` iothreads for the daemon's exports: their ids and the `--object` arguments that make them. */
+export function daemonIothreads(count) {
+  const ids = Array.from({ length: count }, (_, i) => `io${i}`);
+  return { ids, args: ids.flatMap((id) => ['--object', `iothread,id=${id}`]) };
+}
+
+/**
+ * One export's `--blockdev` and `--export` on the daemon's command line: the
+ * raw `image` as block node `node`, exported as `id` onto `mountpoint`,
+ * writable, over FUSE-over-io_uring when `uring` (else /dev/fuse), without
+ * passthrough, with the I/O threads of `iothreads`.
+ */
+export function daemonExportArgs({ node, id, image, mountpoint, cache, iothreads, uring }) {
+  return [
+    '--blockdev',
+    `driver=file,node-name=${node},filename=${image},cache.direct=${cache === 'direct' ? 'on' : 'off'}`,
+    '--export',
+    `type=fuse,id=${id},node-name=${node},mountpoint=${mountpoint},writable=on,io-uring=${uring ? 'on' : 'off'},passthrough=off,${iothreads.map((t, i) => `iothread.${i}=${t}`).join(',')}`,
+  ];
+}
+
+/** fuse-export-storage-daemon with the command line `args`, once it serves (its `serving` line); `mountpoint`: the one to unmount should it leave it behind. */
+export function startDaemon({ daemon, target, mountpoint, args, timeout = 30_000 }) {
+  return startLogged({ target, kind: 'fuse-export-storage-daemon', mountpoint, args: [daemon, ...args], readyEvent: 'serving', timeout });
 }
 
 /** Starts one of our commands (node, JSON log lines) and waits for `readyEvent`. */
