@@ -2,7 +2,8 @@
 // The fuse-export benchmark (`npm run bench`, `npm run bench -- --quick`).
 //
 // One fio matrix per section (bench/lib/sections.mjs: raw images on tmpfs
-// and disk, qcow2, NBD, formats through QEMU), interleaved so that the machine's drift cancels
+// and disk, qcow2, NBD, formats through QEMU, the storage daemon with one
+// export and with many: bench/lib/scale.mjs), interleaved so that the machine's drift cancels
 // out: for each section, every export is started once; then for each
 // workload, for each repeat, fio runs against each target in turn.
 // Results: a table on stdout, bench/results/<timestamp>.json and
@@ -25,6 +26,7 @@ import { buildReference, fuseExportInfo, machineInfo, preflight } from './lib/ma
 import { Aborted, cleanup, enableUring, installHandlers } from './lib/host.mjs';
 import { say } from './lib/log.mjs';
 import { benchSection } from './lib/matrix.mjs';
+import { benchScale } from './lib/scale.mjs';
 import { readOptions } from './lib/options.mjs';
 import { RESULTS } from './lib/paths.mjs';
 import { clockTicks } from './lib/proc.mjs';
@@ -69,7 +71,7 @@ async function main() {
   const loadTimer = setInterval(() => loads.push(loadavg()[0]), 5000);
   loadTimer.unref();
   try {
-    for (const section of sections) await benchSection(section, config, result);
+    for (const section of sections) await (section.kind === 'scale' ? benchScale : benchSection)(section, config, result);
   } catch (error) {
     clearInterval(loadTimer);
     if (error instanceof Aborted) return new Promise(() => {}); // the signal handler exits

@@ -3,7 +3,7 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { WORKLOADS } from './fio.mjs';
 import { TARGETS } from './report.mjs';
-import { SECTIONS } from './sections.mjs';
+import { SCALE_BUSY, SECTIONS } from './sections.mjs';
 
 const MiB = 1024 * 1024;
 // Seconds per run of --quick: about 120 runs of 2 s plus fio's own start
@@ -12,6 +12,9 @@ const QUICK_RUNTIME = 2;
 // Seconds per run of the full matrix: about 500 runs keep it near an hour.
 const FULL_RUNTIME = 6;
 const SECTION_IDS = SECTIONS.map((s) => s.id);
+// Exports in the scale section's daemon: the issue's count, and --quick's.
+const SCALE_EXPORTS = 256;
+const QUICK_SCALE_EXPORTS = 16;
 // On a shared host the hypervisor can take half the CPU time for minutes
 // (steal), slowing whichever target runs then. Such a run is redone after a
 // pause long enough for a burst to pass, at most this many times in all.
@@ -31,7 +34,9 @@ own NBD client, fuse-export with and without multi-conn, nbdfuse,
 qemu-storage-daemon's nbd driver, against nbdkit's memory plugin); formats
 (a sparse VMDK: fio's NBD client at a bare qemu-nbd with the options
 fuse-export gives its own qemu-nbd child, fuse-export, qemu-storage-daemon);
-daemon (one export of fuse-export-storage-daemon against the CLI's).
+daemon (one export of fuse-export-storage-daemon against the CLI's); scale
+(--exports exports in one daemon: start time, RSS, threads; randread on one
+export and on ${SCALE_BUSY} at once).
 
   --quick              all sections but disk, ${QUICK_RUNTIME} s per run, 1 repeat (about 5 minutes)
   --runtime S          seconds per fio run (default ${FULL_RUNTIME}; --quick: ${QUICK_RUNTIME})
@@ -42,6 +47,7 @@ daemon (one export of fuse-export-storage-daemon against the CLI's).
                        liburing): adds the 'reference' target to the tmpfs section
   --workloads LIST     ids: ${WORKLOADS.map((w) => w.id).join(', ')}
   --size SIZE          image size, e.g. 1G, 512M (default 1G)
+  --exports N          exports in the scale section's daemon (default ${SCALE_EXPORTS}; --quick: ${QUICK_SCALE_EXPORTS}; at least ${SCALE_BUSY})
   --threads N          threads of the exports (default: CPUs = ${availableParallelism()})
   --queue-depth N      fuse-export --queue-depth (default: its own)
   --max-steal PCT      redo a run (at most ${STEAL_TRIES - 1} times) when the hypervisor took more
@@ -89,6 +95,7 @@ export function readOptions() {
       targets: { type: 'string' },
       workloads: { type: 'string' },
       size: { type: 'string' },
+      exports: { type: 'string' },
       threads: { type: 'string' },
       'queue-depth': { type: 'string' },
       'max-steal': { type: 'string' },
@@ -104,7 +111,7 @@ export function readOptions() {
     process.exit(0);
   }
   const quick = values.quick;
-  const custom = ['runtime', 'repeats', 'images', 'targets', 'workloads', 'size', 'threads', 'queue-depth'].some((k) => values[k] !== undefined);
+  const custom = ['runtime', 'repeats', 'images', 'targets', 'workloads', 'size', 'exports', 'threads', 'queue-depth'].some((k) => values[k] !== undefined);
   return {
     quick,
     mode: quick ? (custom ? 'quick (custom)' : 'quick') : custom ? 'custom' : 'full',
@@ -114,6 +121,7 @@ export function readOptions() {
     targets: values.targets ? list(values.targets, TARGETS.map((t) => t.id), 'targets') : TARGETS.map((t) => t.id),
     workloads: values.workloads ? list(values.workloads, WORKLOADS.map((w) => w.id), 'workloads') : WORKLOADS.map((w) => w.id),
     size: values.size ? parseSize(values.size) : 1024 * MiB,
+    exports: values.exports ? number(values.exports, 'exports', (v) => Number.isInteger(v) && v >= SCALE_BUSY, `a whole number >= ${SCALE_BUSY}`) : quick ? QUICK_SCALE_EXPORTS : SCALE_EXPORTS,
     threads: values.threads ? positiveInt(values.threads, 'threads') : availableParallelism(),
     queueDepth: values['queue-depth'] ? positiveInt(values['queue-depth'], 'queue-depth') : undefined,
     steal: {

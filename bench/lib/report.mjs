@@ -27,6 +27,8 @@ export const TARGETS = [
   { id: 'io_uring-vmdk', label: 'io_uring', color: '#2471a3', what: 'fuse-export --io-uring on --format vmdk (reads of what QEMU maps plainly into the file go to it straight, the rest to its qemu-nbd child over NBD with a connection per thread)' },
   { id: 'qsd-vmdk', label: 'qsd vmdk', color: '#c0392b', what: "qemu-storage-daemon's FUSE export of the same VMDK (its vmdk driver)" },
   { id: 'daemon', label: 'daemon', color: '#16a085', what: "one export of fuse-export-storage-daemon (qsd's command line, as many iothreads as the CLI's threads), over io_uring" },
+  { id: 'scale-1', label: '1 export', color: '#16a085', what: 'fio on one export of the scale section’s daemon, its other exports idle (the limit of the scale section)' },
+  { id: 'scale-8', label: '8 exports', color: '#0e6655', what: 'the same fio workload on 8 exports of that daemon at once (a job group per export): their IOPS added up' },
 ];
 
 export const targetById = (id) => TARGETS.find((t) => t.id === id);
@@ -38,9 +40,9 @@ export function sectionTargets(result, image) {
 export function sectionWorkloads(result, image) {
   return WORKLOADS.filter((w) => (image.workloads ?? result.config.workloads).includes(w.id));
 }
-/** The section's limit (1.0 on the chart) and the export to beat: ids. */
+/** The section's limit (1.0 on the chart) and the export to beat (null: none): ids. */
 export const limitOf = (image) => image.limit ?? 'file';
-export const peerOf = (image) => image.peer ?? 'qsd';
+export const peerOf = (image) => (image.peer === undefined ? 'qsd' : image.peer);
 
 const MiB = 1024 * 1024;
 
@@ -270,7 +272,7 @@ function targetLabel(t, s) {
 }
 
 /** The measured columns of one summary row, for the text and the Markdown tables. */
-function metricCells(s, t, { latP99, none }) {
+function metricCells(s, t, { latP99, none, peer }) {
   return [
     fmtIops(s.iops),
     fmtSpread(s),
@@ -282,7 +284,7 @@ function metricCells(s, t, { latP99, none }) {
     t.serverless ? none : fmtCpu(s.cpuUsPerIo),
     t.serverless ? none : fmtPeakRss(s),
     fmtRatio(s.vsFile),
-    fmtRatio(s.vsQsd),
+    ...(peer ? [fmtRatio(s.vsQsd)] : []),
   ];
 }
 
@@ -290,14 +292,19 @@ export function textReport(result) {
   const { summary } = result;
   const lines = [];
   for (const image of result.images) {
-    lines.push('', `=== ${image.label}: ${fmtMiB(image.size)} image ${image.path}, fio direct=${image.fioDirect ? 1 : 0} on the file target ===`);
+    if (image.scale) {
+      lines.push('', `=== ${image.label}: ${image.scale.exports} exports of ${fmtMiB(image.size)} images in ${image.dir}, ${image.scale.transport} ===`, '');
+      lines.push(...pad(scaleRows(image).map((r) => [`  ${r[0]}`, ...r.slice(1)])), ...scaleFacts(result, image).map((f) => `  - ${f}`));
+    } else {
+      lines.push('', `=== ${image.label}: ${fmtMiB(image.size)} image ${image.path}, fio direct=${image.fioDirect ? 1 : 0} on the file target ===`);
+    }
     for (const w of sectionWorkloads(result, image)) {
       lines.push('', `${w.label}`);
       const rows = [['  target', 'IOPS', 'spread', 'BW', 'clat mean', 'clat p99', 'lat mean', 'CPU/IO', 'peak RSS', ...vsHeaders(image)]];
       for (const t of sectionTargets(result, image)) {
         const s = find(summary, image.id, w.id, t.id);
         if (!s) continue;
-        rows.push([`  ${targetLabel(t, s)}`, ...metricCells(s, t, { latP99: false, none: '-' })]);
+        rows.push([`  ${targetLabel(t, s)}`, ...metricCells(s, t, { latP99: false, none: '-', peer: peerOf(image) })]);
       }
       lines.push(...pad(rows));
     }
@@ -318,7 +325,7 @@ export function textReport(result) {
   return lines.join('\n');
 }
 
-const vsHeaders = (image) => [`vs ${targetById(limitOf(image)).label}`, `vs ${targetById(peerOf(image)).label}`];
+const vsHeaders = (image) => [`vs ${targetById(limitOf(image)).label}`, ...(peerOf(image) ? [`vs ${targetById(peerOf(image)).label}`] : [])];
 
 /** Pairs worth a ratio beyond `x / limit` and `x / peer`. */
 const EXTRA_RATIOS = [
@@ -343,6 +350,70 @@ function ratioRows(result, image) {
     rows.push([w.id, ...cols.map(([a, b]) => fmtRatio(find(result.summary, image.id, w.id, a)?.vs?.[b]))]);
   }
   return rows;
+}
+
+// ---------------------------------------------------------------- scale
+
+const fmtMs = (ms) => (ms === null || ms === undefined ? '-' : ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : ms >= 100 ? `${ms.toFixed(0)} ms` : `${ms.toFixed(1)} ms`);
+
+/** What a step of the scale section started the exports with, and what its start time is. */
+function scaleStep(step) {
+  if (step.how === 'command line') return 'on the command line: daemon start to its serving line';
+  if (step.exports === 0) return 'QMP socket alone: daemon start to its serving line';
+  if (step.ms === null) return 'over QMP, after the fio runs (peak RSS: over the daemon’s life)';
+  return step.exports === 1 ? 'over QMP: blockdev-add to a read answered' : 'over QMP: the first blockdev-add to a read answered by the last';
+}
+
+/** The scale section's steps: how the exports were started, how many, start time, RSS, peak RSS, threads. */
+function scaleRows(image) {
+  return [
+    ['Started', 'Exports', 'Start time', 'RSS', 'peak RSS', 'Threads'],
+    ...image.scale.steps.map((step) => [scaleStep(step), String(step.exports), step.ms === null ? '' : fmtMs(step.ms), fmtMiB(step.rssBytes), fmtMiB(step.peakRssBytes), String(step.threads ?? '-')]),
+  ];
+}
+
+/** What the scale section's table stands on: its images, its daemon's exports, what was timed. */
+function scaleIntro(image) {
+  const { scale } = image;
+  const info = scale.exportInfo;
+  const export_ = info ? `: ${info.transport}, ${info.threads ?? scale.iothreads} threads, ${info.ringQueues ?? 0} ring queues${info.queueDepth ? ` x ${info.queueDepth}` : ''}, directIo ${info.directIo}` : '';
+  return [
+    `${scale.exports} raw images of ${fmtMiB(image.size)} in \`${image.dir}\` (${image.fs}), sparse but for the ${scale.busy} that fio reads (filled with data), exported by one fuse-export-storage-daemon: \`driver=file\` nodes with \`cache.direct=${image.cache === 'direct' ? 'on' : 'off'}\`, FUSE exports with \`writable=on\`, \`io-uring=${scale.transport === 'io_uring' ? 'on' : 'off'}\`, \`passthrough=off\` and ${scale.iothreads} iothreads each (\`--threads\`)${export_}.`,
+    `The daemon starts twice: with every export on its command line (its start time runs to its \`serving\` line, all mounted), then with a QMP socket alone, the exports added one after another as a management tool adds them (\`blockdev-add\`, then \`block-export-add\`, each command answered before the next goes), timed from the first command to a 4 KiB read answered by the export just added.`,
+    `RSS (\`VmRSS\`), peak RSS (\`VmHWM\`) and threads (\`Threads\`) from \`/proc/PID/status\` of the daemon right then. Then fio on the first export, the others idle, and on the first ${scale.busy} at once (a job group of the same workload on each), interleaved; last, every export deleted over QMP and the daemon stopped with SIGTERM.`,
+  ].join(' ');
+}
+
+/** The scale section's figures beyond its table: per export, its adds and deletes, the fio runs' share per export. */
+function scaleFacts(result, image) {
+  const { scale } = image;
+  const facts = [];
+  const qmp = scale.steps.filter((s) => s.how === 'QMP' && s.exports > 0);
+  const [one, all] = [qmp[0], qmp.at(-1)];
+  if (one && all && all.exports > one.exports) {
+    const per = (key) => (all[key] - one[key]) / (all.exports - one.exports);
+    facts.push(`Each export added over QMP beyond the first: ${(per('rssBytes') / MiB).toFixed(2)} MiB of RSS and ${per('threads').toFixed(1)} threads, ${fmtMs(per('ms'))} of start time.`);
+  }
+  if (scale.addMs?.length) {
+    const tenth = Math.max(1, Math.floor(scale.addMs.length / 10));
+    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    facts.push(
+      `\`blockdev-add\` and \`block-export-add\` of one export: median ${fmtMs(median(scale.addMs))}, slowest ${fmtMs(Math.max(...scale.addMs))}; on average ${fmtMs(mean(scale.addMs.slice(0, tenth)))} over the first tenth of the exports (${tenth}), ${fmtMs(mean(scale.addMs.slice(-tenth)))} over the last.`,
+    );
+  }
+  const named = scale.steps.filter((s) => s.threadNames && s.how !== 'command line' && s.exports === scale.exports);
+  const byName = (names) => Object.entries(names).map(([name, n]) => `${n} ${name}`).join(', ');
+  if (named.length) {
+    facts.push(
+      `Threads by name (numbers dropped; \`fuse-export-io\`: the exports' I/O threads, \`iou-wrk-\`: io_uring's kernel workers, \`node\`: the Node.js runtime's): ${named.map((s) => `${s.ms === null ? 'after the fio runs' : `once all ${s.exports} were added over QMP`}, ${byName(s.threadNames)}`).join('; ')}.`,
+    );
+  }
+  const commandLine = scale.steps.find((s) => s.how === 'command line');
+  if (scale.deleteMs !== undefined) facts.push(`\`block-export-del\` of all ${scale.exports} to the last \`BLOCK_EXPORT_DELETED\` (each unmounted): ${fmtMs(scale.deleteMs)}.`);
+  if (commandLine?.stopMs !== undefined) facts.push(`SIGTERM to the daemon with ${scale.exports} exports on its command line, to its exit (every export drained and unmounted): ${fmtMs(commandLine.stopMs)}.`);
+  const shares = result.runs.filter((r) => r.ok && !r.superseded && r.image === image.id && r.fio?.jobs).flatMap((r) => r.fio.jobs.map((j) => j.iops));
+  if (shares.length) facts.push(`Within the runs on ${scale.busy} exports at once, each export made from ${fmtIops(Math.min(...shares))} to ${fmtIops(Math.max(...shares))} IOPS.`);
+  return facts;
 }
 
 // ---------------------------------------------------------------- markdown
@@ -378,6 +449,7 @@ export function markdownReport(result, { targetIds } = {}) {
     'npm run bench -- --reference PATH/fuse-uring-reference.c   # the same with the minimal C server as a target',
     'npm run bench -- --quick                        # all sections but the disk image, 2 s per run, 1 repeat',
     'npm run bench -- --images formats               # one section: its figures replace that section’s on this page, the others stay',
+    'npm run bench -- --images scale                 # 256 exports in one storage daemon (--exports N: another count; --quick: 16)',
     'npm run bench -- --help                         # options: --runtime, --repeats, --images, --targets, --workloads, --size, ...',
     '```',
     '',
@@ -423,7 +495,8 @@ export function markdownReport(result, { targetIds } = {}) {
   for (const image of result.images) {
     out.push(`## Results: ${image.label}`, '');
     const limit = targetById(limitOf(image));
-    out.push(
+    if (image.scale) out.push(scaleIntro(image), '', mdTable(scaleRows(image)), '', ...scaleFacts(result, image).map((f) => `- ${f}`), '');
+    else out.push(
       `Limit of this section (\`vs ${limit.label}\`): ${limit.what}. ` +
       `${fmtMiB(image.size)} image in \`${image.dir}\` (${image.fs}), filled with data; exports with \`--cache ${image.cache}\`` +
         ` (O_DIRECT on this file system ${image.directWorks ? 'works' : 'is refused'}; fuse-export ${image.qemuCache ? `gave its qemu-nbd child \`--cache=${image.qemuCache}\`` : image.exportDirectIo === undefined ? '' : image.exportDirectIo ? 'opened the image O_DIRECT' : 'chose the page cache'}); fio \`direct=${image.fioDirect ? 1 : 0}\` on the file target, \`direct=1\` on the mounts.` +
@@ -440,7 +513,7 @@ export function markdownReport(result, { targetIds } = {}) {
         rows.push([
           t.id === targets.find((x) => find(summary, image.id, w.id, x.id))?.id ? w.label : '',
           targetLabel(t, s),
-          ...metricCells(s, t, { latP99: true, none: '' }),
+          ...metricCells(s, t, { latP99: true, none: '', peer: peerOf(image) }),
         ]);
       }
     }

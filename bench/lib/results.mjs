@@ -33,8 +33,10 @@ export function analyse(result) {
     observations.push(`steal: ${r.image} ${r.workload} #${r.repeat + 1} ${r.target}: the hypervisor took ${Math.round(r.stealShare * 100)}% of the CPU time in the least disturbed of ${steal.tries} tries (${fmtIops(r.iops)} IOPS)`);
   }
   for (const s of result.summary) {
-    const limit = result.images.find((i) => i.id === s.image)?.limit ?? 'file';
-    if (s.target !== limit && s.vsFile !== null && s.vsFile > 1.15) {
+    const image = result.images.find((i) => i.id === s.image);
+    const limit = image?.limit ?? 'file';
+    // Several exports at once are meant to pass one.
+    if (s.target !== limit && s.vsFile !== null && s.vsFile > 1.15 && image?.kind !== 'scale') {
       observations.push(`${s.image} ${s.workload}: ${s.target} reached ${s.vsFile.toFixed(2)}x the IOPS of the section's limit (${limit})`);
     }
   }

@@ -23,10 +23,13 @@ const RAW_WORKLOADS = [
 ];
 const PEAK_WORKLOADS = ['randread-4k-qd16x2', 'randwrite-4k-qd16x2', 'read-1m-qd4', 'write-1m-qd4'];
 
+/** How many exports of the scale section run fio at once (its target scale-8). */
+export const SCALE_BUSY = 8;
+
 /**
  * `limit`: what the section's other targets are measured against (the
  * `vs limit` column, the chart's 1.0); `peer`: the second column, the export
- * to beat.
+ * to beat (null: none).
  */
 export const SECTIONS = [
   {
@@ -96,6 +99,19 @@ export const SECTIONS = [
     limit: 'io_uring',
     peer: 'daemon',
     workloads: ['randread-4k-qd16x2', 'randwrite-4k-qd16x2'],
+  },
+  {
+    // Measured by bench/lib/scale.mjs: --exports exports in one daemon,
+    // SCALE_BUSY of them at once under fio.
+    id: 'scale',
+    kind: 'scale',
+    dir: '/dev/shm',
+    label: `many exports in one fuse-export-storage-daemon: start time, RSS and threads; randread on one export and on ${SCALE_BUSY} at once`,
+    cache: 'direct',
+    targets: ['scale-1', 'scale-8'],
+    limit: 'scale-1',
+    peer: null,
+    workloads: ['randread-4k-qd16x2'],
   },
 ];
 
@@ -336,10 +352,11 @@ export async function startTarget(target, image, config, { fresh = false } = {})
   return server;
 }
 
-/** Where fio goes for `target`: { filename } or { nbdUri }, and whether O_DIRECT. */
+/** Where fio goes for `target`: { filename }, { filenames } or { nbdUri }, and whether O_DIRECT. */
 export function fioWhere(target, image, server) {
   if (target === 'file') return { where: { filename: image.path }, direct: image.fioDirect };
   if (target === 'fio-nbd') return { where: { nbdUri: image.nbd.multi.uri }, direct: false };
   if (target === 'fio-nbd-qemu') return { where: { nbdUri: server.uri }, direct: false };
+  if (target === 'scale-8') return { where: { filenames: server.files }, direct: true };
   return { where: { filename: server.file }, direct: true };
 }
