@@ -22,6 +22,7 @@ export async function startOne(target, image, config, result, options) {
 }
 
 function describe(server) {
+  if (server.kind === 'fuse-export-storage-daemon') return server.info.message;
   if (server.kind !== 'fuse-export') return server.info.config;
   const i = server.info;
   return `${i.transport}, ${i.threads} threads, ${i.ringQueues} ring queues${i.queueDepth ? ` x ${i.queueDepth}` : ''}, directIo ${i.directIo}, format ${i.format ?? '?'}${i.backend === 'qemu' ? `, qemu-nbd ${i.qemuVersion ?? '?'} child` : ''}`;
