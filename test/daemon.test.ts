@@ -5,7 +5,7 @@
 // mounted for real and read and written through.
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import {
@@ -111,7 +111,18 @@ eachTransport(test, 'QMP: blockdev-add and block-export-add mount for real; quer
   await stopDaemon(t, daemon, []);
 });
 
-eachTransport(test, '64 exports in one daemon: fio crc32c verify on 8 while 8 others are deleted and added again', async (t, ioUring) => {
+/**
+ * The daemon's threads by name, numbers dropped, but io_uring's kernel
+ * workers (`iou-wrk-`, which come and go with the load).
+ */
+function threadNames(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/task`)
+    .map((task) => readFileSync(`/proc/${pid}/task/${task}/comm`, 'utf8').trim().replace(/\d+$/, ''))
+    .filter((name) => !name.startsWith('iou-wrk-'))
+    .sort();
+}
+
+eachTransport(test, '64 exports in one daemon on one iothread: fio crc32c verify on 8 while 8 others are deleted and added again, no thread started', async (t, ioUring) => {
   const dir = tmpDir(t);
   const qmp = qmpSocket(dir);
   const count = 64;
@@ -127,6 +138,9 @@ eachTransport(test, '64 exports in one daemon: fio crc32c verify on 8 while 8 ot
   const daemon = await startDaemon(t, args);
   const client = await qmpClient(t, qmp.path);
   t.is((await client.execute('query-block-exports') as unknown[]).length, count);
+  const threads = threadNames(daemon.pid);
+  t.is(threads.filter((name) => name.startsWith('iothread-io0')).length, 1, `one I/O thread serves all ${count}: ${threads}`);
+  t.false(threads.some((name) => name.startsWith('fuse-export-io')), 'no default set: every export names io0');
   const verify = Promise.all(
     mountpoints.slice(0, 8).map((mnt) =>
       fio(['--name=verify', `--filename=${mnt}`, '--ioengine=io_uring', '--direct=1', '--bs=4k', '--rw=randwrite', '--size=8M',
@@ -145,6 +159,7 @@ eachTransport(test, '64 exports in one daemon: fio crc32c verify on 8 while 8 ot
     t.is(result.code, 0, `${result.stdout}${result.stderr}`);
     t.notRegex(result.stdout + result.stderr, /verify: bad|crc32c: verify failed/);
   }
+  t.deepEqual(threadNames(daemon.pid), threads, 'deleting and adding exports started no thread');
   await stopDaemon(t, daemon, mountpoints);
 });
 
