@@ -52,22 +52,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use storage::{is_miss, without_blocking_reads, HostFile};
-use workers::{Job, Lent, Workers};
+use workers::{Job, Lent};
 
 /// qcow2 counts its virtual size in 512-byte sectors (QEMU rounds any
 /// other size down): a write past the end grows to the next sector
 /// boundary, and a truncate to anything else is EINVAL, as in QEMU.
 const SECTOR: u64 = 512;
 
-/// Threads for blocking metadata work, shared by all I/O threads.
-const WORKERS: usize = 2;
-
 /// How long a SEEK_DATA / SEEK_HOLE may walk the mappings.
 const SEEK_WALK_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct Qcow2Image {
     shared: Arc<Shared>,
-    workers: Workers<Shared>,
     /// The top image's path, as the logs and the mount table show it.
     path: std::path::PathBuf,
 }
@@ -179,15 +175,16 @@ impl Qcow2Image {
             failures: Failures::default(),
             external_data: header.external_data_file,
         });
-        let workers = Workers::start(shared.clone(), WORKERS, "qcow2-worker")
-            .map_err(|e| ImageError(format!("Failed to start the qcow2 worker threads: {}", describe(&e))))?;
-        Ok((Qcow2Image { shared, workers, path: path.clone() }, warnings))
+        Ok((Qcow2Image { shared, path: path.clone() }, warnings))
     }
 
     /// Hands `job` to a worker; its result completes the request's token.
     fn hand_off(&self, io: &mut ImageIo, stage: Stage, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
         io.stage = stage;
-        self.workers.run(context.ring.hand_off(context.token), job);
+        if let Err((remote, result)) = workers::run(&self.shared, context.ring.hand_off(context.token), job) {
+            // Done here, on this thread: it completes on the next reap.
+            let _ = context.ring.complete_local(remote, result);
+        }
         Poll::Pending
     }
 
@@ -483,7 +480,7 @@ impl Drop for Qcow2Image {
     fn drop(&mut self) {
         // Metadata caches written back when the image goes without a stop
         // (a start given up half-way, a test): imago does it when the last
-        // handle goes too; this does it before the workers end. A stop
+        // handle goes too, but a job may hold one a moment longer. A stop
         // closes the image explicitly and reports the result.
         if self.shared.writable {
             let _ = self.shared.access.flush();

@@ -4,21 +4,25 @@
 //! a job over with its request's token (`Ring::hand_off`) and goes on
 //! serving; the worker posts the job's result into that thread's ring
 //! (`Poster::post`), where it completes like any CQE.
+//!
+//! The workers are the process's, shared by every qcow2 image as QEMU's
+//! thread pool is: a job that finds no idle worker starts one (up to
+//! `MAX_WORKERS`), and a worker idle for `IDLE_EXIT` ends, so that a daemon
+//! serving many images runs none while their metadata is cached.
 
 use crate::runtime::remote::{Poster, Remote};
-use std::io;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 /// A job's answer: bytes moved, 0, or a negative errno.
 pub type Job<T> = Box<dyn FnOnce(&T) -> i32 + Send>;
 
-pub struct Workers<T: Send + Sync + 'static> {
-    sender: Option<Sender<(Job<T>, Remote)>>,
-    threads: Vec<JoinHandle<()>>,
-}
+/// The most workers at once (QEMU's thread pool has 64).
+const MAX_WORKERS: usize = 64;
+/// How long a worker waits for a job before it ends.
+const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// The request's buffer, lent to a worker until its result is posted.
 #[derive(Clone, Copy)]
@@ -34,48 +38,108 @@ impl Lent {
     }
 }
 
-impl<T: Send + Sync + 'static> Workers<T> {
-    pub fn start(shared: Arc<T>, count: usize, name: &str) -> io::Result<Self> {
-        let (sender, receiver) = channel::<(Job<T>, Remote)>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut threads = Vec::with_capacity(count);
-        for n in 0..count {
-            let poster = Poster::new()?;
-            let (shared, receiver) = (shared.clone(), receiver.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-{n}"))
-                    .spawn(move || serve(&*shared, &receiver, poster))?,
-            );
-        }
-        Ok(Self { sender: Some(sender), threads })
-    }
+type Task = Box<dyn FnOnce() -> i32 + Send>;
 
-    /// Runs `job` on a worker; its result completes `remote`.
-    pub fn run(&self, remote: Remote, job: Job<T>) {
-        if let Some(sender) = &self.sender {
-            // The workers end only when the sender goes, in drop().
-            sender.send((job, remote)).expect("the qcow2 workers are gone");
-        }
-    }
+#[derive(Default)]
+struct Queue {
+    tasks: VecDeque<(Task, Remote)>,
+    /// Workers waiting for a task.
+    idle: usize,
+    workers: usize,
 }
 
-fn serve<T>(shared: &T, receiver: &Mutex<Receiver<(Job<T>, Remote)>>, mut poster: Poster) {
+#[derive(Default)]
+struct Pool {
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Pool::default)
+}
+
+/// Runs `job` on `shared` on a worker; its result completes `remote`. When
+/// no worker runs and none can be started (no memory, a thread limit), the
+/// job runs here instead and its result comes back with `remote`, for the
+/// caller to complete: a request must never wait for a worker that cannot
+/// come.
+pub fn run<T: Send + Sync + 'static>(shared: &Arc<T>, remote: Remote, job: Job<T>) -> Result<(), (Remote, i32)> {
+    let shared = shared.clone();
+    let task: Task = Box::new(move || job(&shared));
+    let pool = pool();
+    let mut queue = pool.queue.lock().unwrap();
+    queue.tasks.push_back((task, remote));
+    if queue.tasks.len() > queue.idle && queue.workers < MAX_WORKERS {
+        let started = std::thread::Builder::new().name("qcow2-worker".into()).spawn(move || serve(pool));
+        match started {
+            Ok(_) => queue.workers += 1,
+            Err(_) if queue.workers == 0 => {
+                let (task, remote) = queue.tasks.pop_back().expect("pushed above");
+                drop(queue);
+                return Err((remote, perform(task)));
+            }
+            // The running workers take it in turn.
+            Err(_) => {}
+        }
+    }
+    pool.work.notify_one();
+    Ok(())
+}
+
+fn serve(pool: &Pool) {
+    let mut poster = Poster::new_patiently();
     loop {
-        let next = receiver.lock().unwrap().recv();
-        let Ok((job, remote)) = next else { return };
-        let result = catch_unwind(AssertUnwindSafe(|| job(shared))).unwrap_or(-libc::EIO);
+        let mut queue = pool.queue.lock().unwrap();
+        let (task, remote) = loop {
+            if let Some(next) = queue.tasks.pop_front() {
+                break next;
+            }
+            queue.idle += 1;
+            let (woken, waited) = pool.work.wait_timeout(queue, IDLE_EXIT).unwrap();
+            queue = woken;
+            queue.idle -= 1;
+            if waited.timed_out() && queue.tasks.is_empty() {
+                queue.workers -= 1;
+                return;
+            }
+        };
+        drop(queue);
+        let result = perform(task);
         // Transient failures are retried inside; what is left means the I/O
         // thread's ring is gone, and nobody waits for this completion.
         let _ = poster.post(remote, result);
     }
 }
 
-impl<T: Send + Sync + 'static> Drop for Workers<T> {
-    fn drop(&mut self) {
-        self.sender.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+fn perform(task: Task) -> i32 {
+    catch_unwind(AssertUnwindSafe(task)).unwrap_or(-libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ring::Ring;
+    use crate::runtime::token::Token;
+
+    #[test]
+    fn jobs_of_several_images_complete_on_their_rings_and_workers_are_shared() {
+        let mut ring = Ring::new(64).unwrap();
+        let images: Vec<Arc<i32>> = (0..8).map(Arc::new).collect();
+        for (slot, image) in images.iter().enumerate() {
+            let remote = ring.hand_off(Token::new(1, 0, slot as u32));
+            run(image, remote, Box::new(|value: &i32| *value * 10)).unwrap();
         }
+        let mut seen = Vec::new();
+        let mut completions = Vec::new();
+        while seen.len() < images.len() {
+            ring.submit(1);
+            ring.reap(&mut completions);
+            seen.extend(completions.iter().map(|c| (c.token.slot(), c.result)));
+        }
+        seen.sort();
+        assert_eq!(seen, (0..8).map(|n| (n, n as i32 * 10)).collect::<Vec<_>>());
+        let workers = pool().queue.lock().unwrap().workers;
+        assert!((1..=8).contains(&workers), "{workers} workers for 8 jobs");
     }
 }
