@@ -5,7 +5,7 @@
 // mounted for real and read and written through.
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import {
@@ -29,6 +29,7 @@ import {
   type IoUring,
 } from './helpers/index.js';
 import { DAEMON, qmpClient, qmpSocket, startDaemon, stopDaemon } from './helpers/daemon.js';
+import { startNbdkit } from './helpers/nbd.js';
 import { StorageDaemon } from 'fuse-export';
 import { QmpCommandError, QmpTestClient } from './helpers/qmp.mjs';
 
@@ -326,4 +327,32 @@ test.serial('the Node API: a StorageDaemon adds, lists, resizes and removes expo
   await deleted;
   assertUnmounted(t, mnt);
   t.deepEqual(daemon.list(), []);
+});
+
+/** This process's descriptors that are sockets. */
+const sockets = () => readdirSync('/proc/self/fd').filter((fd) => {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`).startsWith('socket:');
+  } catch {
+    return false; // the directory's own descriptor, gone by now
+  }
+}).length;
+
+test.serial('an NBD export deleted from the shared threads leaves no connection behind on them', async (t) => {
+  const dir = tmpDir(t);
+  // memory offers multi-conn: a connection for each of the 2 threads.
+  const server = await startNbdkit(t, dir, { plugin: ['memory', '8M'] });
+  const daemon = new StorageDaemon({ defaultThreads: 2 });
+  t.teardown(() => daemon.shutdown());
+  const mnt = makeMountpoint(dir);
+  const before = sockets();
+  for (const round of [1, 2]) {
+    const exp = await daemon.addImageExport('nbd', { image: server.uri, mountpoint: mnt, writable: true });
+    t.is(exp.info.backend, 'nbd');
+    await writeVia(mnt, 0, pattern(4 * KiB, round));
+    assertBytes(t, await readVia(mnt, 0, 4 * KiB), pattern(4 * KiB, round));
+    t.true(sockets() > before, 'the export holds its connections');
+    await daemon.removeExport('nbd');
+    await waitUntil(() => sockets() === before, { timeout: 5000, what: `round ${round}: every connection closed once deleted` });
+  }
 });

@@ -294,7 +294,9 @@ pub struct Notice {
 /// its I/O thread only. An `Err` is fatal for the export: the owner halts it
 /// with that reason (reported once).
 pub trait ThreadImage: Send {
-    /// Before the thread waits: arm what must be armed, finish what ended.
+    /// Before the thread waits, when its export's part is prepared (after
+    /// a completion of its own, or a wake-up): arm what must be armed,
+    /// finish what ended.
     /// When stopping, it lets go of every SQE once no work of its own is out.
     fn prepare(&mut self, ring: &mut Ring, phase: Phase) -> Result<(), String>;
     /// A completion on the backend's channel.

@@ -1,6 +1,24 @@
-//! Which CPUs an I/O thread runs on: one CPU while every export it serves
-//! has only that CPU's FUSE queue on it, else wherever it was allowed to
-//! run when it started.
+//! Which CPUs a thread runs on: an I/O thread on one CPU while every export
+//! it serves has only that CPU's FUSE queue on it, else wherever the
+//! process may run; helper threads wherever the process may run.
+
+/// Where the process may run: the main thread's CPUs (its thread id is
+/// the process id).
+fn allowed() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; the kernel fills it.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size is the set's own; getpid cannot fail.
+    unsafe { libc::sched_getaffinity(libc::getpid(), std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
+    allowed
+}
+
+/// Runs the calling thread wherever the process may, whatever CPU the
+/// thread that started it was pinned to.
+pub fn run_anywhere() {
+    let allowed = allowed();
+    // SAFETY: the size is the set's own.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &allowed) };
+}
 
 pub struct Affinity {
     allowed: libc::cpu_set_t,
@@ -8,13 +26,10 @@ pub struct Affinity {
 }
 
 impl Affinity {
-    /// The calling thread's CPUs now.
-    pub fn current() -> Self {
-        // SAFETY: cpu_set_t is plain data; the kernel fills it.
-        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the size is the set's own.
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
-        Self { allowed, pinned: None }
+    /// The calling thread runs wherever the process may, until pinned.
+    pub fn of_process() -> Self {
+        run_anywhere();
+        Self { allowed: allowed(), pinned: None }
     }
 
     /// Runs the calling thread on `cpu`, or back where it was allowed. An

@@ -2,7 +2,7 @@
 //! with its io_uring, completions routed by token back to their owner. It
 //! names no transport and no image backend.
 
-mod affinity;
+pub mod affinity;
 pub mod buffer;
 pub mod control;
 pub mod poll;

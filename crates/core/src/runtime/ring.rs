@@ -61,17 +61,25 @@ impl Completion {
 impl Ring {
     /// 128-byte SQEs, so that URING_CMD fits; room for `entries` at once
     /// (more are submitted in turns), and four times that many completions
-    /// before the kernel keeps the rest aside. The calling thread is the
-    /// only one that may submit.
+    /// before the kernel keeps the rest aside (in memory it may fail to
+    /// find). The calling thread is the only one that may submit.
     ///
     /// Task work (a descriptor became readable, a transfer finished) is
     /// deferred until the thread asks for completions, rather than
     /// interrupting whatever system call the thread is in; wake-ups that
     /// come meanwhile are handled in one go.
     pub fn new(entries: u32) -> io::Result<Self> {
+        Self::with_completion_room(entries, entries * 4)
+    }
+
+    /// The same with room for `completions` (rounded up to a power of two).
+    pub fn with_completion_room(entries: u32, completions: u32) -> io::Result<Self> {
         let entries = entries.next_power_of_two();
-        let ring =
-            IoUring::builder().setup_cqsize(entries * 4).setup_single_issuer().setup_defer_taskrun().build(entries)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(completions.next_power_of_two())
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)?;
         Ok(Self {
             ring,
             outstanding: 0,

@@ -59,10 +59,12 @@ struct GuestTerms {
 enum Seat {
     Free,
     Taken(Resident),
-    /// Its code panicked: its owner is leaked, never dropped, since its
-    /// SQEs may still be in flight and its buffers registered with the
-    /// kernel, which can write into them until the connection ends. Its
-    /// completions are dropped and its seat is never given again.
+    /// Its code panicked (or its setup failed with SQEs in flight): its
+    /// owner is leaked, never dropped, since its SQEs may still be in
+    /// flight and its buffers registered with the kernel, which can write
+    /// into them until the connection ends. Its completions are dropped,
+    /// its seat is never given again, and it no longer counts as present:
+    /// there is nothing to wait for.
     Poisoned,
 }
 
@@ -113,6 +115,12 @@ impl Seats {
         ring.serve(Self::tenant(index));
         let owner = match catch_unwind(AssertUnwindSafe(|| setup(ring))) {
             Ok(Ok(owner)) => owner,
+            // What a failed setup pushed may still be in flight: its seat
+            // is never given again.
+            Ok(Err(why)) if ring.outstanding_of(Self::tenant(index)) > 0 => {
+                self.seats[index] = Seat::Poisoned;
+                return Err(why);
+            }
             Ok(Err(why)) => {
                 ring.release(Self::tenant(index));
                 return Err(why);
@@ -152,6 +160,8 @@ impl Seats {
                     describe(&*panic)
                 ));
                 std::mem::forget(resident.owner);
+                // Nothing is left to wait for: it will never leave.
+                resident.guest.presence.left();
                 None
             }
         }
@@ -227,7 +237,7 @@ impl Seats {
 /// Before sleeping it busy-polls for up to the longest `poll_max` of its
 /// guests (see `AdaptivePoll`).
 pub(super) fn run(thread: &IoThread, ring: Ring) {
-    let mut state = std::mem::ManuallyDrop::new((ring, Seats { seats: Vec::new(), affinity: Affinity::current() }));
+    let mut state = std::mem::ManuallyDrop::new((ring, Seats { seats: Vec::new(), affinity: Affinity::of_process() }));
     let served = catch_unwind(AssertUnwindSafe(|| {
         let (ring, seats) = &mut *state;
         serve(thread, ring, seats)
@@ -242,6 +252,7 @@ pub(super) fn run(thread: &IoThread, ring: Ring) {
                         "I/O thread {thread:?} {why} (its buffers are kept, not freed, since the kernel may \
                          still write into them)"
                     ));
+                    resident.guest.presence.left();
                 }
             }
             thread.inbox.lock().unwrap().end(thread, why);
@@ -257,10 +268,14 @@ fn serve(thread: &IoThread, ring: &mut Ring, seats: &mut Seats) {
     let waker = types::Fd(thread.waker.as_raw_fd());
     let (mut wake_armed, mut wake_cancelled) = (false, false);
     let mut completions = Vec::with_capacity(256);
+    // Guests arrive with a wake-up: the inbox is looked at only after one.
+    let mut woken = true;
     loop {
-        let arrivals = std::mem::take(&mut thread.inbox.lock().unwrap().arrivals);
-        for (guest, reply) in arrivals {
-            let _ = reply.send(seats.welcome(ring, guest));
+        if std::mem::take(&mut woken) {
+            let arrivals = std::mem::take(&mut thread.inbox.lock().unwrap().arrivals);
+            for (guest, reply) in arrivals {
+                let _ = reply.send(seats.welcome(ring, guest));
+            }
         }
         let (next, poll_max) = seats.prepare(ring);
         let closing = thread.closing.load(Ordering::Acquire) && !seats.any_taken() && {
@@ -294,6 +309,7 @@ fn serve(thread: &IoThread, ring: &mut Ring, seats: &mut Seats) {
                 seats.deliver(ring, completion);
             } else if completion.token == WAKE {
                 wake_armed = false;
+                woken = true;
                 seats.mark_all_dirty();
             }
         }

@@ -129,6 +129,8 @@ pub struct Server {
 
 /// How long the kernel may take to send INIT after mounting.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a start given up waits for the export to leave its threads.
+const ABANDON_WAIT: Duration = Duration::from_secs(10);
 /// How long `start()` waits for the ring queues to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -305,10 +307,7 @@ impl Server {
     /// threads with it.
     fn abandon(&mut self) {
         let _ = mount::unmount(&self.mountpoint, true);
-        self.control.stop();
-        while self.presence.threads() > 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.stop(ABANDON_WAIT);
     }
 
     pub fn info(&self) -> &StartInfo {

@@ -9,7 +9,6 @@ use crate::request::RequestCore;
 use crate::runtime::control::Control;
 use crate::runtime::pool::{Guest, IoThread, Presence};
 use crate::runtime::thread::Owner;
-use crate::runtime::token::CHANNEL_MAX;
 use crate::transport::fuse_queue::FuseQueue;
 use crate::transport::legacy::LegacyChannel;
 use crate::transport::mount;
@@ -45,11 +44,12 @@ pub fn attach(plan: ThreadPlan, session: OwnedFd, presence: &Arc<Presence>) -> R
     }
     let payload = plan.faults.ring_payload_bytes().unwrap_or_else(|| uring_setup::payload_size(MAX_WRITE, MAX_PAGES));
     let dealt = uring_setup::deal_queues(count, plan.queues);
-    if dealt.iter().any(|qids| qids.len() >= IMAGE_CHANNEL as usize) {
+    // Channels 1.. are the queues', up to the image backend's.
+    let most = IMAGE_CHANNEL as usize - 1;
+    if dealt.iter().any(|qids| qids.len() > most) {
         return Err(format!(
-            "{} FUSE queues on {count} I/O threads is more than {} a thread: give the export more threads",
-            plan.queues,
-            CHANNEL_MAX - 2
+            "{} FUSE queues on {count} I/O threads is more than {most} a thread: give the export more threads",
+            plan.queues
         ));
     }
     let pending: Vec<_> = plan

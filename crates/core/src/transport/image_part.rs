@@ -1,5 +1,6 @@
 //! The image backend's part on one I/O thread (NBD's sockets), as the
-//! thread's owner sees it: driven before every wait and on its completions;
+//! thread's owner sees it: driven whenever the owner is prepared and on its
+//! completions;
 //! what it wants the user to know becomes a warning, and its fatal error
 //! halts the export.
 

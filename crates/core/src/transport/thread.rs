@@ -1,7 +1,7 @@
-//! What one I/O thread serves: its /dev/fuse descriptor, the kernel FUSE
-//! queues dealt to it, the image backend's part. It is the owner of every
-//! SQE the thread's ring carries for them, and routes each completion by
-//! its token's channel; the REGISTER step (`registration.rs`) and the
+//! What one I/O thread serves of one export: its /dev/fuse descriptor, the
+//! kernel FUSE queues dealt to it, the image backend's part. It is the
+//! owner (a guest of the thread) of every SQE the thread's ring carries
+//! for them, and routes each completion by its token's channel; the REGISTER step (`registration.rs`) and the
 //! backend's part (`image_part.rs`) have homes of their own.
 
 use super::fuse_queue::{FuseQueue, QueueEvent};

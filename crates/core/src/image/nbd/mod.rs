@@ -378,3 +378,13 @@ impl ThreadImage for NbdThread {
         notices
     }
 }
+
+impl Drop for NbdThread {
+    /// The export leaves the thread, which goes on serving others: its home
+    /// connection must not outlive it there (dropped on the thread itself).
+    fn drop(&mut self) {
+        if self.homed {
+            HOME.with(|h| h.borrow_mut().retain(|(image, _, _)| *image != self.image));
+        }
+    }
+}

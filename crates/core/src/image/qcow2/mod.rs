@@ -182,7 +182,7 @@ impl Qcow2Image {
     fn hand_off(&self, io: &mut ImageIo, stage: Stage, context: &mut IoContext, job: Job<Shared>) -> Poll<i32> {
         io.stage = stage;
         if let Err((remote, result)) = workers::run(&self.shared, context.ring.hand_off(context.token), job) {
-            // Done here, on this thread: it completes on the next reap.
+            // Refused: the request fails on this thread's next reap.
             let _ = context.ring.complete_local(remote, result);
         }
         Poll::Pending

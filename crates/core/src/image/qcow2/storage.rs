@@ -20,12 +20,19 @@ thread_local! {
     static INLINE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `lookup` with metadata reads refused (see `INLINE_ONLY`).
+/// Runs `lookup` with metadata reads refused (see `INLINE_ONLY`). The
+/// flag is cleared even if `lookup` panics: the I/O thread survives that
+/// (only the export halts) and serves other exports' lookups after.
 pub fn without_blocking_reads<T>(lookup: impl FnOnce() -> T) -> T {
+    struct Cleared;
+    impl Drop for Cleared {
+        fn drop(&mut self) {
+            INLINE_ONLY.with(|flag| flag.set(false));
+        }
+    }
     INLINE_ONLY.with(|flag| flag.set(true));
-    let result = lookup();
-    INLINE_ONLY.with(|flag| flag.set(false));
-    result
+    let _cleared = Cleared;
+    lookup()
 }
 
 /// Whether `error` is a refused metadata read: a cache miss to hand off.

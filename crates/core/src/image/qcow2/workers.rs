@@ -5,11 +5,14 @@
 //! serving; the worker posts the job's result into that thread's ring
 //! (`Poster::post`), where it completes like any CQE.
 //!
-//! The workers are the process's, shared by every qcow2 image as QEMU's
-//! thread pool is: a job that finds no idle worker starts one (up to
-//! `MAX_WORKERS`), and a worker idle for `IDLE_EXIT` ends, so that a daemon
-//! serving many images runs none while their metadata is cached.
+//! The workers are the process's, shared by every qcow2 image: a job that
+//! finds no idle worker starts one (up to `MAX_WORKERS`), and a worker idle
+//! for `IDLE_EXIT` ends, as in QEMU's thread pool (which is per iothread),
+//! so that a daemon serving many images runs none while their metadata is
+//! cached. One image on hung storage can hold every worker, and so stall
+//! the others' cache misses until it answers.
 
+use crate::runtime::affinity;
 use crate::runtime::remote::{Poster, Remote};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -61,34 +64,38 @@ fn pool() -> &'static Pool {
 
 /// Runs `job` on `shared` on a worker; its result completes `remote`. When
 /// no worker runs and none can be started (no memory, a thread limit), the
-/// job runs here instead and its result comes back with `remote`, for the
-/// caller to complete: a request must never wait for a worker that cannot
-/// come.
+/// job is refused, and `remote` comes back with ENOMEM for the caller to
+/// complete: a request must never wait for a worker that cannot come, and
+/// the I/O thread must not run a job that may wait for its own transfers.
 pub fn run<T: Send + Sync + 'static>(shared: &Arc<T>, remote: Remote, job: Job<T>) -> Result<(), (Remote, i32)> {
     let shared = shared.clone();
     let task: Task = Box::new(move || job(&shared));
     let pool = pool();
     let mut queue = pool.queue.lock().unwrap();
-    queue.tasks.push_back((task, remote));
-    if queue.tasks.len() > queue.idle && queue.workers < MAX_WORKERS {
-        let started = std::thread::Builder::new().name("qcow2-worker".into()).spawn(move || serve(pool));
-        match started {
-            Ok(_) => queue.workers += 1,
-            Err(_) if queue.workers == 0 => {
-                let (task, remote) = queue.tasks.pop_back().expect("pushed above");
-                drop(queue);
-                return Err((remote, perform(task)));
-            }
+    if queue.tasks.len() >= queue.idle && queue.workers < MAX_WORKERS {
+        match start_worker(pool) {
+            Ok(()) => queue.workers += 1,
+            Err(()) if queue.workers == 0 => return Err((remote, -libc::ENOMEM)),
             // The running workers take it in turn.
-            Err(_) => {}
+            Err(()) => {}
         }
     }
+    queue.tasks.push_back((task, remote));
     pool.work.notify_one();
     Ok(())
 }
 
-fn serve(pool: &Pool) {
-    let mut poster = Poster::new_patiently();
+/// A worker with its poster made first, so that one that could not post
+/// is never counted.
+fn start_worker(pool: &'static Pool) -> Result<(), ()> {
+    let poster = Poster::new().map_err(drop)?;
+    std::thread::Builder::new().name("qcow2-worker".into()).spawn(move || serve(pool, poster)).map(drop).map_err(drop)
+}
+
+fn serve(pool: &Pool, mut poster: Poster) {
+    // Started by an I/O thread, which may be pinned to one CPU: a worker
+    // serves every thread, so it runs wherever the process may.
+    affinity::run_anywhere();
     loop {
         let mut queue = pool.queue.lock().unwrap();
         let (task, remote) = loop {
@@ -140,6 +147,6 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..8).map(|n| (n, n as i32 * 10)).collect::<Vec<_>>());
         let workers = pool().queue.lock().unwrap().workers;
-        assert!((1..=8).contains(&workers), "{workers} workers for 8 jobs");
+        assert!((1..=MAX_WORKERS).contains(&workers), "{workers} workers");
     }
 }
