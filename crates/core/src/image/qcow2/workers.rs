@@ -9,12 +9,14 @@
 //! finds no idle worker starts one (up to `MAX_WORKERS`), and a worker idle
 //! for `IDLE_EXIT` ends, as in QEMU's thread pool (which is per iothread),
 //! so that a daemon serving many images runs none while their metadata is
-//! cached. One image on hung storage can hold every worker, and so stall
-//! the others' cache misses until it answers.
+//! cached. At most `PER_IMAGE` jobs of one image run at once (as when each
+//! image had two workers of its own): imago's metadata work on one image
+//! stays as concurrent as it was tested to be, and an image on hung
+//! storage holds two workers, not all of them.
 
 use crate::runtime::affinity;
 use crate::runtime::remote::{Poster, Remote};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
@@ -26,6 +28,8 @@ pub type Job<T> = Box<dyn FnOnce(&T) -> i32 + Send>;
 const MAX_WORKERS: usize = 64;
 /// How long a worker waits for a job before it ends.
 const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// The most jobs of one image running at once.
+const PER_IMAGE: usize = 2;
 
 /// The request's buffer, lent to a worker until its result is posted.
 #[derive(Clone, Copy)]
@@ -43,12 +47,41 @@ impl Lent {
 
 type Task = Box<dyn FnOnce() -> i32 + Send>;
 
+struct Queued {
+    /// Which image's (its shared state's address).
+    image: usize,
+    task: Task,
+    remote: Remote,
+}
+
 #[derive(Default)]
 struct Queue {
-    tasks: VecDeque<(Task, Remote)>,
+    tasks: VecDeque<Queued>,
+    /// Jobs running, by image.
+    running: HashMap<usize, usize>,
     /// Workers waiting for a task.
     idle: usize,
     workers: usize,
+}
+
+impl Queue {
+    /// The oldest job whose image has fewer than `PER_IMAGE` running.
+    fn take_runnable(&mut self) -> Option<Queued> {
+        let running = &self.running;
+        let index = self.tasks.iter().position(|q| running.get(&q.image).copied().unwrap_or(0) < PER_IMAGE)?;
+        let next = self.tasks.remove(index)?;
+        *self.running.entry(next.image).or_default() += 1;
+        Some(next)
+    }
+
+    fn finished(&mut self, image: usize) {
+        if let Some(count) = self.running.get_mut(&image) {
+            *count -= 1;
+            if *count == 0 {
+                self.running.remove(&image);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -68,6 +101,7 @@ fn pool() -> &'static Pool {
 /// complete: a request must never wait for a worker that cannot come, and
 /// the I/O thread must not run a job that may wait for its own transfers.
 pub fn run<T: Send + Sync + 'static>(shared: &Arc<T>, remote: Remote, job: Job<T>) -> Result<(), (Remote, i32)> {
+    let image = Arc::as_ptr(shared) as usize;
     let shared = shared.clone();
     let task: Task = Box::new(move || job(&shared));
     let pool = pool();
@@ -80,7 +114,7 @@ pub fn run<T: Send + Sync + 'static>(shared: &Arc<T>, remote: Remote, job: Job<T
             Err(()) => {}
         }
     }
-    queue.tasks.push_back((task, remote));
+    queue.tasks.push_back(Queued { image, task, remote });
     pool.work.notify_one();
     Ok(())
 }
@@ -96,10 +130,10 @@ fn serve(pool: &Pool, mut poster: Poster) {
     // Started by an I/O thread, which may be pinned to one CPU: a worker
     // serves every thread, so it runs wherever the process may.
     affinity::run_anywhere();
+    let mut queue = pool.queue.lock().unwrap();
     loop {
-        let mut queue = pool.queue.lock().unwrap();
-        let (task, remote) = loop {
-            if let Some(next) = queue.tasks.pop_front() {
+        let Queued { image, task, remote } = loop {
+            if let Some(next) = queue.take_runnable() {
                 break next;
             }
             queue.idle += 1;
@@ -116,6 +150,10 @@ fn serve(pool: &Pool, mut poster: Poster) {
         // Transient failures are retried inside; what is left means the I/O
         // thread's ring is gone, and nobody waits for this completion.
         let _ = poster.post(remote, result);
+        queue = pool.queue.lock().unwrap();
+        queue.finished(image);
+        // A job of the same image may have waited for this one.
+        pool.work.notify_one();
     }
 }
 
@@ -128,6 +166,35 @@ mod tests {
     use super::*;
     use crate::runtime::ring::Ring;
     use crate::runtime::token::Token;
+
+    #[test]
+    fn no_more_than_two_jobs_of_one_image_run_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Default)]
+        struct Image {
+            running: AtomicUsize,
+            most: AtomicUsize,
+        }
+        let mut ring = Ring::new(64).unwrap();
+        let image = Arc::new(Image::default());
+        for slot in 0..8 {
+            let job: Job<Image> = Box::new(|image| {
+                let now = image.running.fetch_add(1, Ordering::SeqCst) + 1;
+                image.most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                image.running.fetch_sub(1, Ordering::SeqCst);
+                0
+            });
+            run(&image, ring.hand_off(Token::new(1, 0, slot)), job).unwrap();
+        }
+        let (mut done, mut completions) = (0, Vec::new());
+        while done < 8 {
+            ring.submit(1);
+            ring.reap(&mut completions);
+            done += completions.len();
+        }
+        assert_eq!(image.most.load(Ordering::SeqCst), PER_IMAGE);
+    }
 
     #[test]
     fn jobs_of_several_images_complete_on_their_rings_and_workers_are_shared() {
