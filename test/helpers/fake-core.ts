@@ -31,7 +31,6 @@ export interface FakeCore extends Core {
 
 export function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
   const calls: string[] = [];
-  const disconnectSoon = () => setImmediate(() => core.emit({ kind: 'disconnected' }));
   const core: FakeCore = {
     calls,
     inFlight: 0,
@@ -46,6 +45,8 @@ export function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
       calls.push('start');
       if (failStart) throw new Error(failStart);
       core.emit = onEvent;
+      // Each export's connection ends on its own events, however many run.
+      const disconnectSoon = () => setImmediate(() => onEvent({ kind: 'disconnected' }));
       return {
         info: () => ({ format: 'raw', image: 'fake.img', backend: 'file', size: 4096, transport: 'legacy', transportReason: 'fake', threads: 1, ringQueues: 0, queueDepth: 64, allowOther: false, directIo: false, passthrough: false, passthroughReason: 'fake', warnings: [] }),
         stats: () => ({ legacyRequests: 7, ringRequests: 0, bytesRead: 1, bytesWritten: 2, errors: 0, inFlight: core.inFlight }),
@@ -54,7 +55,7 @@ export function fakeCore({ failStart }: { failStart?: string } = {}): FakeCore {
         pause: () => void calls.push('pause'),
         halt: (reason) => {
           calls.push(`halt:${reason}`);
-          core.emit({ kind: 'halted', reason });
+          onEvent({ kind: 'halted', reason });
         },
         unmount: () => {
           calls.push('unmount');
