@@ -260,10 +260,10 @@ pub fn start_export(
     for set in io_threads.iter().flatten() {
         shared.extend(set.threads()?);
     }
-    let own_threads = if shared.is_empty() { options.threads.max(1) } else { 0 };
     if options.threads == 0 && shared.is_empty() {
         return Err(Error::from_reason("--threads must be at least 1"));
     }
+    let own_threads = if shared.is_empty() { options.threads } else { 0 };
     let options = start_options(&options, shared)?;
     Ok(AsyncTask::new(StartTask { options: Some(options), own_threads, events: Some(Arc::new(on_event)) }))
 }

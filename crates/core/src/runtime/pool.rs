@@ -68,8 +68,9 @@ pub struct IoThread {
 
 pub(super) type Reply = mpsc::Sender<Result<(), String>>;
 
-/// Guests on their way in; once the thread has ended, why, and no guest
-/// is taken in any more (one lock, so that none is left unanswered).
+/// Guests on their way in; once the thread has ended, the refusal each
+/// later guest gets, and no guest is taken in any more (one lock, so that
+/// none is left unanswered).
 #[derive(Default)]
 pub(super) struct Inbox {
     pub arrivals: Vec<(Guest, Reply)>,
@@ -79,10 +80,11 @@ pub(super) struct Inbox {
 impl Inbox {
     /// The thread ends: guests still on their way are turned back.
     pub fn end(&mut self, thread: &IoThread, why: String) {
+        let refusal = format!("I/O thread {thread:?} has ended: {why}");
         for (_, reply) in self.arrivals.drain(..) {
-            let _ = reply.send(Err(format!("I/O thread {thread:?} has ended: {why}")));
+            let _ = reply.send(Err(refusal.clone()));
         }
-        self.ended = Some(why);
+        self.ended = Some(refusal);
     }
 }
 
@@ -98,7 +100,7 @@ impl IoThread {
         let (reply, outcome) = mpsc::channel();
         let mut inbox = self.inbox.lock().unwrap();
         match &inbox.ended {
-            Some(why) => drop(reply.send(Err(format!("I/O thread {} has ended: {why}", self.name)))),
+            Some(refusal) => drop(reply.send(Err(refusal.clone()))),
             None => {
                 inbox.arrivals.push((guest, reply));
                 self.waker.wake();

@@ -17,9 +17,7 @@ const SHORT_OF_MEMORY_PAUSE: std::time::Duration = std::time::Duration::from_mil
 
 pub struct Ring {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    /// SQEs whose completion has not been seen yet, of every tenant.
-    outstanding: usize,
-    /// The same, by tenant.
+    /// SQEs whose completion has not been seen yet, by tenant.
     outstanding_by_tenant: Vec<usize>,
     /// The tenant whose SQEs are pushed now (`serve`).
     tenant: u16,
@@ -82,7 +80,6 @@ impl Ring {
             .build(entries)?;
         Ok(Self {
             ring,
-            outstanding: 0,
             outstanding_by_tenant: Vec::new(),
             tenant: RUNTIME_TENANT,
             buffer_groups: Vec::new(),
@@ -120,7 +117,6 @@ impl Ring {
     }
 
     fn count_one(&mut self) {
-        self.outstanding += 1;
         let tenant = self.tenant as usize;
         if self.outstanding_by_tenant.len() <= tenant {
             self.outstanding_by_tenant.resize(tenant + 1, 0);
@@ -133,8 +129,9 @@ impl Ring {
         !self.local.is_empty() || !self.ring.completion().is_empty()
     }
 
+    /// SQEs of every tenant whose completion has not been seen yet.
     pub fn outstanding(&self) -> usize {
-        self.outstanding
+        self.outstanding_by_tenant.iter().sum()
     }
 
     pub(super) fn outstanding_of(&self, tenant: u16) -> usize {
@@ -252,7 +249,6 @@ impl Ring {
         }));
         into.append(&mut self.local);
         for completion in into.iter().filter(|completion| !completion.more()) {
-            self.outstanding -= 1;
             self.outstanding_by_tenant[completion.token.tenant() as usize] -= 1;
         }
     }

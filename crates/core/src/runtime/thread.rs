@@ -43,8 +43,23 @@ const CANCEL_WAKE: Token = Token::new(2, 0, 0);
 struct Resident {
     owner: Box<dyn Owner + Send>,
     guest: GuestTerms,
-    /// Something happened for it since its last `prepare`.
+    /// Something happened for it since its last `prepare`: it is on the
+    /// list of guests to prepare (`Seats::dirty`).
     dirty: bool,
+}
+
+/// Why a poisoned guest's memory stays.
+const KEPT: &str = "its buffers are kept, not freed, since the kernel may still write into them";
+
+impl Resident {
+    /// Halts the guest's export with `why` and leaks its owner (see
+    /// `Seat::Poisoned`).
+    fn poison(self, why: String) {
+        (self.guest.halt)(format!("{why} ({KEPT})"));
+        std::mem::forget(self.owner);
+        // Nothing is left to wait for: it will never leave.
+        self.guest.presence.left();
+    }
 }
 
 /// What the thread keeps of a guest besides its owner.
@@ -70,10 +85,19 @@ enum Seat {
 
 struct Seats {
     seats: Vec<Seat>,
+    /// The guests to prepare on the next turn, so that a turn costs the
+    /// idle ones nothing.
+    dirty: Vec<u16>,
+    /// The longest `poll_max` of the guests, kept as they come and go.
+    poll_max: Duration,
     affinity: Affinity,
 }
 
 impl Seats {
+    fn new(affinity: Affinity) -> Self {
+        Self { seats: Vec::new(), dirty: Vec::new(), poll_max: Duration::ZERO, affinity }
+    }
+
     fn tenant(index: usize) -> u16 {
         index as u16 + 1
     }
@@ -93,11 +117,17 @@ impl Seats {
         self.seats.iter().any(|seat| matches!(seat, Seat::Poisoned))
     }
 
+    /// `tenant` gets a `prepare` on the next turn.
+    fn mark_dirty(&mut self, tenant: u16) {
+        if let Some(resident) = self.get(tenant).filter(|resident| !resident.dirty) {
+            resident.dirty = true;
+            self.dirty.push(tenant);
+        }
+    }
+
     fn mark_all_dirty(&mut self) {
-        for seat in &mut self.seats {
-            if let Seat::Taken(resident) = seat {
-                resident.dirty = true;
-            }
+        for index in 0..self.seats.len() {
+            self.mark_dirty(Self::tenant(index));
         }
     }
 
@@ -132,8 +162,9 @@ impl Seats {
         };
         presence.arrived();
         let guest = GuestTerms { control, poll_max, cpus, halt, presence };
-        self.seats[index] = Seat::Taken(Resident { owner, guest, dirty: true });
-        self.repin();
+        self.seats[index] = Seat::Taken(Resident { owner, guest, dirty: false });
+        self.mark_dirty(Self::tenant(index));
+        self.guests_changed();
         Ok(())
     }
 
@@ -154,14 +185,8 @@ impl Seats {
                 else {
                     unreachable!("the seat was taken a moment ago")
                 };
-                (resident.guest.halt)(format!(
-                    "an I/O thread panicked serving this export: {} (its buffers are kept, not freed, since \
-                     the kernel may still write into them)",
-                    describe(&*panic)
-                ));
-                std::mem::forget(resident.owner);
-                // Nothing is left to wait for: it will never leave.
-                resident.guest.presence.left();
+                resident.poison(format!("an I/O thread panicked serving this export: {}", describe(&*panic)));
+                self.guests_changed();
                 None
             }
         }
@@ -169,32 +194,26 @@ impl Seats {
 
     /// Prepares every guest something happened for; guests that stopped
     /// with nothing in flight leave.
-    fn prepare(&mut self, ring: &mut Ring) -> (Next, Duration) {
+    fn prepare(&mut self, ring: &mut Ring) -> Next {
         let mut next = Next::Wait;
-        let mut poll_max = Duration::ZERO;
-        for index in 0..self.seats.len() {
-            let tenant = Self::tenant(index);
+        for tenant in std::mem::take(&mut self.dirty) {
+            // A guest that left since it was marked is no longer here.
             let Some(resident) = self.get(tenant) else { continue };
-            poll_max = poll_max.max(resident.guest.poll_max);
-            if !std::mem::take(&mut resident.dirty) {
-                continue;
-            }
+            resident.dirty = false;
             let phase = resident.guest.control.phase();
             match self.with_owner(ring, tenant, |owner, ring| owner.prepare(ring, phase)) {
                 Some(Next::Poll) => {
                     next = Next::Poll;
-                    if let Some(resident) = self.get(tenant) {
-                        resident.dirty = true;
-                    }
+                    self.mark_dirty(tenant);
                 }
                 Some(Next::Wait) if phase == Phase::Stopping && ring.outstanding_of(tenant) == 0 => {
-                    self.leave(ring, index)
+                    self.leave(ring, tenant as usize - 1)
                 }
                 _ => {}
             }
         }
         ring.serve(RUNTIME_TENANT);
-        (next, poll_max)
+        next
     }
 
     fn leave(&mut self, ring: &mut Ring, index: usize) {
@@ -204,27 +223,31 @@ impl Seats {
             drop(resident);
             presence.left();
         }
-        self.repin();
+        self.guests_changed();
     }
 
     fn deliver(&mut self, ring: &mut Ring, completion: Completion) {
         let tenant = completion.token.tenant();
+        self.mark_dirty(tenant);
         let Some(resident) = self.get(tenant) else { return };
-        resident.dirty = true;
         let phase = resident.guest.control.phase();
         let completion = Completion { token: completion.token.without_tenant(), ..completion };
         self.with_owner(ring, tenant, |owner, ring| owner.complete(ring, completion, phase));
     }
 
-    /// A thread whose guests all serve the same CPU's queue runs on that
-    /// CPU: the kernel routes a caller's requests to its own CPU's queue.
-    fn repin(&mut self) {
+    /// A guest came or went: the polling window is the longest of those
+    /// here, and a thread whose guests all serve the same CPU's queue runs
+    /// on that CPU (the kernel routes a caller's requests to its own CPU's
+    /// queue).
+    fn guests_changed(&mut self) {
         let mut cpus = std::collections::BTreeSet::new();
         let mut every_guest_has_one = true;
+        self.poll_max = Duration::ZERO;
         for seat in &self.seats {
             if let Seat::Taken(resident) = seat {
                 cpus.extend(&resident.guest.cpus);
                 every_guest_has_one &= !resident.guest.cpus.is_empty();
+                self.poll_max = self.poll_max.max(resident.guest.poll_max);
             }
         }
         let single = cpus.first().copied().filter(|_| every_guest_has_one && cpus.len() == 1);
@@ -237,7 +260,7 @@ impl Seats {
 /// Before sleeping it busy-polls for up to the longest `poll_max` of its
 /// guests (see `AdaptivePoll`).
 pub(super) fn run(thread: &IoThread, ring: Ring) {
-    let mut state = std::mem::ManuallyDrop::new((ring, Seats { seats: Vec::new(), affinity: Affinity::of_process() }));
+    let mut state = std::mem::ManuallyDrop::new((ring, Seats::new(Affinity::of_process())));
     let served = catch_unwind(AssertUnwindSafe(|| {
         let (ring, seats) = &mut *state;
         serve(thread, ring, seats)
@@ -246,13 +269,10 @@ pub(super) fn run(thread: &IoThread, ring: Ring) {
     match served {
         Err(panic) => {
             let why = format!("its loop panicked: {}", describe(&*panic));
-            for seat in &seats.seats {
+            // The ring stays leaked with `state`; the guests go with it.
+            for seat in std::mem::take(&mut seats.seats) {
                 if let Seat::Taken(resident) = seat {
-                    (resident.guest.halt)(format!(
-                        "I/O thread {thread:?} {why} (its buffers are kept, not freed, since the kernel may \
-                         still write into them)"
-                    ));
-                    resident.guest.presence.left();
+                    resident.poison(format!("I/O thread {thread:?} {why}"));
                 }
             }
             thread.inbox.lock().unwrap().end(thread, why);
@@ -277,7 +297,7 @@ fn serve(thread: &IoThread, ring: &mut Ring, seats: &mut Seats) {
                 let _ = reply.send(seats.welcome(ring, guest));
             }
         }
-        let (next, poll_max) = seats.prepare(ring);
+        let next = seats.prepare(ring);
         let closing = thread.closing.load(Ordering::Acquire) && !seats.any_taken() && {
             // Checked and ended under one lock, so that no guest slips in.
             let mut inbox = thread.inbox.lock().unwrap();
@@ -298,7 +318,7 @@ fn serve(thread: &IoThread, ring: &mut Ring, seats: &mut Seats) {
         if closing && ring.outstanding_of(RUNTIME_TENANT) == 0 {
             return;
         }
-        poll.set_max(poll_max);
+        poll.set_max(seats.poll_max);
         match next {
             Next::Wait => poll.wait(ring),
             Next::Poll => ring.submit(0),
