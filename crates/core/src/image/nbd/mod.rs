@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use uri::is_uri;
+pub use uri::{is_uri, percent_decode};
 
 /// A bad address or a server that does not answer fails within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -76,7 +76,9 @@ pub fn strip(uri: &str) -> String {
     shown
 }
 
-fn percent_decode(text: &str) -> String {
+/// A URI part as the text it stands for (`%2F` → `/`); invalid UTF-8 is
+/// replaced, never refused.
+pub fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 

@@ -5,6 +5,7 @@
 //! objects the child reads from its descriptors (`secrets.rs`).
 
 use super::secrets::{KEY_SECRET, PASSWORD_SECRET};
+use crate::image::nbd::percent_decode;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -223,10 +224,6 @@ fn strip_rbd_secrets(name: &str) -> String {
         .filter(|part| !part.starts_with("key=") && !part.starts_with("keyring="))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 /// The user's own `json:{...}`: a format node (its `driver` is a format)
